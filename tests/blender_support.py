@@ -1,0 +1,50 @@
+"""Helpers for the tests that run real Blender (bpy as a Python module).
+
+Importing this module sets BLENDER_USER_RESOURCES to a temporary folder before bpy is imported,
+so nothing is written under the home directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="textalker-bres-"))
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def fresh_scene(fps: int = 30, fps_base: float = 1.0) -> bpy.types.Scene:
+    """Empty factory scene with the given frame rate."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.fps = fps
+    scene.render.fps_base = fps_base
+    return scene
+
+
+def grid_mesh_object(name: str = "Grid", n: int = 4, uv_region=(0.0, 0.0, 1.0, 1.0)):
+    """An n x n vertex grid in the XZ plane with a UV map spanning `uv_region`, linked to the scene."""
+    u0, v0, u1, v1 = uv_region
+    xs = np.linspace(0.0, 1.0, n)
+    vertices = [(x, 0.0, z) for z in xs for x in xs]
+    faces = [
+        (r * n + c, r * n + c + 1, (r + 1) * n + c + 1, (r + 1) * n + c)
+        for r in range(n - 1)
+        for c in range(n - 1)
+    ]
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata(vertices, [], faces)
+    layer = mesh.uv_layers.new(name="UVMap")
+    for loop in mesh.loops:
+        x, _, z = mesh.vertices[loop.vertex_index].co
+        layer.data[loop.index].uv = (u0 + x * (u1 - u0), v0 + z * (v1 - v0))
+    obj = bpy.data.objects.new(name, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+def key_values(obj, names):
+    blocks = obj.data.shape_keys.key_blocks
+    return np.array([blocks[n].value for n in names])

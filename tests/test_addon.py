@@ -1,0 +1,485 @@
+"""The add-on in real Blender (bpy module, background mode): registration, panel, operators,
+API, with the bundled template head and the (untrained) bundled Pipeline."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile
+
+from blender_support import bpy, fresh_scene, grid_mesh_object
+from textalker_blender import blender as addon
+from textalker_blender.blender import api, catalog, panel, writers
+from textalker_blender.core.errors import MeshError, TexTalkerError
+
+pytestmark = pytest.mark.blender
+
+needs_template = pytest.mark.skipif(
+    not (catalog.ASSETS_DIR / "template_head.npz").is_file(), reason="template head not built"
+)
+needs_assets = pytest.mark.skipif(
+    not (catalog.weights_path().is_file() and (catalog.ASSETS_DIR / "template_head.npz").is_file()),
+    reason="bundled weights or template head not built",
+)
+
+
+def _registered_scene(fps=30, fps_base=1.0):
+    scene = fresh_scene(fps, fps_base)
+    if not hasattr(bpy.types.Scene, "textalker"):
+        addon.register()
+    return scene
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _unregister_at_end():
+    yield
+    if hasattr(bpy.types.Scene, "textalker"):
+        addon.unregister()
+
+
+@pytest.fixture(scope="module")
+def one_second_speech(tmp_path_factory):
+    samples, rate = soundfile.read(str(catalog.SAMPLE_SPEECH_PATH), dtype="float32")
+    path = tmp_path_factory.mktemp("audio") / "one_second.wav"
+    soundfile.write(str(path), samples[int(0.3 * rate): int(1.3 * rate)], rate)
+    return path
+
+
+def _snapshot(scene):
+    """What an error must leave untouched."""
+    return {
+        "objects": sorted(o.name for o in bpy.data.objects),
+        "meshes": sorted(m.name for m in bpy.data.meshes),
+        "materials": sorted(m.name for m in bpy.data.materials),
+        "images": sorted(i.name for i in bpy.data.images),
+        "actions": sorted(a.name for a in bpy.data.actions),
+        "node_groups": sorted(g.name for g in bpy.data.node_groups),
+        "shape_keys": sorted(
+            (o.name, tuple(k.name for k in o.data.shape_keys.key_blocks))
+            for o in bpy.data.objects
+            if o.type == "MESH" and o.data.shape_keys
+        ),
+        "links": sorted(
+            (m.name, link.from_node.name, link.to_node.name) for m in bpy.data.materials if m.node_tree
+            for link in m.node_tree.links
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Panel drawing with a recording layout (background mode has no real UILayout)
+
+
+class RecordingLayout:
+    """Stands in for UILayout: records calls and checks every property and operator name."""
+
+    def __init__(self, log):
+        self.log = log
+        self.enabled = True
+        self.scale_y = 1.0
+        self.active = True
+
+    def _child(self):
+        child = RecordingLayout(self.log)
+        self.log.append(("layout", child))
+        return child
+
+    row = column = box = split = lambda self, **kwargs: self._child()
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, f"{type(data).__name__} has no property {name!r}"
+        self.log.append(("prop", name, self))
+
+    def prop_search(self, data, name, search_data, search_name, **kwargs):
+        assert name in data.bl_rna.properties, name
+        assert search_name in search_data.bl_rna.properties, search_name
+        self.log.append(("prop_search", name, self))
+
+    def operator(self, idname, **kwargs):
+        module, name = idname.split(".")
+        getattr(getattr(bpy.ops, module), name).get_rna_type()  # raises if unknown
+        self.log.append(("operator", idname, self))
+        return SimpleNamespace()
+
+    def label(self, text="", **kwargs):
+        self.log.append(("label", text, self))
+
+
+def _draw(panel_class, context):
+    log = []
+    panel_class.draw(SimpleNamespace(layout=RecordingLayout(log)), context)
+    return log
+
+
+def test_panel_says_why_generate_is_disabled_without_a_mesh():
+    _registered_scene()
+    log = _draw(panel.TEXTALKER_PT_main, bpy.context)
+    generate = next(entry for entry in log if entry[:2] == ("operator", "textalker.generate"))
+    assert generate[2].enabled is False
+    labels = [entry[1] for entry in log if entry[0] == "label"]
+    assert api.blocking_reason(bpy.context) in labels
+    advanced = _draw(panel.TEXTALKER_PT_advanced, bpy.context)
+    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed"]
+
+
+@needs_assets
+def test_panel_enables_generate_for_template_head_and_sound_strip(one_second_speech):
+    scene = _registered_scene()
+    assert bpy.ops.textalker.add_template_head() == {"FINISHED"}
+    scene.sequence_editor_create().strips.new_sound("voice", str(one_second_speech), 1, 1)
+    assert api.blocking_reason(bpy.context) is None
+    log = _draw(panel.TEXTALKER_PT_main, bpy.context)
+    generate = next(entry for entry in log if entry[:2] == ("operator", "textalker.generate"))
+    assert generate[2].enabled is True
+    props = {entry[1] for entry in log if entry[0] in ("prop", "prop_search")}
+    assert {"target", "audio_source", "sound_strip", "speaking_style", "wrinkle_style", "device"} <= props
+
+
+@needs_assets
+def test_style_dropdowns_list_the_pipeline_styles_without_loading_it():
+    import subprocess
+    import sys
+
+    from textalker_blender.blender import properties
+    from textalker_blender.core.pipeline import Pipeline
+
+    _registered_scene()
+    items = properties.style_items(None, bpy.context)
+    pipeline = Pipeline.load(weights=catalog.weights_path(), device="cpu")
+    assert [(key, name) for key, name, _, _ in items] == [(s.key, s.name) for s in pipeline.styles]
+    settings = bpy.context.scene.textalker
+    settings.speaking_style = items[-1][0]
+    assert api._style_id(settings.speaking_style) == len(items) - 1
+    # Reading the names for the panel does not import torch (panel drawing stays cheap).
+    code = (
+        "import sys; from textalker_blender.blender import catalog; "
+        f"names = catalog.read_style_names({str(catalog.weights_path())!r}); "
+        "assert names and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(catalog.ASSETS_DIR.parents[1]))
+
+
+def test_panel_while_running_offers_cancel_instead_of_generate():
+    _registered_scene()
+    job = bpy.context.window_manager.textalker_job
+    job.running, job.stage, job.progress = True, "diffusion", 40.0
+    try:
+        log = _draw(panel.TEXTALKER_PT_main, bpy.context)
+    finally:
+        job.running = False
+    operators = [entry[1] for entry in log if entry[0] == "operator"]
+    assert "textalker.cancel" in operators and "textalker.generate" not in operators
+    assert any("diffusion 40%" in entry[1] for entry in log if entry[0] == "label")
+
+
+# --------------------------------------------------------------------------------------------
+# Template head
+
+
+@needs_template
+def test_add_template_head_builds_the_template_mesh_with_uvs_and_albedo():
+    from textalker_blender.core.template import load_template
+
+    _registered_scene()
+    template = load_template()
+    assert bpy.ops.textalker.add_template_head() == {"FINISHED"}
+    head = bpy.context.active_object
+    mesh = head.data
+    assert len(mesh.vertices) == template.n_vertices
+    assert len(mesh.polygons) == len(template.polygon_sizes)
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    np.testing.assert_allclose(co.reshape(-1, 3), template.vertices, atol=1e-6)
+    assert mesh.uv_layers.active.name == "UVMap"
+    np.testing.assert_allclose(api.mesh_vertex_uvs(mesh, "UVMap"), template.vertex_uvs, atol=1e-6)
+    assert api.match_template_layout(api.mesh_vertex_uvs(mesh, "UVMap"), template) is None
+    assert all(p.use_smooth for p in mesh.polygons)
+    material = mesh.materials[0]
+    albedo = material.node_tree.nodes["Neutral Albedo"]
+    assert albedo.image is not None and albedo.image.size[0] >= 256
+    children = [o for o in bpy.data.objects if o.parent == head]
+    assert len(children) == len(template.parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Generate (background mode: execute runs synchronously)
+
+
+def _add_head_and_strip(scene, audio_path, frame_start):
+    bpy.ops.textalker.add_template_head()
+    head = bpy.context.active_object
+    scene.sequence_editor_create().strips.new_sound("voice", str(audio_path), 1, frame_start)
+    return head
+
+
+@needs_assets
+@pytest.mark.parametrize("fps,fps_base", [(24, 1.0), (30, 1.001), (60, 1.0)])
+def test_generate_operator_on_template_head(tmp_path, one_second_speech, fps, fps_base):
+    from textalker_blender.core.resample import output_frame_count
+
+    scene = _registered_scene(fps, fps_base)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    head = _add_head_and_strip(scene, one_second_speech, frame_start=7)
+    scene.textalker.steps = 2
+
+    assert bpy.ops.textalker.generate() == {"FINISHED"}
+
+    n_expected = output_frame_count(1.0, fps / fps_base)
+    names = writers.generated_key_names(head)
+    assert len(names) == n_expected
+    blocks = head.data.shape_keys.key_blocks
+    assert blocks[0].name == "Basis"
+    scene.frame_set(7 + 3)
+    values = np.array([blocks[n].value for n in names])
+    assert values[3] == pytest.approx(1.0) and np.abs(np.delete(values, 3)).max() == 0.0
+    moved = np.empty(len(head.data.vertices) * 3, np.float32)
+    blocks[names[3]].data.foreach_get("co", moved)
+    basis = np.empty_like(moved)
+    blocks["Basis"].data.foreach_get("co", basis)
+    assert 0 < np.abs(moved - basis).max() < 0.05  # metres: moves, but stays a face
+
+    folder = writers.output_folder_of(head)
+    assert folder.parent.parent == tmp_path / "textalker"
+    assert len(list(folder.glob("wrinkle_*.exr"))) == n_expected
+    group = bpy.data.node_groups[writers.NODE_GROUP_NAME]
+    image = group.nodes["TexTalker Wrinkle Sequence"].image
+    assert image.filepath.startswith("//textalker/")
+    assert group.nodes["TexTalker Wrinkle Sequence"].image_user.frame_start == 7
+
+
+@needs_assets
+def test_rerun_replaces_output_and_remove_restores_the_scene(tmp_path, one_second_speech):
+    scene = _registered_scene()
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    before = _snapshot(scene)
+    scene.textalker.steps = 1
+    bpy.ops.textalker.generate()
+    first_folder = writers.output_folder_of(head)
+    scene.textalker.seed = 3
+    bpy.ops.textalker.generate()
+    second_folder = writers.output_folder_of(head)
+    assert first_folder != second_folder and not first_folder.exists()
+    assert sum(1 for g in bpy.data.node_groups if g.get(writers.TAG)) == 1
+    assert bpy.ops.textalker.remove_output() == {"FINISHED"}
+    assert _snapshot(scene) == before
+    assert not second_folder.exists()
+
+
+@needs_assets
+def test_errors_leave_the_scene_unchanged(tmp_path, one_second_speech):
+    scene = _registered_scene()
+    head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    flat = grid_mesh_object("NoUV")
+    flat.data.uv_layers.remove(flat.data.uv_layers[0])
+    wrong_layout = grid_mesh_object("WrongLayout", n=6)
+    before = _snapshot(scene)
+
+    with pytest.raises(MeshError, match="no UV map"):
+        api.generate(flat, one_second_speech)
+    with pytest.raises(MeshError, match="UV layout"):
+        api.generate(wrong_layout, one_second_speech)
+    with pytest.raises(TexTalkerError, match="not found"):
+        api.generate(head, tmp_path / "missing.wav")
+    not_audio = tmp_path / "not_audio.wav"
+    not_audio.write_bytes(b"this is not a wav file" * 100)
+    with pytest.raises(TexTalkerError):
+        api.generate(head, not_audio, steps=1)
+    # Through the operator: poll refuses a missing file, and says why.
+    scene.textalker.audio_source = "FILE"
+    scene.textalker.audio_file = str(tmp_path / "missing.wav")
+    assert api.blocking_reason(bpy.context) == "Audio file not found"
+    with pytest.raises(RuntimeError, match="Audio file not found"):
+        bpy.ops.textalker.generate()
+    assert _snapshot(scene) == before
+    assert not (tmp_path / "textalker").exists()
+
+
+@needs_assets
+def test_api_drives_a_mesh_with_another_topology_but_the_template_uv_layout(tmp_path, one_second_speech):
+    import bmesh
+
+    scene = _registered_scene()
+    bpy.ops.textalker.add_template_head()
+    head = bpy.context.active_object
+    # A "character": the head without its first 200 vertices, moved and scaled by 2.
+    character_mesh = head.data.copy()
+    bm = bmesh.new()
+    bm.from_mesh(character_mesh)
+    bm.verts.ensure_lookup_table()
+    bmesh.ops.delete(bm, geom=[bm.verts[i] for i in range(200)], context="VERTS")
+    bm.to_mesh(character_mesh)
+    bm.free()
+    character = bpy.data.objects.new("Character", character_mesh)
+    character.scale = (2.0, 2.0, 2.0)
+    scene.collection.objects.link(character)
+    bpy.context.view_layer.update()
+
+    summary = api.generate(character, one_second_speech, steps=1, output_folder=str(tmp_path))
+    assert summary.n_frames == 30
+    names = writers.generated_key_names(character)
+    assert len(names) == 30 and summary.shape_keys == names
+    assert summary.sequence_folder.is_relative_to(tmp_path / "textalker" / "Character")
+
+
+
+# --------------------------------------------------------------------------------------------
+# Modal path: the worker thread and the operator's modal() (driven by hand: no event loop here)
+
+
+class _FakeOperator(SimpleNamespace):
+    """Holds what TEXTALKER_OT_generate.modal uses on `self`."""
+
+    def __init__(self, job):
+        super().__init__(_job=job, _timer=None, reports=[])
+
+    def report(self, kind, message):
+        self.reports.append((kind, message))
+
+    def _finish(self, context, message):
+        from textalker_blender.blender.operators import TEXTALKER_OT_generate
+
+        TEXTALKER_OT_generate._finish(self, context, message)
+
+    def _report_success(self, job_state, summary):
+        from textalker_blender.blender.operators import TEXTALKER_OT_generate
+
+        TEXTALKER_OT_generate._report_success(self, job_state, summary)
+
+
+@needs_assets
+def test_modal_applies_the_worker_result_only_when_done(tmp_path, one_second_speech):
+    from textalker_blender.blender.operators import TEXTALKER_OT_generate
+
+    scene = _registered_scene()
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    scene.textalker.steps = 2
+    before = _snapshot(scene)
+    job = api.GenerationJob(api.request_from_context(bpy.context))
+    job.start()
+    operator = _FakeOperator(job)
+    timer = SimpleNamespace(type="TIMER")
+    updates = []
+    while not job.done:
+        assert TEXTALKER_OT_generate.modal(operator, bpy.context, timer) == {"PASS_THROUGH"}
+        assert _snapshot(scene) == before  # nothing changes while the worker runs
+        updates.append(bpy.context.window_manager.textalker_job.progress)
+        job.wait(0.05)
+    assert TEXTALKER_OT_generate.modal(operator, bpy.context, timer) == {"FINISHED"}
+    assert job.error is None
+    assert updates == sorted(updates)  # progress only goes forward
+    assert len(writers.generated_key_names(head)) == 30
+    assert not bpy.context.window_manager.textalker_job.running
+    assert operator.reports[-1][0] == {"INFO"}
+
+
+@needs_assets
+def test_escape_cancels_the_worker_and_leaves_the_scene_unchanged(tmp_path, one_second_speech):
+    from textalker_blender.blender.operators import TEXTALKER_OT_generate
+    from textalker_blender.core.errors import Cancelled
+
+    scene = _registered_scene()
+    _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    before = _snapshot(scene)
+    job = api.GenerationJob(api.request_from_context(bpy.context))
+    job.start()
+    operator = _FakeOperator(job)
+    assert TEXTALKER_OT_generate.modal(operator, bpy.context, SimpleNamespace(type="ESC")) == {"CANCELLED"}
+    job.wait(60)
+    assert isinstance(job.error, Cancelled)
+    assert _snapshot(scene) == before
+    assert "Cancelled" in bpy.context.window_manager.textalker_job.last_message
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+@needs_assets
+def test_cli_generates_into_a_saved_blend(tmp_path, one_second_speech, capsys):
+    from textalker_blender.blender import cli
+
+    scene = _registered_scene()
+    head = _add_head_and_strip(scene, one_second_speech, frame_start=3)
+    head_name = head.name
+    blend = tmp_path / "batch.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    fresh_scene()
+
+    assert cli.main(["--blend", str(blend), "--object", head_name, "--steps", "1", "--seed", "2"]) == 0
+    assert '"frames": 30' in capsys.readouterr().out
+    fresh_scene()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    reopened = bpy.data.objects[head_name]
+    assert len(writers.generated_key_names(reopened)) == 30
+    image = next(i for i in bpy.data.images if i.get(writers.TAG))
+    assert image.filepath.startswith("//textalker/")
+    assert bpy.path.abspath(image.filepath).startswith(str(tmp_path))
+
+    assert cli.main(["--blend", str(blend), "--object", "Nobody", "--no-save"]) == 1
+    assert "No object named 'Nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fps,fps_base,sound_offset", [(25, 1.0, 0.25), (30, 1.001, 0.0), (60, 1.0, -0.1)])
+def test_keys_start_where_the_strip_plays_the_first_sample(tmp_path, fps, fps_base, sound_offset):
+    """Blender's own mixdown of the sequencer says where a click in the file is heard; the frame
+    `resolve_audio` assigns to file time 0 must put that click on the same frame."""
+    rate = 16000
+    click_time = 1.0
+    samples = np.zeros(3 * rate, np.float32)
+    samples[int(click_time * rate): int(click_time * rate) + 80] = 0.9
+    audio = tmp_path / "click.wav"
+    soundfile.write(str(audio), samples, rate)
+    scene = _registered_scene(fps, fps_base)
+    scene.frame_start, scene.frame_end = 1, 200
+    strip = scene.sequence_editor_create().strips.new_sound("click", str(audio), 1, 10)
+    strip.sound_offset = sound_offset
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "sync.blend"))
+    mix = tmp_path / "mix.wav"
+    bpy.ops.sound.mixdown(filepath=str(mix), container="WAV", codec="PCM", format="S16", mixrate=48000)
+    mixed, mix_rate = soundfile.read(str(mix))
+    heard_seconds = np.argmax(np.abs(mixed.reshape(len(mixed), -1).mean(axis=1))) / mix_rate
+    heard_frame = 1 + heard_seconds * fps / fps_base
+
+    _, _, frame_of_time_zero = api.resolve_audio(scene, strip)
+    assert frame_of_time_zero + click_time * fps / fps_base == pytest.approx(heard_frame, abs=0.6)
+
+
+@needs_assets
+def test_generation_is_one_undo_step(tmp_path, one_second_speech):
+    scene = _registered_scene()
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "undo.blend"))
+    _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    bpy.ops.ed.undo_push(message="before TexTalker")
+    before = _snapshot(scene)
+    scene.textalker.steps = 1
+    # undo=True: push the undo step as a button press does (Python calls do not by default).
+    assert bpy.ops.textalker.generate("INVOKE_DEFAULT", True) == {"FINISHED"}
+    after = _snapshot(bpy.context.scene)
+    assert after != before
+    assert bpy.ops.ed.undo() == {"FINISHED"}
+    assert _snapshot(bpy.context.scene) == before
+    assert bpy.ops.ed.redo() == {"FINISHED"}
+    assert _snapshot(bpy.context.scene) == after
+
+
+@needs_assets
+def test_unsaved_file_writes_to_the_temp_folder_and_says_so(one_second_speech):
+    import tempfile
+    from pathlib import Path
+
+    scene = _registered_scene()
+    assert not bpy.data.filepath
+    head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    summary = api.generate(head, one_second_speech, steps=1)
+    try:
+        assert "unsaved" in summary.note and summary.note in summary.message
+        assert summary.sequence_folder.is_relative_to(Path(tempfile.gettempdir()) / "textalker")
+        image = next(i for i in bpy.data.images if i.get(writers.TAG))
+        assert Path(image.filepath).is_absolute()
+    finally:
+        api.remove_output(head)
+    assert not summary.sequence_folder.exists()

@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Build the linux-x64 extension zip and install it into Blender (bpy-module mode) the way a user does.
+
+Each Blender session runs in its own subprocess with its own BLENDER_USER_RESOURCES: installing and
+enabling an extension changes global Blender state (preferences, registered classes, sys.path) that
+other tests in this process must not inherit, and they must not leak theirs into this one either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tools import build_extension
+
+pytestmark = pytest.mark.blender
+
+MODULE = "bl_ext.user_default.textalker"
+
+# Runs inside a fresh Python process; prints one JSON line prefixed with RESULT.
+BLENDER_SESSION = textwrap.dedent(
+    """
+    import json, os, sys, traceback
+    import bpy, addon_utils
+
+    zip_path, module = sys.argv[1], sys.argv[2]
+    report = {"errors": []}
+    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+    report["installed"] = os.path.isdir(os.path.join(bpy.utils.user_resource("EXTENSIONS"), "user_default", "textalker"))
+    report["enabled"] = list(addon_utils.check(module))
+    if report["installed"] and not all(report["enabled"]):
+        try:  # enable again so that the reason it failed is reported
+            addon_utils.enable(module, default_set=True, handle_error=lambda ex: (_ for _ in ()).throw(ex))
+        except BaseException:
+            report["errors"].append(traceback.format_exc())
+    report["operator_registered"] = hasattr(bpy.types, "TEXTALKER_OT_generate")
+    report["operator_callable"] = False
+    try:
+        report["operator_callable"] = bpy.ops.textalker.generate.get_rna_type().identifier == "TEXTALKER_OT_generate"
+    except Exception:
+        report["errors"].append(traceback.format_exc())
+    report["panel_registered"] = hasattr(bpy.types, "TEXTALKER_PT_main")
+    local_site = os.path.join(
+        bpy.utils.user_resource("EXTENSIONS"), ".local", "lib",
+        "python{}.{}".format(*sys.version_info[:2]), "site-packages",
+    )
+    report["wheel_site_packages"] = sorted(os.listdir(local_site)) if os.path.isdir(local_site) else []
+
+    try:
+        addon_utils.disable(module, default_set=True, handle_error=lambda ex: (_ for _ in ()).throw(ex))
+    except BaseException:
+        report["errors"].append(traceback.format_exc())
+    report["enabled_after_disable"] = list(addon_utils.check(module))
+    report["operator_after_disable"] = hasattr(bpy.types, "TEXTALKER_OT_generate")
+    report["panel_after_disable"] = hasattr(bpy.types, "TEXTALKER_PT_main")
+    print("RESULT " + json.dumps(report))
+    """
+)
+
+
+def run_blender_session(zip_path: Path, user_resources: Path) -> tuple[dict, str]:
+    environment = dict(os.environ, BLENDER_USER_RESOURCES=str(user_resources))
+    result = subprocess.run(
+        [sys.executable, "-c", BLENDER_SESSION, str(zip_path), MODULE],
+        capture_output=True, text=True, env=environment, timeout=600,
+    )
+    log = result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, f"Blender session failed (exit {result.returncode}):\n{log[-6000:]}"
+    return json.loads(lines[-1][len("RESULT "):]), log
+
+
+def pypi_reachable() -> bool:
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def linux_zip_with_a_wheel(tmp_path_factory) -> build_extension.BuiltZip:
+    blender_package = build_extension.PACKAGE_DIR / "blender" / "__init__.py"
+    assert blender_package.is_file(), f"{blender_package} is missing: the add-on has nothing to register"
+    root = tmp_path_factory.mktemp("build-minimal")
+    try:
+        (built,) = build_extension.build(
+            pythons=["3.11"], platforms=["linux-x64"], wheel_set="minimal",
+            out_dir=root / "dist", wheel_dir=root / "wheels", stage_root=root / "stage",
+        )
+    except build_extension.WheelDownloadError as error:
+        if not pypi_reachable():
+            pytest.skip(f"PyPI unreachable, cannot download the test wheel: {error}")
+        raise
+    return built
+
+
+def test_zip_installs_enables_and_disables_cleanly(linux_zip_with_a_wheel, tmp_path):
+    built = linux_zip_with_a_wheel
+    assert built.platform == "linux-x64" and len(built.wheels) == 1 and built.wheels[0].startswith("safetensors-")
+
+    report, log = run_blender_session(built.path, tmp_path / "blender-user")
+
+    assert report["installed"], log
+    assert report["enabled"] == [True, True], "\n".join(report["errors"]) or log
+    assert report["operator_registered"] and report["operator_callable"], "\n".join(report["errors"]) or log
+    assert report["panel_registered"], log
+    # Blender unpacked the bundled wheel into its shared extension site-packages
+    assert "safetensors" in report["wheel_site_packages"], report["wheel_site_packages"]
+    # and disabling removes every class again
+    assert report["enabled_after_disable"] == [False, False], "\n".join(report["errors"])
+    assert not report["operator_after_disable"] and not report["panel_after_disable"]
+    assert not report["errors"], "\n".join(report["errors"])
+
+
+@pytest.mark.parametrize(
+    ("python", "platform", "reason"),
+    [
+        ("3.13", "linux-x64", "minimum supported version (5.1.0)"),
+        ("3.11", "windows-x64", "isn't one of (windows-x64)"),
+    ],
+)
+def test_zip_for_another_blender_python_or_platform_is_refused(tmp_path, python, platform, reason):
+    """The per-Python and per-platform zips carry the metadata Blender uses to refuse them."""
+    (built,) = build_extension.build(
+        pythons=[python], platforms=[platform], wheel_set="none",
+        out_dir=tmp_path / "dist", wheel_dir=tmp_path / "wheels", stage_root=tmp_path / "stage",
+    )
+    report, log = run_blender_session(built.path, tmp_path / "blender-user")
+    assert not report["installed"]
+    assert report["enabled"] == [False, False]
+    assert reason in log

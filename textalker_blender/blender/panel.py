@@ -1,0 +1,79 @@
+"""3D View sidebar tab "TexTalker": target, audio, styles, device, Advanced, Generate."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import api, writers
+
+
+class TEXTALKER_PT_main(bpy.types.Panel):
+    bl_label = "TexTalker"
+    bl_idname = "TEXTALKER_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "TexTalker"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.textalker
+        job = context.window_manager.textalker_job
+
+        layout.operator("textalker.add_template_head", icon="USER")
+        column = layout.column()
+        column.prop(settings, "target", text="Target")
+        if settings.target is None:
+            active = context.active_object
+            column.label(text=f"Active: {active.name}" if active else "Active: none", icon="OBJECT_DATA")
+
+        box = layout.box()
+        box.prop(settings, "audio_source", expand=True)
+        if settings.audio_source == "STRIP":
+            editor_scene = api.sequencer_scene(context)
+            if editor_scene.sequence_editor is not None:
+                box.prop_search(settings, "sound_strip", editor_scene.sequence_editor, "strips_all",
+                                text="Strip", icon="SOUND")
+            else:
+                box.label(text="The Sequencer has no strips", icon="INFO")
+        else:
+            box.prop(settings, "audio_file", text="File")
+
+        layout.prop(settings, "speaking_style")
+        layout.prop(settings, "wrinkle_style")
+        layout.prop(settings, "device")
+
+        if job.running:
+            row = layout.row(align=True)
+            row.label(text=f"{job.stage} {job.progress:.0f}%", icon="TIME")
+            row.operator("textalker.cancel", text="Cancel", icon="CANCEL")
+            layout.label(text="Press Esc to cancel")
+            return
+        reason = api.blocking_reason(context)
+        row = layout.row()
+        row.scale_y = 1.5
+        row.enabled = reason is None
+        row.operator("textalker.generate", icon="PLAY_SOUND")
+        if reason:
+            layout.label(text=reason, icon="ERROR")
+        if job.last_message:
+            layout.label(text=job.last_message, icon="INFO")
+        if writers.has_textalker_output(api.target_object(context)):
+            layout.operator("textalker.remove_output", icon="TRASH")
+
+
+class TEXTALKER_PT_advanced(bpy.types.Panel):
+    bl_label = "Advanced"
+    bl_idname = "TEXTALKER_PT_advanced"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "TexTalker"
+    bl_parent_id = "TEXTALKER_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        settings = context.scene.textalker
+        self.layout.prop(settings, "steps")
+        self.layout.prop(settings, "seed")
+
+
+CLASSES = (TEXTALKER_PT_main, TEXTALKER_PT_advanced)

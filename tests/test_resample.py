@@ -28,8 +28,18 @@ def test_linear_ramp_is_resampled_exactly(fps):
     n_out = output_frame_count(n_src / MODEL_FPS, fps)
     out = resample_frames(ramp, MODEL_FPS, fps, n_out)
     assert out.shape == (n_out, 4, 3) and out.dtype == np.float32
-    expected = np.clip(np.arange(n_out) / fps * MODEL_FPS, 0, n_src - 1)
+    # frame centres: output frame i at (i + 0.5) / fps, source frame k at (k + 0.5) / 30
+    expected = np.clip((np.arange(n_out) + 0.5) / fps * MODEL_FPS - 0.5, 0, n_src - 1)
     np.testing.assert_allclose(out[:, 0, 0], expected, atol=1e-4)
+
+
+def test_doubling_fps_puts_frames_a_quarter_source_frame_around_each_source_frame():
+    frames = np.random.default_rng(1).standard_normal((20, 3)).astype(np.float32)
+    out = resample_frames(frames, 30, 60)
+    assert out.shape == (40, 3)
+    k = np.arange(1, 19)
+    np.testing.assert_allclose(out[2 * k], 0.25 * frames[k - 1] + 0.75 * frames[k], atol=1e-6)
+    np.testing.assert_allclose(out[2 * k + 1], 0.75 * frames[k] + 0.25 * frames[k + 1], atol=1e-6)
 
 
 def test_same_fps_is_identity_and_dtype_kept():

@@ -256,3 +256,21 @@ def test_build_is_deterministic_and_matches_the_shipped_asset(tmp_path):
     assert meta["format_version"] == template_module.FORMAT_VERSION
     total = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert total < 10_000_000
+
+
+def test_parts_follow_model_head_offsets(template):
+    """Lower teeth and eyelashes follow head offsets through the estimated unit weights."""
+    rng = np.random.default_rng(3)
+    weights = ((rng.random((8, 52)) < 0.3) * rng.random((8, 52))).astype(np.float32)
+    weights[:, template.unit_index("tongueOut")] = 0  # invisible on the head: cannot be recovered
+    head = template.apply_units(weights)
+    assert np.abs(template.estimate_unit_weights(head) - weights).max() < 0.05
+    for part, tolerance in (("teeth_lower", 2e-4), ("eyelashes", 5e-4)):
+        expected = template.apply_part_units(part, weights)
+        np.testing.assert_allclose(template.part_offsets_from_head(part, head), expected, atol=tolerance)
+    jaw_teeth = template.part_offsets_from_head("teeth_lower", template.apply_units(template.unit_weights(jawOpen=1)))
+    assert jaw_teeth[:, 2].mean() < -0.005
+    assert np.abs(template.part_offsets_from_head("eye_left", head)).max() == 0  # eyes keep still
+    torch = pytest.importorskip("torch")
+    from_torch = template.part_offsets_from_head("teeth_lower", torch.from_numpy(head))
+    np.testing.assert_allclose(from_torch.numpy(), template.part_offsets_from_head("teeth_lower", head), atol=1e-5)

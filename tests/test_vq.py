@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from core_helpers import tiny_config
+
 from textalker_blender.core.config import ModelConfig
 from textalker_blender.core.vq import VQAutoencoder, VQLosses, training_step
 
@@ -12,13 +12,17 @@ from textalker_blender.core.vq import VQAutoencoder, VQLosses, training_step
 def smooth_maps(batch, resolution, seed=0):
     """Smooth random fields (sums of a few low-frequency waves), channel-last, about [-1, 1]."""
     g = torch.Generator().manual_seed(seed)
-    y, x = torch.meshgrid(torch.linspace(0, 1, resolution), torch.linspace(0, 1, resolution),
-                          indexing="ij")
+    y, x = torch.meshgrid(
+        torch.linspace(0, 1, resolution), torch.linspace(0, 1, resolution), indexing="ij"
+    )
     maps = torch.zeros(batch, resolution, resolution, 3)
     for _ in range(3):
-        fx, fy, phase = (torch.rand(3, batch, 1, 1, 3, generator=g) * torch.tensor([3, 3, 6.28]
-                                                                                  ).view(3, 1, 1, 1, 1))
-        maps += torch.sin(2 * np.pi * (fx * x[None, ..., None] + fy * y[None, ..., None]) + phase) / 3
+        fx, fy, phase = torch.rand(3, batch, 1, 1, 3, generator=g) * torch.tensor(
+            [3, 3, 6.28]
+        ).view(3, 1, 1, 1, 1)
+        maps += (
+            torch.sin(2 * np.pi * (fx * x[None, ..., None] + fy * y[None, ..., None]) + phase) / 3
+        )
     return maps
 
 
@@ -38,9 +42,9 @@ def test_encode_decode_shapes_and_latents_are_codes():
 
 def test_bundled_and_paper_latent_sizes():
     bundled, paper = ModelConfig.bundled(), ModelConfig.paper()
-    assert bundled.motion_vq.latent_resolution == 4 and bundled.motion_vq.latent_channels == 8
+    assert bundled.motion_vq.latent_resolution == 8 and bundled.motion_vq.latent_channels == 4
     assert bundled.wrinkle_vq.latent_resolution == 8 and bundled.wrinkle_vq.latent_channels == 4
-    assert bundled.joint_latent_dim == 384
+    assert bundled.joint_latent_dim == 512
     assert paper.motion_vq.latent_resolution == 16 and paper.motion_vq.latent_channels == 16
     assert paper.motion_vq.codebook_size == paper.wrinkle_vq.codebook_size == 1024
     vq = VQAutoencoder(bundled.wrinkle_vq).eval()
@@ -67,11 +71,19 @@ def test_few_steps_reduce_reconstruction_loss_with_all_losses_on():
     opt = torch.optim.Adam(vq.parameters(), lr=5e-3)
     opt_d = torch.optim.Adam(losses.discriminator.parameters(), lr=1e-4)
     logs = [training_step(vq, losses, batch, opt, opt_d, step=i) for i in range(24)]
-    first = np.mean([l["reconstruction"] for l in logs[:2]])
-    last = np.mean([l["reconstruction"] for l in logs[-2:]])
+    first = np.mean([log["reconstruction"] for log in logs[:2]])
+    last = np.mean([log["reconstruction"] for log in logs[-2:]])
     assert last < 0.75 * first, (first, last)
-    for key in ("perceptual", "adversarial", "discriminator", "codebook", "commitment",
-                "perplexity", "dead_codes", "usage_perplexity"):
+    for key in (
+        "perceptual",
+        "adversarial",
+        "discriminator",
+        "codebook",
+        "commitment",
+        "perplexity",
+        "dead_codes",
+        "usage_perplexity",
+    ):
         assert key in logs[-1]
     assert 1.0 <= logs[-1]["perplexity"] <= config.codebook_size
 

@@ -6,14 +6,18 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from core_helpers import tiny_config
+
 from textalker_blender.core.config import ModelConfig
 from textalker_blender.core.errors import WeightsError
 from textalker_blender.core.model import TexTalkerModel, random_pivots
 from textalker_blender.core.style import StylePivots
 from textalker_blender.core.weights import (
-    MANIFEST_NAME, load_weights, record_in_manifest, save_weights, sha256_file,
+    MANIFEST_NAME,
+    load_weights,
+    record_in_manifest,
+    save_weights,
+    sha256_file,
 )
 
 METADATA = {"config": "{}", "audio_encoder": "bundled", "style_names": "[]", "trained": "false"}
@@ -101,8 +105,9 @@ def tiny_model(config=None, seed=0):
     config = config or tiny_config()
     torch.manual_seed(seed)
     names = ["Subject A", "Subject B", "Subject B"]  # duplicate names get distinct keys
-    zero = StylePivots(np.zeros((3, config.motion_latent_dim)),
-                       np.zeros((3, config.wrinkle_latent_dim)), names)
+    zero = StylePivots(
+        np.zeros((3, config.motion_latent_dim)), np.zeros((3, config.wrinkle_latent_dim)), names
+    )
     model = TexTalkerModel(config, zero)
     model.set_pivots(random_pivots(config, names, model, seed=seed))
     return model.eval()
@@ -145,8 +150,9 @@ def test_hubert_weights_need_and_use_a_hubert_folder(tmp_path):
     hubert_dir = write_tiny_hubert(tmp_path / "hubert")
     config = tiny_config(audio_encoder="hubert", audio_feature_dim=32)
     names = ["S1"]
-    pivots = StylePivots(np.zeros((1, config.motion_latent_dim)),
-                         np.zeros((1, config.wrinkle_latent_dim)), names)
+    pivots = StylePivots(
+        np.zeros((1, config.motion_latent_dim)), np.zeros((1, config.wrinkle_latent_dim)), names
+    )
     from textalker_blender.core.features import build_audio_encoder
 
     model = TexTalkerModel(config, pivots, build_audio_encoder(config, hubert_dir))
@@ -187,7 +193,10 @@ def test_make_untrained_weights_tool(tmp_path):
     weights = load_weights(path_a)
     assert weights.metadata["trained"] == "false"
     assert json.loads(weights.metadata["style_names"]) == [
-        "Untrained style 1", "Untrained style 2", "Untrained style 3"]
+        "Untrained style 1",
+        "Untrained style 2",
+        "Untrained style 3",
+    ]
     model = TexTalkerModel.from_weights(weights)
     assert model.config.name == "bundled" and model.trained is False
     # placeholder pivots differ per style
@@ -202,9 +211,11 @@ def test_ldm_loss_trains_through_pivots_and_audio_front_end():
     subjects = torch.tensor([0, 2])
     z_motion = torch.randn(2, 12, config.motion_latent_dim, generator=g)
     z_wrinkle = torch.randn(2, 12, config.wrinkle_latent_dim, generator=g)
-    model.fit_latent_normalization(z_motion.reshape(-1, config.motion_latent_dim),
-                                   z_wrinkle.reshape(-1, config.wrinkle_latent_dim),
-                                   subjects.repeat_interleave(12))
+    model.fit_latent_normalization(
+        z_motion.reshape(-1, config.motion_latent_dim),
+        z_wrinkle.reshape(-1, config.wrinkle_latent_dim),
+        subjects.repeat_interleave(12),
+    )
     assert model.denoiser.latent_center.abs().max() > 0
     mel = torch.randn(config.n_mels, 200, generator=g)
     features = torch.stack([model.audio_encoder.window_features(mel, s, 12) for s in (0, 30)])

@@ -44,18 +44,17 @@ def test_one_key_per_frame_with_value_one_on_its_frame(fps, fps_base):
     assert record["fps"] == pytest.approx(fps / fps_base)
 
 
-def test_key_positions_are_basis_plus_offsets_divided_by_world_scale():
+def test_key_positions_are_basis_plus_offsets_in_local_coordinates():
     fresh_scene()
     obj = grid_mesh_object()
-    obj.scale = (0.5, 2.0, 1.0)
-    bpy.context.view_layer.update()
+    obj.scale = (0.5, 2.0, 1.0)  # the object transform applies on top, as to any shape key
     offsets = _offsets(3, len(obj.data.vertices))
     names = writers.write_shape_keys(obj, offsets, 30.0, frame_start=1)
     blocks = obj.data.shape_keys.key_blocks
     basis = np.array([v.co for v in blocks["Basis"].data])
     for i, name in enumerate(names):
         co = np.array([v.co for v in blocks[name].data])
-        np.testing.assert_allclose(co - basis, offsets[i] / [0.5, 2.0, 1.0], atol=1e-6)
+        np.testing.assert_allclose(co - basis, offsets[i], atol=1e-6)
 
 
 def test_rerun_replaces_only_generated_keys_and_keeps_user_animation():
@@ -103,13 +102,15 @@ def test_removal_on_a_mesh_without_keys_restores_no_keys_and_deletes_action():
 
 
 def test_exr_sequence_is_half_float_in_image_row_order(tmp_path):
-    fresh_scene()
+    scene = fresh_scene()
+    scene.render.image_settings.file_format = "JPEG"  # the user's own output settings
     rng = np.random.default_rng(3)
     maps = rng.uniform(0.3, 1.7, (3, 16, 24, 3)).astype(np.float32)
     maps[:, 0, :, :] = 2.0  # row 0 is the top of the UV square
     paths = writers.write_exr_sequence(maps, tmp_path / "seq")
     assert [p.name for p in paths] == ["wrinkle_0001.exr", "wrinkle_0002.exr", "wrinkle_0003.exr"]
     assert len(bpy.data.scenes) == 1 and len(bpy.data.images) == 0  # temporaries removed
+    assert scene.render.image_settings.file_format == "JPEG"
     for t, path in enumerate(paths):
         with OpenEXR.File(str(path)) as exr:
             channels = exr.channels()

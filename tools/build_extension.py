@@ -46,7 +46,9 @@ DEFAULT_OUT_DIR = REPO_ROOT / "dist"
 PLATFORM_TAGS: dict[str, list[str]] = {
     "linux-x64": [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + ["manylinux2014_x86_64"],
     "windows-x64": ["win_amd64"],
-    "macos-arm64": ["macosx_11_0_arm64"],  # pip expands macosx tags to older compatible ones
+    # pip expands macosx tags to older compatible ones. 12.0, not Blender's 11.2: scipy, scikit-learn,
+    # numba and llvmlite publish no arm64 wheel older than macOS 12 (measured with pip --dry-run).
+    "macos-arm64": ["macosx_12_0_arm64"],
 }
 PLATFORMS = tuple(PLATFORM_TAGS)
 
@@ -71,8 +73,11 @@ class PythonTarget:
 
 
 PYTHON_TARGETS: dict[str, PythonTarget] = {
+    # Blender 4.2-5.0 ship numpy 1.26 (bpy 5.0.1 requires numpy>=1.26,<2).
     "3.11": PythonTarget("3.11", "4.2.0", "5.1.0", "numpy==1.26.4"),
-    "3.13": PythonTarget("3.13", "5.1.0", None, "numpy>=2.2,<3"),
+    # Blender 5.1+ ships numpy 2.x (bpy 5.2 requires numpy>=2.2,<3). Resolving against the lowest 2.x
+    # it may ship keeps the bundle loadable with any later 2.x (numpy 2 builds are forward compatible).
+    "3.13": PythonTarget("3.13", "5.1.0", None, "numpy>=2.2,<2.3"),
 }
 
 # Distributions that Blender's own Python already contains (the bpy wheel requires the same set):
@@ -177,6 +182,8 @@ def download_wheels(
         if index_url is None and torch_flavour == "cpu" and platform == "linux-x64":
             # PyPI's Linux torch is the CUDA build; the CPU build lives on PyTorch's own index.
             index_url = TORCH_CPU_INDEX_URL
+        if torch_flavour == "cuda" and platform == "macos-arm64":
+            print("[build_extension] note: no CUDA on macOS, bundling the default (CPU/MPS) torch", flush=True)
         if index_url is None and torch_flavour == "cuda" and platform == "windows-x64":
             raise BuildError("CUDA torch for Windows is only on PyTorch's index: pass --torch-index-url "
                              "https://download.pytorch.org/whl/cu<version>")
@@ -202,14 +209,28 @@ def download_wheels(
     wheels = sorted(p for p in target_dir.glob("*.whl") if p.name in wanted)
     if not wheels:
         raise WheelDownloadError(f"pip download reported no wheels for {python.tag} {platform}:\n{result.stdout[-2000:]}")
-    if wants_torch and torch_flavour == "cpu" and platform == "linux-x64":
-        cuda_wheels = [p.name for p in wheels if canonicalize_name(parse_wheel_filename(p.name)[0]).startswith("nvidia-")]
-        if cuda_wheels:
-            raise BuildError(
-                "asked for CPU torch but pip resolved the CUDA build (it pulled "
-                f"{', '.join(cuda_wheels[:3])} ...): make {TORCH_CPU_INDEX_URL} reachable or pass --torch-index-url"
-            )
+    if wants_torch and platform == "linux-x64":
+        check_torch_flavour(wheels, torch_flavour)
     return [p for p in wheels if canonicalize_name(parse_wheel_filename(p.name)[0]) not in BLENDER_BUNDLED]
+
+
+def check_torch_flavour(wheels: list[Path], torch_flavour: str) -> None:
+    """Linux only: PyPI's torch is the CUDA build (with nvidia-* wheels), PyTorch's CPU index has `+cpu`."""
+    names = [canonicalize_name(parse_wheel_filename(p.name)[0]) for p in wheels]
+    torch_versions = [str(parse_wheel_filename(p.name)[1]) for p in wheels if parse_wheel_filename(p.name)[0] == "torch"]
+    is_cpu_build = any(v.endswith("+cpu") for v in torch_versions)
+    has_cuda_wheels = any(name.startswith("nvidia-") for name in names)
+    if torch_flavour == "cpu" and (has_cuda_wheels or not is_cpu_build):
+        raise BuildError(
+            f"asked for CPU torch but pip resolved torch {torch_versions} (CUDA build): "
+            f"make {TORCH_CPU_INDEX_URL} reachable or pass --torch-index-url"
+        )
+    if torch_flavour == "cuda" and is_cpu_build:
+        raise BuildError(
+            f"asked for CUDA torch but pip resolved {torch_versions} (a local CPU wheel, e.g. from pip's "
+            "find-links, wins on version order); pass --torch-index-url https://download.pytorch.org/whl/cu<version> "
+            "or remove the CPU wheel from pip's find-links"
+        )
 
 
 def url_reachable(url: str, timeout_s: float = 5.0) -> bool:
@@ -321,12 +342,22 @@ def link_or_copy(source: Path, destination: Path) -> None:
         shutil.copy2(source, destination)
 
 
-def run_blender_ext(*arguments: str) -> str:
-    command = [sys.executable, str(find_blender_ext_script()), *arguments]
+def blender_valid_tags_file(blender_ext_script: Path) -> Path:
+    """The tag list `blender --command extension` validates against (the standalone script checks none)."""
+    return blender_ext_script.parents[3] / "modules" / "_bpy_internal" / "extensions" / "tags.py"
+
+
+def run_blender_ext(subcommand: str, *arguments: str) -> str:
+    script = find_blender_ext_script()
+    command = [sys.executable, str(script), subcommand]
+    tags_file = blender_valid_tags_file(script)
+    if subcommand in ("build", "validate") and tags_file.is_file():
+        command += ["--valid-tags", str(tags_file)]
+    command += list(arguments)
     result = subprocess.run(command, capture_output=True, text=True)
     output = (result.stdout + result.stderr).strip()
     if result.returncode != 0 or "Error" in output.split("\n", 1)[0]:
-        raise BuildError(f"blender_ext {arguments[0]} failed (exit {result.returncode}):\n{output}")
+        raise BuildError(f"blender_ext {subcommand} failed (exit {result.returncode}):\n{output}")
     return output
 
 

@@ -136,7 +136,7 @@ def fit_sphere(points: np.ndarray):
     return centre, float(np.sqrt(solution[3] + centre @ centre))
 
 
-def sparse_units(unit_tables, local_of_source: np.ndarray, n_vertices: int, to_local_offsets, quantum: float):
+def sparse_units(unit_tables, to_local_offsets, quantum: float):
     """Per-unit sparse int16 offsets in units of `quantum` metres (CSR over units)."""
     ptr, vertex, delta = [0], [], []
     for table in unit_tables:
@@ -168,7 +168,7 @@ def source_offsets(table, local_of_source: np.ndarray, n_vertices: int) -> np.nd
 # Extra parts
 
 
-def eyeball_part(helper_vertices: np.ndarray, helper_source: np.ndarray, unit_tables, n_source: int):
+def eyeball_part(helper_vertices: np.ndarray, helper_source: np.ndarray, unit_tables):
     """A UV sphere fitted to the hm08 eye helper (an exact sphere), pupil facing -Y.
 
     Rings are placed on the pupil / iris / limbus edges so per-vertex colours draw crisp circles.
@@ -222,8 +222,7 @@ def eyeball_part(helper_vertices: np.ndarray, helper_source: np.ndarray, unit_ta
         _, rotation, translation = fit_similarity(helper_vertices, moved, allow_scale=False)
         return vertices @ rotation.T + translation - vertices
 
-    n = len(vertices)
-    ptr, vertex, delta = sparse_units(unit_tables, None, n, offsets_for, PART_FIT_QUANTUM_M)
+    ptr, vertex, delta = sparse_units(unit_tables, offsets_for, PART_FIT_QUANTUM_M)
     return {
         "vertices": vertices.astype(np.float32),
         "loop_vertex_indices": np.concatenate(polygons).astype(np.int32),
@@ -244,9 +243,7 @@ def helper_part(faces, positions_dm, uvs, unit_tables, colour, n_source: int):
     n = len(mesh["vertices"])
     local = np.full(n_source, -1, dtype=np.int64)
     local[mesh["source_indices"]] = np.arange(n)
-    ptr, vertex, delta = sparse_units(
-        unit_tables, local, n, lambda table: source_offsets(table, local, n), OFFSET_QUANTUM_M
-    )
+    ptr, vertex, delta = sparse_units(unit_tables, lambda table: source_offsets(table, local, n), OFFSET_QUANTUM_M)
     return {
         "vertices": mesh["vertices"],
         "loop_vertex_indices": mesh["loop_vertex_indices"],
@@ -391,12 +388,13 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
     )
 
     unit_ptr, unit_vertex, unit_delta = sparse_units(
-        unit_tables, local, n, lambda table: source_offsets(table, local, n), OFFSET_QUANTUM_M
+        unit_tables, lambda table: source_offsets(table, local, n), OFFSET_QUANTUM_M
     )
     # The 0.1 mm grid of the source makes the int16 storage exact: check it.
-    for table in unit_tables[:3]:
+    for name, table in zip(unit_names, unit_tables):
         exact = source_offsets(table, local, n)
-        assert np.allclose(np.round(exact / OFFSET_QUANTUM_M) * OFFSET_QUANTUM_M, exact, atol=1e-9)
+        if not np.allclose(np.round(exact / OFFSET_QUANTUM_M) * OFFSET_QUANTUM_M, exact, rtol=0, atol=1e-9):
+            raise ValueError(f"face unit {name} is not on the 0.1 mm grid; raise the storage precision")
 
     # ---- masks ----
     moved_by = np.zeros((len(unit_names), n), dtype=bool)
@@ -475,7 +473,7 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
     parts = {}
     for side in ("left", "right"):
         source, points = eye_helpers[side]
-        parts[f"eye_{side}"] = eyeball_part(points, source, unit_tables, n_source)
+        parts[f"eye_{side}"] = eyeball_part(points, source, unit_tables)
     teeth_colour = (226, 218, 196)
     for name, group, colour in (
         ("teeth_upper", "helper-upper-teeth", teeth_colour),

@@ -34,12 +34,24 @@ def main(argv=None) -> int:
     parser.add_argument("--no-stats", action="store_true", help="skip statistics (faster)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--note", default="", help="extra paragraph for the report")
+    parser.add_argument("--stats-only", action="store_true",
+                        help="recompute stats.json and the report of an existing build")
+    parser.add_argument("--synthesis-seconds", type=float, default=None,
+                        help="with --stats-only: the synthesis time of that build, for the report")
     args = parser.parse_args(argv)
+    args.load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     from synthetic_textalk4d.builder import BuildConfig, build, dump_json
     from synthetic_textalk4d.speech import SpeechToolsMissing
 
     out = args.out.resolve()
+    if args.stats_only:
+        import json as _json
+        meta = _json.loads((out / "meta.json").read_text())
+        report = {"meta": meta, "n_utterances": sum(len(v) for v in meta["splits"].values())}
+        synthesis = args.synthesis_seconds if args.synthesis_seconds is not None else float("nan")
+        started = time.perf_counter() - (0.0 if synthesis != synthesis else synthesis)
+        return _stats_and_docs(args, out, report, synthesis, started)
     if out.exists() and any(out.iterdir()):
         if not args.force:
             print(f"{out} is not empty; pass --force to replace it", file=sys.stderr)
@@ -58,6 +70,11 @@ def main(argv=None) -> int:
     print(f"synthesised {report['n_utterances']} utterances in {synthesis:.0f} s")
     if args.no_stats:
         return 0
+    return _stats_and_docs(args, out, report, synthesis, started)
+
+
+def _stats_and_docs(args, out, report, synthesis, started) -> int:
+    from synthetic_textalk4d.builder import dump_json
     from synthetic_textalk4d.stats import compute_stats, measure_map_speed, write_report
 
     t = time.perf_counter()
@@ -72,10 +89,12 @@ def main(argv=None) -> int:
     cpu = os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     timings = {
+        "utterances": report["n_utterances"],
         "build time (synthesis + weights)": f"{synthesis:.0f} s",
         "statistics time": f"{stats_seconds:.0f} s",
         "total build time": f"{total / 60:.1f} min",
-        "machine": f"{cpu} CPU cores, load average {load:.1f} at the end, --jobs {args.jobs}",
+        "machine": f"{cpu} CPU cores shared with other jobs, load average {args.load_at_start:.1f} "
+                   f"at the start and {load:.1f} at the end, --jobs {args.jobs}",
         "map rendering, offsets + motion 64 px + wrinkle 128 px": f"{speed['all_maps_fps']:.0f} frames/s",
         "motion maps 64 px only": f"{speed['motion_maps_fps']:.0f} frames/s",
         "wrinkle maps 128 px only (incl. strain)": f"{speed['wrinkle_maps_fps']:.0f} frames/s",

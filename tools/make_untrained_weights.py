@@ -43,14 +43,16 @@ def template_uv_region(template_path: Path | None):
     return tuple(float(x) for x in template.uv_region)
 
 
-def build_untrained_model(seed: int = 0, n_styles: int = 4,
-                          config: ModelConfig | None = None) -> TexTalkerModel:
+def build_untrained_model(
+    seed: int = 0, n_styles: int = 4, config: ModelConfig | None = None
+) -> TexTalkerModel:
     config = config or ModelConfig.bundled()
     names = [f"Untrained style {i + 1}" for i in range(n_styles)]
     torch.manual_seed(seed)
     placeholder = StylePivots(
         torch.zeros(n_styles, config.motion_latent_dim).numpy(),
-        torch.zeros(n_styles, config.wrinkle_latent_dim).numpy(), names,
+        torch.zeros(n_styles, config.wrinkle_latent_dim).numpy(),
+        names,
     )
     model = TexTalkerModel(config, placeholder)
     with torch.no_grad():
@@ -58,10 +60,12 @@ def build_untrained_model(seed: int = 0, n_styles: int = 4,
         # decoder sees distinct inputs per code and the random model actually moves.
         for vq in (model.motion_vq, model.wrinkle_vq):
             vq.quantizer.codebook.weight.normal_(0.0, 1.0)
-        model.motion_vq.set_normalization_from_minmax([-UNTRAINED_MOTION_RANGE_M] * 3,
-                                                      [UNTRAINED_MOTION_RANGE_M] * 3)
-        model.wrinkle_vq.set_normalization_from_minmax([-UNTRAINED_LOG_RATIO_RANGE] * 3,
-                                                       [UNTRAINED_LOG_RATIO_RANGE] * 3)
+        model.motion_vq.set_normalization_from_minmax(
+            [-UNTRAINED_MOTION_RANGE_M] * 3, [UNTRAINED_MOTION_RANGE_M] * 3
+        )
+        model.wrinkle_vq.set_normalization_from_minmax(
+            [-UNTRAINED_LOG_RATIO_RANGE] * 3, [UNTRAINED_LOG_RATIO_RANGE] * 3
+        )
     model.set_pivots(random_pivots(config, names, model, seed=seed))
     return model.eval()
 
@@ -71,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "textalker_blender" / "assets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--styles", type=int, default=4)
-    parser.add_argument("--template", type=Path, default=None,
-                        help="template_head.npz whose UV region the weights record")
+    parser.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help="template_head.npz whose UV region the weights record",
+    )
     args = parser.parse_args(argv)
 
     config = ModelConfig.bundled()

@@ -48,7 +48,16 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
 # Frame selection
 
 
-def pick_frames(sample, count: int, wrinkle_darkening: np.ndarray, units) -> list[int]:
+def articulated_phoneme(sample, frame: int, lead_s: float) -> str:
+    """The phoneme the mouth is shaping at `frame`: mouth shapes lead the sound by lead_s."""
+    t = (frame + 0.5) / sample.fps + lead_s
+    for p in sample.phonemes:
+        if p.start <= t < p.end:
+            return p.label
+    return "pau"
+
+
+def pick_frames(sample, count: int, wrinkle_darkening: np.ndarray, units, lead_s: float) -> list[int]:
     """Frames that show the features a person should check, then evenly spaced ones."""
     t = sample.n_frames
     weights = sample.weights
@@ -58,16 +67,25 @@ def pick_frames(sample, count: int, wrinkle_darkening: np.ndarray, units) -> lis
         if frame is not None and 0 <= frame < t and all(abs(frame - c) > 2 for c in chosen):
             chosen.append(int(frame))
 
-    def centres(labels):
-        frames = [int((p.start + p.end) / 2 * sample.fps) for p in sample.phonemes if p.label in labels]
-        return [f for f in frames if 0 <= f < t]
+    lead = lead_s
 
-    bilabial = centres(BILABIALS)
-    if bilabial:
-        add(max(bilabial, key=lambda f: weights[f, units["mouthClose"]]))
-    open_vowel = centres(OPEN_VOWELS)
-    if open_vowel:
-        add(max(open_vowel, key=lambda f: weights[f, units["jawOpen"]]))
+    def articulated(labels):
+        """Frames whose articulation time (frame centre + the subject's lead) is inside a phoneme
+        of `labels`, grouped per phoneme."""
+        groups = []
+        for p in sample.phonemes:
+            if p.label in labels:
+                frames = [k for k in range(t) if p.start <= (k + 0.5) / sample.fps + lead < p.end]
+                if frames:
+                    groups.append(frames)
+        return groups
+
+    bilabials = articulated(BILABIALS)
+    if bilabials:  # the most clearly closed bilabial: strongest lip press
+        add(max((f for g in bilabials for f in g), key=lambda f: weights[f, units["mouthPressLeft"]]))
+    open_vowels = articulated(OPEN_VOWELS)
+    if open_vowels:
+        add(max((f for g in open_vowels for f in g), key=lambda f: weights[f, units["jawOpen"]]))
     add(int(np.argmax(weights[:, units["browInnerUp"]])) if weights[:, units["browInnerUp"]].max() > 0.1 else None)
     add(int(np.argmax(weights[:, units["eyeBlinkLeft"]])) if weights[:, units["eyeBlinkLeft"]].max() > 0.5 else None)
     add(int(np.argmax(wrinkle_darkening)))
@@ -106,11 +124,14 @@ class CyclesFace:
         scene.render.resolution_x = scene.render.resolution_y = resolution
         scene.render.image_settings.file_format = "PNG"
         scene.view_settings.view_transform = "Standard"
+        # Expose for the subject's skin: dark skin would otherwise render nearly black.
+        skin = float(np.mean(ds.subjects[subject].skin_tone))
+        scene.view_settings.exposure = float(np.clip(np.log2(0.9 / skin), 0.0, 2.0))
         scene.render.film_transparent = False
         world = bpy.data.worlds.new("World")
         background = next(n for n in world.node_tree.nodes if n.bl_idname == "ShaderNodeBackground")
         background.inputs["Color"].default_value = (0.18, 0.19, 0.21, 1.0)
-        background.inputs["Strength"].default_value = 0.6
+        background.inputs["Strength"].default_value = 1.0
         scene.world = world
 
         geometry = ds.geometry(subject)
@@ -134,19 +155,20 @@ class CyclesFace:
             obj.data.materials.append(self._vertex_colour_material(name, roughness))
             self.parts[name] = (obj, neutral)
 
-        target = np.array([0.0, -0.1, FACE_CENTRE_Z])
+        target = np.array([0.0, -0.12, FACE_CENTRE_Z - 0.01])
         yaw = np.radians(yaw_deg)
-        distance = 0.8
+        distance = 0.68
         camera_data = bpy.data.cameras.new("Camera")
         camera_data.lens = 105
         camera = bpy.data.objects.new("Camera", camera_data)
-        camera.location = tuple(target + distance * np.array([np.sin(yaw), -np.cos(yaw), 0.05]))
-        camera.rotation_euler = (np.pi / 2 - 0.05, 0.0, yaw)
+        camera.location = tuple(target + distance * np.array([np.sin(yaw), -np.cos(yaw), 0.0]))
+        camera.rotation_euler = (np.pi / 2, 0.0, yaw)
         scene.collection.objects.link(camera)
         scene.camera = camera
-        for name, location, energy, size in (("Key", (-0.5, -0.8, 1.2), 60.0, 0.6),
-                                             ("Fill", (0.7, -0.6, 0.8), 18.0, 0.8),
-                                             ("Rim", (0.2, 0.6, 1.1), 25.0, 0.4)):
+        # Key light from above: raking light shows creases (forehead lines, nasolabial folds).
+        for name, location, energy, size in (("Key", (-0.35, -0.7, 1.25), 220.0, 0.5),
+                                             ("Fill", (0.7, -0.7, 0.75), 70.0, 0.8),
+                                             ("Rim", (0.2, 0.6, 1.1), 50.0, 0.4)):
             light_data = bpy.data.lights.new(name, "AREA")
             light_data.energy = energy
             light_data.size = size
@@ -155,6 +177,10 @@ class CyclesFace:
             direction = target - np.array(location)
             light.rotation_euler = _look_rotation(direction)
             scene.collection.objects.link(light)
+
+    def set_quality(self, resolution: int, samples: int) -> None:
+        self.scene.render.resolution_x = self.scene.render.resolution_y = resolution
+        self.scene.cycles.samples = samples
 
     def _mesh_object(self, name, vertices, loop_vertex_indices, polygon_sizes, uvs=None, colors=None):
         bpy = self.bpy
@@ -222,10 +248,28 @@ class CyclesFace:
         self.image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).astype(np.float32).ravel())
         self.image.update()
         self.scene.render.filepath = str(path)
-        self.bpy.ops.render.render(write_still=True)
+        with _quiet_stdout():  # Cycles prints a line per tile and sample
+            self.bpy.ops.render.render(write_still=True)
         from PIL import Image
 
         return np.asarray(Image.open(path).convert("RGB"))
+
+
+class _quiet_stdout:
+    """Silence C-level stdout (Blender's render log) for the duration of a block."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 1)
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        os.close(self._null)
+        return False
 
 
 def _look_rotation(direction):
@@ -255,6 +299,9 @@ class SimpleFace:
         self.rows = np.clip(((v1 - uv[:, 1]) / (v1 - v0) * texture_size).astype(int), 0, texture_size - 1)
         front = self.neutral[:, 1] < -0.02
         self.visible = front & (np.abs(self.neutral[:, 2] - FACE_CENTRE_Z) < 0.14)
+
+    def set_quality(self, resolution: int, samples: int) -> None:
+        self.resolution = resolution
 
     def render(self, weights, offsets, ratio, path: Path) -> np.ndarray:
         from PIL import Image
@@ -302,15 +349,22 @@ class MapViews:
     def __init__(self, template):
         masks = region_masks(template)
         selected = np.zeros(template.n_vertices, bool)
-        for name in ("forehead", "nasolabial", "glabella"):
+        for name in ("forehead", "glabella", "nasolabial", "crows_feet"):
             selected |= masks[name] > 0.3
         uv = template.vertex_uvs[selected]
+        # keep the main face island (eyelids and lips have islands of their own elsewhere)
+        centre = np.median(template.vertex_uvs[masks["glabella"] > 0.3], axis=0)
+        uv = uv[np.linalg.norm(uv - centre, axis=1) < 0.12]
         lo, hi = uv.min(0), uv.max(0)
-        pad = 0.35 * (hi - lo).max()
+        pad = 0.12 * (hi - lo).max()
         self.box_uv = (lo[0] - pad, lo[1] - pad, hi[0] + pad, hi[1] + pad)
         self.region = tuple(float(x) for x in template.uv_region)
 
     def crop(self, image: np.ndarray) -> np.ndarray:
+        """The face part of a map, turned upright (the hm08 layout has the forehead on the left)."""
+        return np.rot90(self._crop(image), k=-1)
+
+    def _crop(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         u0, v0, u1, v1 = self.region
         bu0, bv0, bu1, bv1 = self.box_uv
@@ -325,6 +379,12 @@ def motion_view(motion_map: np.ndarray, scale: float, mask: np.ndarray) -> np.nd
     rgb = np.clip(0.5 + motion_map / (2 * scale), 0, 1)
     rgb[~mask] = 0.12
     return rgb
+
+
+def crease_view(ratio: np.ndarray, gain: float = 4.0) -> np.ndarray:
+    """Darkening (1 - ratio) as a heat map: black none, red to yellow to white deep creases."""
+    d = np.clip((1.0 - ratio[..., 1]) * gain, 0, 1)
+    return np.stack([np.clip(3 * d, 0, 1), np.clip(3 * d - 1, 0, 1), np.clip(3 * d - 2, 0, 1)], axis=-1)
 
 
 def _fit(image: np.ndarray, size: int):
@@ -345,7 +405,7 @@ def contact_sheet(columns, size: int, title: str):
     from PIL import Image, ImageDraw
 
     rows = len(columns[0][1])
-    label_height = 54
+    label_height = 40
     sheet = Image.new("RGB", (size * len(columns), 28 + rows * size + label_height), (20, 20, 24))
     draw = ImageDraw.Draw(sheet)
     draw.text((6, 6), title, fill=(235, 235, 235))
@@ -368,13 +428,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=8, help="frames on the contact sheet")
     parser.add_argument("--renderer", choices=("cycles", "simple"), default="cycles")
-    parser.add_argument("--resolution", type=int, default=320, help="face render size (pixels)")
+    parser.add_argument("--resolution", type=int, default=400, help="face render size (pixels)")
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples")
-    parser.add_argument("--wrinkle-resolution", type=int, default=512,
+    parser.add_argument("--wrinkle-resolution", type=int, default=1024,
                         help="wrinkle maps for the preview (the dataset default is 128)")
-    parser.add_argument("--texture-size", type=int, default=1024)
+    parser.add_argument("--texture-size", type=int, default=2048)
     parser.add_argument("--yaw", type=float, default=18.0, help="camera angle around the head (degrees)")
-    parser.add_argument("--clip-frames", type=int, default=90, help="frames of the clip (0: none, -1: all)")
+    parser.add_argument("--clip-frames", type=int, default=-1, help="frames of the clip (0: none, -1: all)")
+    parser.add_argument("--clip-resolution", type=int, default=256)
+    parser.add_argument("--clip-samples", type=int, default=8)
     parser.add_argument("--clip-step", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -391,7 +453,8 @@ def main(argv=None) -> int:
     motion_maps = motion_rasterizer.rasterize(offsets)
     darkening = (1 - ratio_maps[..., 1]).reshape(len(offsets), -1).mean(axis=1)
     units = {name: i for i, name in enumerate(ds.unit_names)}
-    frames = pick_frames(sample, args.frames, darkening, units)
+    lead = ds.subjects[subject].speaking.lead_s
+    frames = pick_frames(sample, args.frames, darkening, units, lead)
 
     out = args.out
     frame_dir = out / f"{args.utterance}_frames"
@@ -416,15 +479,16 @@ def main(argv=None) -> int:
         motion = views.crop(motion_view(motion_maps[frame], scale, motion_rasterizer.mask))
         textured = views.crop(albedo * ratio_maps[frame])
         textured_small = views.crop(albedo_small * dataset_ratio[frame])
-        crease = views.crop(np.repeat(np.clip((1 - ratio_maps[frame][..., 1:2]) * 3, 0, 1), 3, -1))
+        crease = views.crop(crease_view(ratio_maps[frame]))
         w = sample.weights[frame]
-        labels = [f"'{sample.phoneme_at(frame)}'  frame {frame}  {(frame + 0.5) / sample.fps:.2f}s",
+        labels = [f"'{articulated_phoneme(sample, frame, lead)}'  frame {frame}  {(frame + 0.5) / sample.fps:.2f}s",
                   f"jaw {w[units['jawOpen']]:.2f} close {w[units['mouthClose']]:.2f} brow {w[units['browInnerUp']]:.2f}"]
         columns.append((labels, [render, motion, textured, crease, textured_small]))
-    title = (f"{args.utterance} ({subject}, {sample.split}): \"{sample.text}\"   rows: face | motion map 64 "
+    title = (f"{args.utterance} ({subject}, {sample.split}): \"{sample.text}\"  labels: phoneme being "
+             f"articulated (sound + {lead * 1000:.0f} ms lead)  rows: face | motion map 64 "
              f"(offset xyz -> rgb, +-{scale * 1000:.0f} mm) | albedo x wrinkle {args.wrinkle_resolution} | "
-             f"creases x3 | albedo x wrinkle 128 (dataset)")
-    sheet = contact_sheet(columns, 220, title)
+             f"creases (1 - ratio) x4 | albedo x wrinkle 128 (dataset)")
+    sheet = contact_sheet(columns, 300, title)
     sheet_path = out / f"{args.utterance}_contact.png"
     sheet.save(sheet_path)
     print(f"wrote {sheet_path}")
@@ -433,8 +497,11 @@ def main(argv=None) -> int:
         clip = range(0, sample.n_frames, args.clip_step)
         if args.clip_frames > 0:
             clip = list(clip)[: args.clip_frames]
+        face.set_quality(args.clip_resolution, args.clip_samples)
         for number, frame in enumerate(clip):
             face.render(sample.weights[frame], offsets[frame], ratio_maps[frame], frame_dir / f"{number:04d}.png")
+            if number % 10 == 0:
+                print(f"clip frame {number + 1}/{len(clip)}", flush=True)
         print(f"wrote {len(clip)} frames to {frame_dir}")
         if shutil.which("ffmpeg"):
             import soundfile

@@ -4,8 +4,8 @@ A generation has three steps:
 
     request = prepare(obj, audio, ...)          main thread: checks the Blender inputs and copies
                                                  what the model needs into plain Python data
-    result = compute(request, progress, cancel)  any thread: core only (no bpy), the slow part
-    summary = apply(request, result)             main thread: EXR files, then keys and material
+    animation = compute(request, progress, cancel)  any thread: core only (no bpy), the slow part
+    summary = apply(request, animation)             main thread: EXR files, then keys, material
 
 `generate()` runs the three in a row (scripts, CLI, background mode); the modal operator runs
 `compute` in a worker thread (`GenerationJob`) and `apply` when it is done. Nothing in the scene
@@ -35,13 +35,12 @@ import bpy
 import numpy as np
 
 from ..core.errors import MeshError, TexTalkerError
-from . import catalog, writers
+from . import catalog, mesh_match, part_motion, writers
 from .preferences import get_preferences
 
-# Share of the template's face vertex UVs that must find a vertex UV of the user's mesh close by
-# (`UV_MATCH_TOLERANCE`, in UV units) for the mesh to count as having the template's UV layout.
-UV_MATCH_FRACTION = 0.8
-UV_MATCH_TOLERANCE = 2e-3
+# One shape key per frame stores every vertex per frame: refuse clips whose keys alone would
+# take more memory than this (Blender would crawl long before running out).
+MAX_SHAPE_KEY_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -59,12 +58,21 @@ class GenerationRequest:
     fps: float
     frame_start: int
     vertex_uvs: np.ndarray | None  # None: the mesh is the template head itself
+    mesh_frame: np.ndarray | None  # (3, 3) template-frame offsets -> mesh local frame; None: same
     uv_region: tuple[float, float, float, float]
     uv_layer: str
     sequence_folder: Path
     folder_note: str = ""  # said to the user when the .blend is unsaved
     weights: str | None = None
     hubert_folder: str | None = None
+
+
+@dataclass
+class Animation:
+    """What `compute` returns: the Pipeline's result and the offsets of the template's parts."""
+
+    result: object  # core.pipeline.GenerationResult
+    part_offsets: dict[str, np.ndarray] = field(default_factory=dict)  # {part: (T, Vp, 3)}
 
 
 @dataclass
@@ -111,10 +119,14 @@ def strip_audio_path(strip) -> str:
     if sound is None:
         raise TexTalkerError(f"Sound strip '{strip.name}' has no sound data")
     if sound.packed_file is not None:
-        raise TexTalkerError(
-            f"Sound '{sound.name}' is packed into the .blend file: unpack it "
-            "(File > External Data > Unpack Resources) or choose the audio file directly"
-        )
+        # Packed into the .blend: hand the bytes to the audio loader through a temporary copy
+        # (one per sound, overwritten on the next run), keeping the extension for the decoder.
+        folder = Path(tempfile.gettempdir()) / "textalker_packed_audio"
+        folder.mkdir(parents=True, exist_ok=True)
+        extension = Path(sound.filepath).suffix or ".wav"
+        path = folder / f"{bpy.path.clean_name(sound.name)}{extension}"
+        path.write_bytes(sound.packed_file.data)
+        return str(path)
     path = bpy.path.abspath(sound.filepath, library=sound.library)
     return os.path.normpath(path)
 
@@ -164,23 +176,45 @@ def _template():
     return load_template()
 
 
-def match_template_layout(vertex_uvs: np.ndarray, template) -> np.ndarray | None:
-    """None when the mesh is the template head itself (same vertices, same UVs); the vertex UVs
-    when the mesh shares the template's UV layout (an MPFB character); MeshError otherwise."""
-    if len(vertex_uvs) == template.n_vertices and np.allclose(vertex_uvs, template.vertex_uvs, atol=1e-5):
-        return None
-    from scipy.spatial import cKDTree
-
-    face_uvs = template.vertex_uvs[template.face_mask]
-    distance, _ = cKDTree(vertex_uvs).query(face_uvs, distance_upper_bound=UV_MATCH_TOLERANCE)
-    matched = float(np.isfinite(distance).mean())
-    if matched < UV_MATCH_FRACTION:
+def match_template_layout(mesh: bpy.types.Mesh, uv_layer: str, template):
+    """(vertex_uvs, mesh_frame) for the Pipeline and the writer: (None, None) for the template
+    head itself; the mesh's vertex UVs and its similarity to the template for a mesh sharing the
+    layout (an MPFB character); MeshError otherwise."""
+    vertex_uvs = mesh_vertex_uvs(mesh, uv_layer)
+    if mesh_match.is_template_mesh(vertex_uvs, template):
+        return None, None
+    try:
+        match = mesh_match.match_layout(vertex_uvs, template)
+    except mesh_match.LayoutMismatch as mismatch:
         raise MeshError(
-            f"The mesh's UV layout does not match the MakeHuman template: only {matched:.0%} of "
-            "the template's face UVs are found on it. Use the template head (Add Template Head) "
-            "or a MakeHuman/MPFB character with its original UV map"
+            f"The mesh's UV layout does not match the MakeHuman template: {mismatch}. Use the "
+            "template head (Add Template Head) or a MakeHuman/MPFB character with its original UV map"
+        ) from None
+    positions = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+    source = mesh.shape_keys.reference_key.data if mesh.shape_keys else mesh.vertices
+    source.foreach_get("co", positions)
+    return vertex_uvs, mesh_match.fit_mesh_frame(template, match, positions.reshape(-1, 3))
+
+
+def _check_shape_key_memory(audio, n_vertices: int, fps: float) -> None:
+    """Refuses audio so long that its shape keys would not fit (the header gives the length)."""
+    if isinstance(audio, tuple):
+        samples, rate = audio
+        duration = len(samples) / float(rate)
+    else:
+        try:
+            import soundfile
+
+            duration = soundfile.info(audio).duration
+        except Exception:  # a format soundfile cannot read: the pipeline decodes it and checks
+            return
+    needed = duration * fps * n_vertices * 3 * 4
+    if needed > MAX_SHAPE_KEY_BYTES:
+        longest = MAX_SHAPE_KEY_BYTES / (fps * n_vertices * 3 * 4)
+        raise TexTalkerError(
+            f"The audio is {duration:.0f} s long: one shape key per frame on {n_vertices} vertices "
+            f"would need {needed / 1024**3:.1f} GB. Split it into clips of at most {longest:.0f} s"
         )
-    return vertex_uvs
 
 
 def _run_folder(obj: bpy.types.Object, output_folder: str | None) -> tuple[Path, str]:
@@ -235,8 +269,9 @@ def prepare(
     if uv_layer is None:
         raise MeshError(f"'{obj.name}' has no UV map: it needs the MakeHuman UV layout")
     template = _template()
-    vertex_uvs = match_template_layout(mesh_vertex_uvs(mesh, uv_layer), template)
+    vertex_uvs, mesh_frame = match_template_layout(mesh, uv_layer, template)
     pipeline_audio, label, frame_start = resolve_audio(scene, audio)
+    _check_shape_key_memory(pipeline_audio, len(mesh.vertices), scene_fps(scene))
     folder, note = _run_folder(obj, output_folder)
     hubert = get_preferences().hubert_folder
     return GenerationRequest(
@@ -251,6 +286,7 @@ def prepare(
         fps=scene_fps(scene),
         frame_start=int(frame_start),
         vertex_uvs=vertex_uvs,
+        mesh_frame=mesh_frame,
         uv_region=tuple(float(x) for x in template.uv_region),
         uv_layer=uv_layer,
         sequence_folder=folder,
@@ -273,10 +309,15 @@ def load_pipeline(request: GenerationRequest):
     return Pipeline.load(**options)
 
 
-def compute(request: GenerationRequest, progress=None, cancel: threading.Event | None = None):
-    """Runs the Pipeline; returns its result (offsets at the scene fps, wrinkle maps)."""
+def compute(request: GenerationRequest, progress=None, cancel: threading.Event | None = None) -> Animation:
+    """Runs the Pipeline (offsets at the scene fps, wrinkle maps).
+
+    For a mesh other than the template head, vertices outside the template's head triangles in
+    UV (the rest of a body) get exactly zero offsets. For the template head, the offsets of its
+    parts (teeth, tongue, eyes) follow from the face-unit weights that best explain the head's.
+    """
     pipeline = load_pipeline(request)
-    return pipeline.generate(
+    result = pipeline.generate(
         request.audio,
         speaking_style=request.speaking_style,
         wrinkle_style=request.wrinkle_style,
@@ -287,20 +328,36 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
         progress=progress,
         cancel=cancel,
     )
+    if request.vertex_uvs is not None:
+        outside = ~mesh_match.template_coverage(pipeline.template, request.vertex_uvs)
+        result.offsets = np.array(result.offsets, dtype=np.float32)
+        result.offsets[:, outside] = 0.0
+        return Animation(result)
+    return Animation(result, part_offsets=part_motion.part_offsets(pipeline.template, result.offsets))
 
 
 # --------------------------------------------------------------------------------------------
 # Writing the result (main thread)
 
 
-def apply(request: GenerationRequest, result, compute_s: float = 0.0) -> GenerationSummary:
+def template_parts(obj: bpy.types.Object) -> dict[str, bpy.types.Object]:
+    """The part objects `Add Template Head` parented to `obj`, by part name."""
+    return {
+        child[writers.PART_TAG]: child
+        for child in obj.children
+        if child.type == "MESH" and writers.PART_TAG in child
+    }
+
+
+def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0.0) -> GenerationSummary:
     """Writes the EXR files, then replaces the object's previous TexTalker output with the new
     keys and material. On failure the new output is removed again and the error re-raised."""
     started = time.perf_counter()
     obj = bpy.data.objects.get(request.object_name)
     if obj is None or obj.type != "MESH":
         raise MeshError(f"The target '{request.object_name}' was deleted during generation")
-    offsets = np.asarray(result.offsets)
+    result = animation.result
+    offsets = mesh_match.offsets_to_mesh_frame(result.offsets, request.mesh_frame)
     if offsets.shape[1] != len(obj.data.vertices):
         raise MeshError(
             f"'{obj.name}' changed during generation ({len(obj.data.vertices)} vertices now, "
@@ -315,6 +372,10 @@ def apply(request: GenerationRequest, result, compute_s: float = 0.0) -> Generat
     try:
         writers.remove_textalker_output(obj, delete_files=True)
         names = writers.write_shape_keys(obj, offsets, request.fps, request.frame_start)
+        for part_name, part in template_parts(obj).items():
+            part_offsets = animation.part_offsets.get(part_name)
+            if part_offsets is not None and part_offsets.shape[1] == len(part.data.vertices):
+                writers.write_shape_keys(part, part_offsets, request.fps, request.frame_start)
         writers.ensure_wrinkle_material(
             obj, folder, len(paths), request.frame_start, request.uv_region, request.uv_layer
         )

@@ -37,7 +37,8 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
     bl_label = "Generate Talking Avatar"
     bl_options = {"REGISTER", "UNDO"}
 
-    _job: api.GenerationJob | None = None
+    # Plain attributes, not annotations: Blender reads class annotations as RNA properties.
+    _job = None  # api.GenerationJob while running
     _timer = None
 
     @classmethod
@@ -279,6 +280,7 @@ def add_template_head(context, location=None) -> bpy.types.Object:
         roughness = float(part_materials.get(part_name, {}).get("roughness", 0.4))
         part_mesh.materials.append(_part_material(part_name, roughness))
         child = bpy.data.objects.new(f"TexTalker {part_name}", part_mesh)
+        child[writers.PART_TAG] = part_name
         collection.objects.link(child)
         child.parent = head
     for other in context.view_layer.objects:

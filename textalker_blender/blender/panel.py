@@ -57,7 +57,14 @@ class TEXTALKER_PT_main(bpy.types.Panel):
             layout.label(text=reason, icon="ERROR")
         if job.last_message:
             layout.label(text=job.last_message, icon="INFO")
-        if writers.has_textalker_output(api.target_object(context)):
+        target = api.target_object(context)
+        if writers.has_textalker_output(target):
+            timing = writers.generated_timing(target) if target.type == "MESH" else None
+            if timing is not None:
+                first, last, fps = timing
+                layout.label(text=f"Animation: frames {first}-{last} at {fps:.4g} fps", icon="ACTION")
+                if abs(fps - api.scene_fps(context.scene)) > 1e-3:
+                    layout.label(text="The scene fps changed: generate again to stay in sync", icon="ERROR")
             layout.operator("textalker.remove_output", icon="TRASH")
 
 

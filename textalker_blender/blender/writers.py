@@ -30,6 +30,8 @@ IMAGE_PREFIX = "wrinkle_"
 # of images, node groups, materials and files of the last run).
 KEY_RECORD = "textalker_keys"
 OBJECT_RECORD = "textalker_output"
+# On the eyes / teeth / tongue objects of the template head: the part's name in the template.
+PART_TAG = "textalker_part"
 
 _INTERPOLATION_LINEAR = 1  # enum index of 'LINEAR' in Keyframe.interpolation
 
@@ -38,26 +40,18 @@ _INTERPOLATION_LINEAR = 1  # enum index of 'LINEAR' in Keyframe.interpolation
 # Shape keys
 
 
-def _object_scale(obj: bpy.types.Object) -> np.ndarray:
-    """World scale of the object per local axis (offsets are metres in world units)."""
-    scale = np.array(obj.matrix_world.to_scale(), dtype=np.float64)
-    scale[np.abs(scale) < 1e-12] = 1.0
-    return scale
-
-
 def write_shape_keys(
     obj: bpy.types.Object,
     offsets: np.ndarray,
     fps_scene: float,
     frame_start: int,
 ) -> list[str]:
-    """Adds one shape key per frame of `offsets` (T, V, 3) metres; frame i sits on frame_start+i.
+    """Adds one shape key per frame of `offsets` (T, V, 3); frame i sits on frame_start + i.
 
-    `offsets` must already be sampled at the scene frame rate (the Pipeline resamples); `fps_scene`
-    is recorded so the panel can warn when the scene fps changes later. Offsets are world-space
-    metres along the object's local axes: they are divided by the object's world scale so that a
-    character scaled by 0.1 (or built in decimetres) still moves by the right amount in the render.
-    Previously generated keys of this object are removed first. Returns the new key names.
+    `offsets` are in the mesh's local coordinates (the caller maps them from the template frame,
+    see `mesh_match`) and already sampled at the scene frame rate (the Pipeline resamples);
+    `fps_scene` is recorded with the keys. Previously generated keys of this object are removed
+    first. Returns the new key names.
     """
     mesh = obj.data
     offsets = np.asarray(offsets, dtype=np.float32)
@@ -77,14 +71,14 @@ def write_shape_keys(
     reference = key.reference_key
     base = np.empty(n_vertices * 3, dtype=np.float32)
     reference.data.foreach_get("co", base)
-    local_offsets = (offsets / _object_scale(obj).astype(np.float32)).reshape(n_frames, -1)
+    flat_offsets = offsets.reshape(n_frames, -1)
 
     names: list[str] = []
     for i in range(n_frames):
         block = obj.shape_key_add(name=f"{KEY_PREFIX}{i + 1:04d}", from_mix=False)
         block.value = 0.0  # Blender 5 creates new keys at 1.0
         block.relative_key = reference
-        block.data.foreach_set("co", base + local_offsets[i])
+        block.data.foreach_set("co", base + flat_offsets[i])
         names.append(block.name)  # Blender appends .001 if the user owns a key of that name
 
     action, created_action = _ensure_action(obj, key)
@@ -127,6 +121,15 @@ def _key_record(key: bpy.types.Key | None) -> dict | None:
     if key is None or KEY_RECORD not in key:
         return None
     return json.loads(key[KEY_RECORD])
+
+
+def generated_timing(obj: bpy.types.Object) -> tuple[int, int, float] | None:
+    """(first frame, last frame, fps) of the generated keys, or None."""
+    record = _key_record(getattr(obj.data, "shape_keys", None)) if obj is not None else None
+    if not record or not record["names"]:
+        return None
+    first = int(record["frame_start"])
+    return first, first + len(record["names"]) - 1, float(record["fps"])
 
 
 def generated_key_names(obj: bpy.types.Object) -> list[str]:
@@ -498,6 +501,9 @@ def remove_textalker_output(obj: bpy.types.Object, delete_files: bool = True) ->
     `obj`, restores the Base Color links, and (optionally) deletes the EXR files. Returns counts."""
     record = _object_record(obj)
     keys = remove_shape_keys(obj) if obj.type == "MESH" else 0
+    for child in obj.children:
+        if child.type == "MESH" and PART_TAG in child:
+            remove_shape_keys(child)  # the template parts keyed along with the head
     _remove_material_output(obj, record)
     files = 0
     if delete_files and record.get("folder"):

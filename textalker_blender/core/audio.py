@@ -1,4 +1,4 @@
-"""Audio loading: any file librosa/soundfile reads, or an in-memory array, to mono float32 at 16 kHz.
+"""Audio loading: any file librosa/soundfile reads, or an in-memory array -> mono float32, 16 kHz.
 
 Loudness normalisation: the gated RMS level of the speech (blocks of 400 ms; blocks quieter than
 -60 dBFS or more than 20 dB below the loudest blocks' level are ignored, in the spirit of
@@ -168,5 +168,7 @@ def _to_mono(samples: np.ndarray) -> np.ndarray:
     if samples.shape[1] > samples.shape[0] and samples.shape[0] <= MAX_CHANNELS:
         samples = samples.T
     if samples.shape[1] > MAX_CHANNELS:
-        raise AudioError(f"Audio has {samples.shape[1]} channels; at most {MAX_CHANNELS} supported.")
+        raise AudioError(
+            f"Audio has {samples.shape[1]} channels; at most {MAX_CHANNELS} supported."
+        )
     return samples.mean(axis=1)

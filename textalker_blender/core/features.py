@@ -8,7 +8,7 @@ Both encoders share one interface, `AudioEncoder.encode(audio_16k, n_frames) -> 
   (`HubertModel.from_pretrained(local_dir)`; model hubs are never contacted). Its 50 Hz hidden
   states are linearly interpolated to `n_frames`. Long audio is processed in overlapping chunks so
   memory stays bounded (self-attention is quadratic in length).
-Which encoder a weights file needs is recorded in its metadata (`audio_encoder`) and checked at load.
+Which encoder a weights file needs is recorded in its metadata (`audio_encoder`), checked at load.
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ class AudioEncoder(nn.Module):
         return torch.device("cpu")
 
 
+# Fixed affine scaling of the natural-log mel power (audio is loudness-normalised by load_audio,
+# so absolute levels mean something): silence (-13.8) maps to about -1.2, loud speech to +2.
+# Not a per-frame normalisation, which would make breaths and background noise look like speech.
+MEL_LOG_CENTER = -9.0
+MEL_LOG_SCALE = 4.0
+
+
 class BundledAudioEncoder(AudioEncoder):
     """Log-mel + learned dilated-conv front end (receptive field 0.61 s with the defaults)."""
 
@@ -64,7 +71,6 @@ class BundledAudioEncoder(AudioEncoder):
         self.feature_dim = config.audio_feature_dim
         width = config.audio_feature_dim
         kernel = config.frontend_kernel
-        self.input_norm = nn.LayerNorm(config.n_mels)
         self.input_proj = nn.Conv1d(config.n_mels, width, 1)
         self.convs = nn.ModuleList(
             nn.Conv1d(width, width, kernel, dilation=d, padding=d * (kernel - 1) // 2)
@@ -83,8 +89,14 @@ class BundledAudioEncoder(AudioEncoder):
         if audio.size < self.n_fft:  # keep at least one analysis frame
             audio = np.pad(audio, (0, self.n_fft - audio.size))
         mel = librosa.feature.melspectrogram(
-            y=audio, sr=SAMPLE_RATE, n_fft=self.n_fft, hop_length=self.hop,
-            n_mels=self.n_mels, fmin=20.0, fmax=SAMPLE_RATE / 2, center=True,
+            y=audio,
+            sr=SAMPLE_RATE,
+            n_fft=self.n_fft,
+            hop_length=self.hop,
+            n_mels=self.n_mels,
+            fmin=20.0,
+            fmax=SAMPLE_RATE / 2,
+            center=True,
         )
         return np.log(mel + 1e-6).astype(np.float32)
 
@@ -98,18 +110,22 @@ class BundledAudioEncoder(AudioEncoder):
         return sum(conv.dilation[0] * (conv.kernel_size[0] - 1) // 2 for conv in self.convs)
 
     def mel_positions(self, start_frame: int, n_frames: int, device=None) -> torch.Tensor:
-        """Fractional mel index of the centre of model frames start..start+n (MODEL_FPS)."""
-        frames = torch.arange(start_frame, start_frame + n_frames, device=device,
-                              dtype=torch.float64)
-        return ((frames + 0.5) * (self.mel_fps / MODEL_FPS) - 0.5).float()
+        """Fractional mel index of the centre time of model frames start..start+n (MODEL_FPS).
 
-    def forward(self, log_mel: torch.Tensor, n_frames: int, start_frame: int = 0,
-                mel_offset: int = 0) -> torch.Tensor:
+        Model frame i spans [i, i + 1) / MODEL_FPS seconds; mel frame j (librosa, center=True)
+        is centred at j / mel_fps seconds."""
+        frames = torch.arange(
+            start_frame, start_frame + n_frames, device=device, dtype=torch.float64
+        )
+        return ((frames + 0.5) * (self.mel_fps / MODEL_FPS)).float()
+
+    def forward(
+        self, log_mel: torch.Tensor, n_frames: int, start_frame: int = 0, mel_offset: int = 0
+    ) -> torch.Tensor:
         """(B, n_mels, M) log-mel -> (B, n_frames, C) features of model frames
         start_frame..start_frame+n_frames, where mel column 0 is mel frame `mel_offset` of the
         clip. Differentiable (used in training)."""
-        x = self.input_norm(log_mel.transpose(1, 2)).transpose(1, 2)
-        x = self.input_proj(x)
+        x = self.input_proj((log_mel - MEL_LOG_CENTER) / MEL_LOG_SCALE)
         for conv, norm in zip(self.convs, self.norms):
             x = x + conv(F.gelu(norm(x.transpose(1, 2)).transpose(1, 2)))  # residual
         # Linear interpolation at each model frame's centre time (same formula for whole clips
@@ -122,8 +138,9 @@ class BundledAudioEncoder(AudioEncoder):
         x = x[..., lower] * (1 - weight) + x[..., upper] * weight
         return self.output_norm(x.transpose(1, 2))
 
-    def window_features(self, log_mel: torch.Tensor, start_frame: int, n_frames: int
-                        ) -> torch.Tensor:
+    def window_features(
+        self, log_mel: torch.Tensor, start_frame: int, n_frames: int
+    ) -> torch.Tensor:
         """Features (n_frames, C) of one training window from the clip's full log-mel
         (n_mels, M): only the mel columns the window needs (plus the receptive field) are
         processed, and the result equals the whole-clip features of those frames."""
@@ -145,8 +162,9 @@ class HubertAudioEncoder(AudioEncoder):
     kind = "hubert"
     NATIVE_FPS = 50.0  # HuBERT's conv feature extractor: 16 kHz / 320 samples
 
-    def __init__(self, local_dir: str | Path, chunk_seconds: float = 20.0,
-                 context_seconds: float = 2.0):
+    def __init__(
+        self, local_dir: str | Path, chunk_seconds: float = 20.0, context_seconds: float = 2.0
+    ):
         super().__init__()
         local_dir = Path(local_dir)
         if not (local_dir / "config.json").is_file():
@@ -187,7 +205,7 @@ class HubertAudioEncoder(AudioEncoder):
             states = self._run(audio[lo:hi])
             first = int(round((start - lo) / samples_per_frame))
             count = int(round(stop / samples_per_frame)) - int(round(start / samples_per_frame))
-            pieces.append(states[first:first + count])
+            pieces.append(states[first : first + count])
         return torch.cat(pieces, dim=0)
 
     @torch.no_grad()

@@ -31,31 +31,39 @@ STYLE_WRINKLE = "style.wrinkle"
 
 
 class TexTalkerModel(nn.Module):
-    def __init__(self, config: ModelConfig, pivots: StylePivots,
-                 audio_encoder: AudioEncoder | None = None):
+    def __init__(
+        self, config: ModelConfig, pivots: StylePivots, audio_encoder: AudioEncoder | None = None
+    ):
         super().__init__()
         config.validate()
         self.config = config
         self.motion_vq = VQAutoencoder(config.motion_vq)
         self.wrinkle_vq = VQAutoencoder(config.wrinkle_vq)
-        self.audio_encoder = audio_encoder if audio_encoder is not None else (
-            build_audio_encoder(config) if config.audio_encoder == "bundled" else None)
+        self.audio_encoder = (
+            audio_encoder
+            if audio_encoder is not None
+            else (build_audio_encoder(config) if config.audio_encoder == "bundled" else None)
+        )
         self.denoiser = LatentDenoiser(config)
         self.schedule = DDPMSchedule(config.diffusion_steps, config.beta_schedule)
         self.set_pivots(pivots)
 
     # ------------------------------------------------------------------ styles
     def set_pivots(self, pivots: StylePivots) -> None:
-        if pivots.speaking.shape[1] != self.config.motion_latent_dim or \
-                pivots.wrinkle.shape[1] != self.config.wrinkle_latent_dim:
+        if (
+            pivots.speaking.shape[1] != self.config.motion_latent_dim
+            or pivots.wrinkle.shape[1] != self.config.wrinkle_latent_dim
+        ):
             raise ValueError("pivot dimensions do not match the VQ latent sizes")
         if self.config.style_mode == "onehot" and len(pivots) > self.config.num_styles:
             raise ValueError("more styles than the one-hot table holds")
         self.pivots = pivots
-        self.register_buffer("speaking_pivots", torch.from_numpy(pivots.speaking.copy()),
-                             persistent=False)
-        self.register_buffer("wrinkle_pivots", torch.from_numpy(pivots.wrinkle.copy()),
-                             persistent=False)
+        self.register_buffer(
+            "speaking_pivots", torch.from_numpy(pivots.speaking.copy()), persistent=False
+        )
+        self.register_buffer(
+            "wrinkle_pivots", torch.from_numpy(pivots.wrinkle.copy()), persistent=False
+        )
 
     # ------------------------------------------------------------------ model space
     def _pivot_offsets(self, speaking: int, wrinkle: int) -> torch.Tensor:
@@ -63,14 +71,16 @@ class TexTalkerModel(nn.Module):
             return torch.zeros(self.config.joint_latent_dim, device=self.speaking_pivots.device)
         return torch.cat([self.speaking_pivots[speaking], self.wrinkle_pivots[wrinkle]])
 
-    def to_model_space(self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor,
-                       speaking: int, wrinkle: int) -> torch.Tensor:
+    def to_model_space(
+        self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, speaking: int, wrinkle: int
+    ) -> torch.Tensor:
         """Latents (T, Dz_f), (T, Dz_w) of one subject -> denoiser target x0 (T, Dz)."""
         joint = torch.cat([z_motion, z_wrinkle], dim=-1) - self._pivot_offsets(speaking, wrinkle)
         return (joint - self.denoiser.latent_center) / self.denoiser.latent_scale
 
-    def from_model_space(self, x0: torch.Tensor, speaking: int, wrinkle: int
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def from_model_space(
+        self, x0: torch.Tensor, speaking: int, wrinkle: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         joint = x0 * self.denoiser.latent_scale + self.denoiser.latent_center
         joint = joint + self._pivot_offsets(speaking, wrinkle)
         split = self.config.motion_latent_dim
@@ -80,23 +90,30 @@ class TexTalkerModel(nn.Module):
     def _batch_pivots(self, speaking: torch.Tensor, wrinkle: torch.Tensor) -> torch.Tensor:
         """(B,) style rows -> (B, Dz) pivot offsets (zeros in one-hot mode)."""
         if self.config.style_mode != "pivot":
-            return torch.zeros(len(speaking), self.config.joint_latent_dim,
-                               device=self.speaking_pivots.device)
+            return torch.zeros(
+                len(speaking), self.config.joint_latent_dim, device=self.speaking_pivots.device
+            )
         return torch.cat([self.speaking_pivots[speaking], self.wrinkle_pivots[wrinkle]], dim=-1)
 
     @torch.no_grad()
-    def fit_latent_normalization(self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor,
-                                 subjects: torch.Tensor) -> None:
+    def fit_latent_normalization(
+        self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, subjects: torch.Tensor
+    ) -> None:
         """Set the denoiser's model-space centre/scale from training latents (N, D) of known
         subjects (N,): per-dimension mean and standard deviation of z - pivot."""
         offsets = torch.cat([z_motion, z_wrinkle], dim=-1) - self._batch_pivots(subjects, subjects)
         self.denoiser.latent_center.copy_(offsets.mean(dim=0))
         self.denoiser.latent_scale.copy_(offsets.std(dim=0).clamp_min(1e-4))
 
-    def ldm_loss(self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor,
-                 audio_features: torch.Tensor, subjects: torch.Tensor,
-                 prefix_lengths: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def ldm_loss(
+        self,
+        z_motion: torch.Tensor,
+        z_wrinkle: torch.Tensor,
+        audio_features: torch.Tensor,
+        subjects: torch.Tensor,
+        prefix_lengths: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Diffusion loss of a batch of windows: latents (B, T, Dz_f), (B, T, Dz_w) from the VQ
         encoders, audio features (B, T, C) (from `audio_encoder.window_features` for the bundled
         encoder, so its front end trains jointly), subject style rows (B,)."""
@@ -107,24 +124,40 @@ class TexTalkerModel(nn.Module):
         from .diffusion import diffusion_loss
 
         return diffusion_loss(
-            self.denoiser, self.schedule, x0, audio_features, prefix_lengths,
+            self.denoiser,
+            self.schedule,
+            x0,
+            audio_features,
+            prefix_lengths,
             speaking_style=subjects if onehot else None,
-            wrinkle_style=subjects if onehot else None, generator=generator,
+            wrinkle_style=subjects if onehot else None,
+            generator=generator,
         )
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def generate_latents(self, audio_features: torch.Tensor, speaking: int, wrinkle: int,
-                         steps: int, generator: torch.Generator,
-                         progress: Callable[[float], None] | None = None,
-                         cancel: threading.Event | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate_latents(
+        self,
+        audio_features: torch.Tensor,
+        speaking: int,
+        wrinkle: int,
+        steps: int,
+        generator: torch.Generator,
+        progress: Callable[[float], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio features (T, C) -> latents z_f (T, Dz_f), z_w (T, Dz_w)."""
         onehot = self.config.style_mode == "onehot"
         x0 = sample_sequence(
-            self.denoiser, self.schedule, audio_features, steps, generator,
-            speaking_style=speaking if onehot else None, wrinkle_style=wrinkle if onehot else None,
-            progress=progress, cancel=cancel,
+            self.denoiser,
+            self.schedule,
+            audio_features,
+            steps,
+            generator,
+            speaking_style=speaking if onehot else None,
+            wrinkle_style=wrinkle if onehot else None,
+            progress=progress,
+            cancel=cancel,
         )
         z_motion, z_wrinkle = self.from_model_space(x0, speaking, wrinkle)
         if self.config.quantize_sampled_latents:
@@ -136,7 +169,8 @@ class TexTalkerModel(nn.Module):
     # ------------------------------------------------------------------ weights
     def weight_tensors(self) -> dict[str, torch.Tensor]:
         state = {
-            name: tensor for name, tensor in self.state_dict().items()
+            name: tensor
+            for name, tensor in self.state_dict().items()
             if not (name.startswith("audio_encoder.") and self.config.audio_encoder != "bundled")
         }
         state[STYLE_SPEAKING] = torch.from_numpy(self.pivots.speaking)
@@ -153,15 +187,21 @@ class TexTalkerModel(nn.Module):
             "dataset": dataset,
         }
 
-    def save(self, path: str | Path, trained: bool, dataset: str,
-             update_manifest: bool = True) -> str:
+    def save(
+        self, path: str | Path, trained: bool, dataset: str, update_manifest: bool = True
+    ) -> str:
         """Write the weights file (and its manifest entry); returns the SHA-256."""
-        return save_weights(path, self.weight_tensors(), self.metadata(trained, dataset),
-                            update_manifest=update_manifest)
+        return save_weights(
+            path,
+            self.weight_tensors(),
+            self.metadata(trained, dataset),
+            update_manifest=update_manifest,
+        )
 
     @classmethod
-    def from_weights(cls, weights: WeightsFile, hubert_dir: str | Path | None = None
-                     ) -> "TexTalkerModel":
+    def from_weights(
+        cls, weights: WeightsFile, hubert_dir: str | Path | None = None
+    ) -> TexTalkerModel:
         metadata = weights.metadata
         try:
             config = ModelConfig.from_json(metadata["config"])
@@ -176,14 +216,18 @@ class TexTalkerModel(nn.Module):
             )
         tensors = dict(weights.tensors)
         try:
-            pivots = StylePivots(tensors.pop(STYLE_SPEAKING).numpy(),
-                                 tensors.pop(STYLE_WRINKLE).numpy(), names, keys)
+            pivots = StylePivots(
+                tensors.pop(STYLE_SPEAKING).numpy(), tensors.pop(STYLE_WRINKLE).numpy(), names, keys
+            )
         except (KeyError, ValueError) as exc:
             raise WeightsError(f"{weights.path.name} has no usable style pivots: {exc}") from exc
         encoder = build_audio_encoder(config, hubert_dir)
         model = cls(config, pivots, encoder)
-        hubert_keys = {n for n in model.state_dict() if n.startswith("audio_encoder.")} \
-            if config.audio_encoder != "bundled" else set()
+        hubert_keys = (
+            {n for n in model.state_dict() if n.startswith("audio_encoder.")}
+            if config.audio_encoder != "bundled"
+            else set()
+        )
         try:
             result = model.load_state_dict(tensors, strict=False)
         except RuntimeError as exc:  # shape mismatches
@@ -198,16 +242,21 @@ class TexTalkerModel(nn.Module):
         return model.eval()
 
 
-def random_pivots(config: ModelConfig, names: list[str], model: TexTalkerModel | None = None,
-                  seed: int = 0) -> StylePivots:
+def random_pivots(
+    config: ModelConfig, names: list[str], model: TexTalkerModel | None = None, seed: int = 0
+) -> StylePivots:
     """Placeholder pivots for untrained weights: random code vectors of each codebook."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    for vq_config, vq in ((config.motion_vq, model.motion_vq if model else None),
-                          (config.wrinkle_vq, model.wrinkle_vq if model else None)):
-        cells = vq_config.latent_resolution ** 2
+    for vq_config, vq in (
+        (config.motion_vq, model.motion_vq if model else None),
+        (config.wrinkle_vq, model.wrinkle_vq if model else None),
+    ):
+        cells = vq_config.latent_resolution**2
         if vq is not None:
-            picks = torch.randint(0, vq_config.codebook_size, (len(names), cells), generator=generator)
+            picks = torch.randint(
+                0, vq_config.codebook_size, (len(names), cells), generator=generator
+            )
             codes = vq.quantizer.codebook.weight.detach()[picks]  # (S, h*w, D)
             rows.append(codes.permute(0, 2, 1).reshape(len(names), -1).numpy())
         else:

@@ -105,11 +105,17 @@ class _Progress:
 
 
 class Pipeline:
-    _cache: dict[tuple, "Pipeline"] = {}
+    _cache: dict[tuple, Pipeline] = {}
     _cache_lock = threading.Lock()
 
-    def __init__(self, model: TexTalkerModel, device: torch.device, template, weights_path: Path,
-                 weights_sha256: str):
+    def __init__(
+        self,
+        model: TexTalkerModel,
+        device: torch.device,
+        template,
+        weights_path: Path,
+        weights_sha256: str,
+    ):
         self.model = model.to(device).eval()
         self.model.motion_vq.use_channels_last()
         self.model.wrinkle_vq.use_channels_last()
@@ -120,8 +126,9 @@ class Pipeline:
         self.config = model.config
         self.trained = bool(getattr(model, "trained", False))
         region = tuple(float(x) for x in template.uv_region)
-        if self.config.uv_region is not None and not np.allclose(region, self.config.uv_region,
-                                                                 atol=1e-6):
+        if self.config.uv_region is not None and not np.allclose(
+            region, self.config.uv_region, atol=1e-6
+        ):
             raise WeightsError(
                 f"The weights were trained on UV region {self.config.uv_region} but the template "
                 f"head covers {region}: rebuild the weights for this template."
@@ -134,17 +141,34 @@ class Pipeline:
         self.wrinkle_face_mask = (face_values[..., 0] > 0.5) & rasterizer.mask
         self._samplers: dict = {}
         self._lock = threading.Lock()  # one generation at a time per pipeline
+        # Pay one-off costs at load time, not in the user's first Generate: the template's
+        # vertex sampler (topology-aware taps) and librosa's first mel (import + JIT).
+        template.uv_sampler(self.motion_resolution)
+        if self.config.audio_encoder == "bundled":
+            self.model.audio_encoder.log_mel(np.zeros(SAMPLE_RATE // 10, np.float32))
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, weights: str | Path | None = None, device: str | torch.device = "auto", *,
-             hubert_dir: str | Path | None = None, template=None, verify: bool = True
-             ) -> "Pipeline":
+    def load(
+        cls,
+        weights: str | Path | None = None,
+        device: str | torch.device = "auto",
+        *,
+        hubert_dir: str | Path | None = None,
+        template=None,
+        verify: bool = True,
+    ) -> Pipeline:
         """Load weights once (cached per weights file, device and template)."""
         resolved_device = resolve_device(device)
         path = Path(weights).resolve() if weights is not None else DEFAULT_WEIGHTS
-        key = (str(path), path.stat().st_mtime_ns if path.exists() else 0, str(resolved_device),
-               str(hubert_dir), id(template), verify)
+        key = (
+            str(path),
+            path.stat().st_mtime_ns if path.exists() else 0,
+            str(resolved_device),
+            str(hubert_dir),
+            id(template),
+            verify,
+        )
         with cls._cache_lock:
             if key in cls._cache:
                 return cls._cache[key]
@@ -195,16 +219,24 @@ class Pipeline:
         with self._lock:
             if key not in self._samplers:
                 mask = self.template.uv_rasterizer(self.motion_resolution).mask
-                self._samplers = {key: UVSampler(uvs, self.template.uv_region,
-                                                 self.motion_resolution, mask=mask)}
+                self._samplers = {
+                    key: UVSampler(uvs, self.template.uv_region, self.motion_resolution, mask=mask)
+                }
             return self._samplers[key]
 
     # ------------------------------------------------------------------ generation
-    def generate(self, audio: AudioSource, speaking_style: int | str = 0,
-                 wrinkle_style: int | str = 0, fps: float = 30.0, seed: int = 0,
-                 steps: int | None = None, vertex_uvs: np.ndarray | None = None,
-                 progress: ProgressCallback | None = None,
-                 cancel: threading.Event | None = None) -> GenerationResult:
+    def generate(
+        self,
+        audio: AudioSource,
+        speaking_style: int | str = 0,
+        wrinkle_style: int | str = 0,
+        fps: float = 30.0,
+        seed: int = 0,
+        steps: int | None = None,
+        vertex_uvs: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 1.0 <= fps <= 1000.0):
             raise ValueError(f"fps must be between 1 and 1000, not {fps!r}")
         steps = int(self.config.sampling_steps if steps is None else steps)
@@ -232,8 +264,13 @@ class Pipeline:
 
             generator = torch.Generator().manual_seed(int(seed))
             z_motion, z_wrinkle = self.model.generate_latents(
-                features, speaking, wrinkle, steps, generator,
-                progress=lambda f: tracker.stage("diffusion", f), cancel=cancel,
+                features,
+                speaking,
+                wrinkle,
+                steps,
+                generator,
+                progress=lambda f: tracker.stage("diffusion", f),
+                cancel=cancel,
             )
             tracker.finish_stage("diffusion")
 
@@ -245,14 +282,21 @@ class Pipeline:
             ratio = resample_frames(ratio, MODEL_FPS, fps, n_out)
             tracker.finish_stage("resample")
         return GenerationResult(
-            fps=float(fps), offsets=offsets.astype(np.float32, copy=False), wrinkle_maps=ratio,
-            n_frames=n_out, duration_s=duration, speaking_style=self.styles[speaking],
-            wrinkle_style=self.styles[wrinkle], seed=int(seed), steps=steps,
+            fps=float(fps),
+            offsets=offsets.astype(np.float32, copy=False),
+            wrinkle_maps=ratio,
+            n_frames=n_out,
+            duration_s=duration,
+            speaking_style=self.styles[speaking],
+            wrinkle_style=self.styles[wrinkle],
+            seed=int(seed),
+            steps=steps,
             device=str(self.device),
         )
 
-    def _decode(self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, sampler,
-                tracker: _Progress) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(
+        self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, sampler, tracker: _Progress
+    ) -> tuple[np.ndarray, np.ndarray]:
         """All frames' latents -> per-point offsets (T, N, 3) and ratio maps (T, H, W, 3).
 
         Decoded in batches so memory stays bounded; the ratio is exp(log ratio), set to exactly
@@ -260,8 +304,9 @@ class Pipeline:
         """
         n_frames = z_motion.shape[0]
         offsets = np.empty((n_frames, sampler.n_points, 3), np.float32)
-        ratio = np.empty((n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 3),
-                         np.float16)
+        ratio = np.empty(
+            (n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 3), np.float16
+        )
         outside_face = ~self.wrinkle_face_mask
         for start in range(0, n_frames, DECODE_BATCH):
             stop = min(n_frames, start + DECODE_BATCH)

@@ -1,6 +1,8 @@
 """Frame-rate conversion from MODEL_FPS to the scene's fps by linear interpolation in time.
 
-Output frame i shows time i / fps; the number of output frames is ceil(duration * fps), so the
+A frame stands for the centre of its display interval: frame i of a sequence at `fps` shows time
+(i + 0.5) / fps (the dataset generator samples its curves at frame centres too, and Blender shows
+frame i during [i, i + 1) / fps). The number of output frames is ceil(duration * fps), so the
 animation covers the whole sound strip at any frame rate (23.976, 24, 25, 29.97, 30, 50, 60 ...).
 """
 
@@ -24,9 +26,9 @@ def output_frame_count(duration_s: float, fps: float) -> int:
 
 
 def source_positions(n_out: int, src_fps: float, dst_fps: float, n_src: int) -> np.ndarray:
-    """Fractional source frame index of each output frame, clamped to the source range."""
-    times = np.arange(n_out, dtype=np.float64) / dst_fps
-    return np.clip(times * src_fps, 0.0, n_src - 1)
+    """Fractional source frame index of each output frame's centre time, clamped to the source."""
+    times = (np.arange(n_out, dtype=np.float64) + 0.5) / dst_fps
+    return np.clip(times * src_fps - 0.5, 0.0, n_src - 1)
 
 
 def resample_frames(

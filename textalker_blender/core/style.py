@@ -7,8 +7,8 @@ inference any speaking pivot p_f[i] and any wrinkle pivot p_w[j] can be combined
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -68,8 +68,12 @@ class StylePivots:
         raise ValueError(f"unknown style {style!r}; known: {', '.join(self.keys)}")
 
     @classmethod
-    def from_latents(cls, motion_latents: Sequence[np.ndarray],
-                     wrinkle_latents: Sequence[np.ndarray], names: Iterable[str]) -> "StylePivots":
+    def from_latents(
+        cls,
+        motion_latents: Sequence[np.ndarray],
+        wrinkle_latents: Sequence[np.ndarray],
+        names: Iterable[str],
+    ) -> StylePivots:
         """One subject per entry: (T_i, Dz_f) and (T_i, Dz_w) latents -> their means."""
         speaking = np.stack([np.asarray(z, np.float64).mean(axis=0) for z in motion_latents])
         wrinkle = np.stack([np.asarray(z, np.float64).mean(axis=0) for z in wrinkle_latents])

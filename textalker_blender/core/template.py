@@ -143,6 +143,52 @@ class TemplateHead:
         """Face-unit weights (..., 52) -> offsets (..., Vp, 3) of an extra part (eyes, teeth...)."""
         return _blend(weights, self.parts[part]["unit_offsets"], self._torch_bases, part)
 
+    def unit_projection(self) -> np.ndarray:
+        """(52, V*3) ridge pseudo-inverse of the face-unit basis: head offsets -> unit weights."""
+        with self._lock:
+            cached = self._torch_bases.get("projection")
+        if cached is None:
+            basis = self.unit_offsets.reshape(self.n_units, -1).astype(np.float64)  # (U, V*3)
+            gram = basis @ basis.T
+            ridge = 1e-6 * np.trace(gram) / max(self.n_units, 1)
+            cached = np.linalg.solve(gram + ridge * np.eye(self.n_units), basis).astype(np.float32)
+            with self._lock:
+                self._torch_bases["projection"] = cached
+        return cached
+
+    def estimate_unit_weights(self, head_offsets):
+        """Head offsets (..., V, 3) -> least-squares face-unit weights (..., 52) (numpy or torch).
+
+        Exact for offsets made of face units (the synthetic dataset); for model output it is the
+        closest unit combination, a stable 52-dimensional projection.
+        """
+        projection = self.unit_projection()
+        if type(head_offsets).__module__.startswith("torch"):
+            import torch
+
+            key = ("projection", str(head_offsets.device), head_offsets.dtype)
+            torch_projection = self._torch_bases.get(key)
+            if torch_projection is None:
+                torch_projection = torch.from_numpy(np.array(projection)).to(head_offsets.device, head_offsets.dtype)
+                self._torch_bases[key] = torch_projection
+            flat = head_offsets.reshape(*head_offsets.shape[:-2], -1)
+            return flat @ torch_projection.T
+        head_offsets = np.asarray(head_offsets, dtype=np.float32)
+        return head_offsets.reshape(*head_offsets.shape[:-2], -1) @ projection.T
+
+    def part_offsets_from_head(self, part: str, head_offsets):
+        """Head offsets (..., V, 3) -> offsets (..., Vp, 3) of an extra part (numpy or torch).
+
+        The model only predicts head vertices; the lower teeth, tongue and eyelashes follow
+        through the face-unit weights that best explain the head offsets (exact for unit
+        combinations). Eyeballs stay still: gaze shows on the head only as a faint eyelid motion,
+        so estimating it from predicted offsets would make the eyes jitter.
+        """
+        weights = self.estimate_unit_weights(head_offsets)
+        if "helper_source_indices" in self.parts[part]:
+            weights = weights * 0
+        return self.apply_part_units(part, weights)
+
     def polygons(self) -> list[np.ndarray]:
         """Vertex indices of each polygon (a Python list; for from_pydata-style consumers)."""
         return np.split(self.loop_vertex_indices, np.cumsum(self.polygon_sizes)[:-1])
@@ -155,7 +201,8 @@ class TemplateHead:
         with self._lock:
             if key not in self._rasterizers:
                 self._rasterizers[key] = UVRasterizer(
-                    self.triangles, self.triangle_uvs, self.uv_region, resolution, dilation=dilation
+                    self.triangles, self.triangle_uvs, self.uv_region, resolution, dilation=dilation,
+                    n_vertices=self.n_vertices,
                 )
             return self._rasterizers[key]
 

@@ -152,12 +152,17 @@ class UVRasterizer:
         uv_region: Sequence[float],
         resolution: int | Sequence[int],
         dilation: float = 2.0,
+        n_vertices: int | None = None,
     ):
         self.triangles = np.asarray(triangles, dtype=np.int64)
         self.uv_region = tuple(float(x) for x in uv_region)
         self.height, self.width = _resolution_hw(resolution)
         self.dilation = float(dilation)
-        self.n_vertices = int(self.triangles.max()) + 1 if len(self.triangles) else 0
+        used = int(self.triangles.max()) + 1 if len(self.triangles) else 0
+        # Vertices no triangle uses (n_vertices > used) simply never reach a texel.
+        self.n_vertices = used if n_vertices is None else int(n_vertices)
+        if self.n_vertices < used:
+            raise ValueError(f"triangles index vertex {used - 1} but n_vertices is {self.n_vertices}")
 
         corners = uv_to_texel_coords(np.asarray(triangle_uvs), self.uv_region, self.height, self.width)
         texel_ids, triangle_ids, bary, inside = self._assign_texels(corners)

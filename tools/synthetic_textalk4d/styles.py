@@ -74,7 +74,7 @@ class SpeakingStyle:
     def random(cls, rng: np.random.Generator) -> "SpeakingStyle":
         u = rng.uniform
         return cls(
-            jaw_gain=u(0.7, 1.35), closure_gain=u(0.97, 1.12), rounding_gain=u(0.6, 1.4),
+            jaw_gain=u(0.7, 1.35), closure_gain=u(0.97, 1.06), rounding_gain=u(0.6, 1.4),
             spreading_gain=u(0.6, 1.4), labiodental_gain=u(0.7, 1.3), articulation=u(0.8, 1.2),
             anticipation_s=u(0.035, 0.11), carryover_s=u(0.03, 0.09), lead_s=u(0.0, 0.05),
             smoothness_s=u(0.008, 0.035), asymmetry=u(-0.2, 0.2), smile_bias=u(0.0, 0.3),
@@ -104,7 +104,7 @@ class WrinkleStyle:
             regions[name] = 0.0 if u() < 0.2 else round(float(u(0.35, 1.0)), 4)
         if all(value == 0.0 for value in regions.values()):
             regions["forehead"] = 1.0
-        return cls(depth=u(0.2, 0.55), wavelength_mm=u(4.0, 12.0), sharpness=u(1.0, 4.0),
+        return cls(depth=u(0.25, 0.6), wavelength_mm=u(4.0, 12.0), sharpness=u(1.0, 4.0),
                    threshold=u(0.01, 0.04), saturation=u(0.08, 0.2), regions=regions)
 
 

@@ -1,0 +1,107 @@
+"""Does a mesh share the template's UV layout, and how is its head placed in its own coordinates?
+
+Pure numpy / scipy (no bpy), so it is tested without Blender; a candidate to move to `core`.
+
+The Pipeline's offsets are metres in the template head's frame. A user's mesh may store its
+vertices in another frame: an MPFB character in metres (Blender axes), the hm08 OBJ imported with
+its MakeHuman axes and decimetres (the importer puts the rotation and scale on the object), a
+character modelled at another size. Matching vertices by UV gives point pairs between the
+template head and the mesh; the least-squares similarity (scale, rotation) between them carries
+the offsets into the mesh's local frame, so the object's own transform then does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# A template face vertex is found on the mesh when a mesh vertex UV lies this close (UV units).
+UV_MATCH_TOLERANCE = 2e-3
+# Share of the template's face vertices that must be found for the layouts to count as the same.
+UV_MATCH_FRACTION = 0.8
+# A mesh vertex belongs to the head when its UV lies on a template triangle: looked up in a
+# rasterisation this fine, widened by this many texels so vertices on island borders count.
+# Measured on the full hm08 body: exactly its 4,418 head vertices are inside, none of the rest.
+COVERAGE_RESOLUTION = 1024
+COVERAGE_DILATION = 1.0
+
+
+class LayoutMismatch(ValueError):
+    def __init__(self, matched_fraction: float):
+        super().__init__(f"only {matched_fraction:.0%} of the template's face UVs are on the mesh")
+        self.matched_fraction = matched_fraction
+
+
+@dataclass
+class LayoutMatch:
+    """Pairs (template vertex, mesh vertex) with the same UV, on the template's face."""
+
+    template_indices: np.ndarray  # (K,) int
+    mesh_indices: np.ndarray  # (K,) int
+    matched_fraction: float
+
+
+def is_template_mesh(vertex_uvs: np.ndarray, template) -> bool:
+    """The mesh is the template head itself (same vertex count and per-vertex UVs)."""
+    return len(vertex_uvs) == template.n_vertices and np.allclose(
+        vertex_uvs, template.vertex_uvs, atol=1e-5
+    )
+
+
+def match_layout(vertex_uvs: np.ndarray, template) -> LayoutMatch:
+    """Finds the template's face vertices on the mesh by UV; LayoutMismatch if too few are."""
+    from scipy.spatial import cKDTree
+
+    face_indices = np.flatnonzero(template.face_mask)
+    distance, nearest = cKDTree(np.asarray(vertex_uvs, dtype=np.float64)).query(
+        template.vertex_uvs[face_indices], distance_upper_bound=UV_MATCH_TOLERANCE
+    )
+    found = np.isfinite(distance)
+    fraction = float(found.mean()) if len(found) else 0.0
+    if fraction < UV_MATCH_FRACTION:
+        raise LayoutMismatch(fraction)
+    return LayoutMatch(face_indices[found], nearest[found], fraction)
+
+
+def fit_mesh_frame(template, match: LayoutMatch, mesh_positions: np.ndarray) -> np.ndarray:
+    """(3, 3) linear map from template-frame offsets to the mesh's local frame: scale * R.
+
+    Least-squares similarity between the matched template and mesh vertices, refitted once
+    without the pairs whose residual is far above the median (a wrong UV match, an edited nose).
+    """
+    from ..core.template import fit_similarity
+
+    source = np.asarray(template.vertices, dtype=np.float64)[match.template_indices]
+    target = np.asarray(mesh_positions, dtype=np.float64)[match.mesh_indices]
+    keep = np.ones(len(source), dtype=bool)
+    for _ in range(2):
+        scale, rotation, translation = fit_similarity(source[keep], target[keep])
+        residual = np.linalg.norm(scale * source @ rotation.T + translation - target, axis=1)
+        keep = residual <= 3.0 * np.median(residual) + 1e-9
+    return scale * rotation
+
+
+def template_coverage(template, vertex_uvs: np.ndarray) -> np.ndarray:
+    """(N,) bool: the vertex UV lies on (or within a texel of) a template head triangle.
+
+    The Pipeline samples motion maps wherever a UV falls inside the map's dilated mask, so body
+    vertices whose UV islands border the head's would pick up motion; this mask removes them.
+    """
+    from ..core.uv import uv_to_texel_coords
+
+    rasterizer = template.uv_rasterizer(COVERAGE_RESOLUTION, COVERAGE_DILATION)
+    height, width = rasterizer.resolution
+    texel = np.rint(uv_to_texel_coords(vertex_uvs, template.uv_region, height, width)).astype(np.int64)
+    on_map = (texel[:, 0] >= 0) & (texel[:, 0] < width) & (texel[:, 1] >= 0) & (texel[:, 1] < height)
+    covered = np.zeros(len(texel), dtype=bool)
+    covered[on_map] = rasterizer.mask[texel[on_map, 1], texel[on_map, 0]]
+    return covered
+
+
+def offsets_to_mesh_frame(offsets: np.ndarray, linear_map: np.ndarray | None) -> np.ndarray:
+    """Offsets (..., 3) in the template frame -> the mesh's local frame."""
+    offsets = np.asarray(offsets, dtype=np.float32)
+    if linear_map is None:
+        return offsets
+    return offsets @ np.asarray(linear_map, dtype=np.float32).T

@@ -9,6 +9,7 @@ import torch
 
 from textalker_blender.core.config import ModelConfig, VQConfig
 from textalker_blender.core.template import TemplateHead
+from textalker_blender.core.uv import MapLayout
 
 # The test machine's 2 cores are shared: one thread per test process avoids oversubscription,
 # which made these small models ~10x slower than single-threaded.
@@ -16,7 +17,9 @@ torch.set_num_threads(1)
 
 
 def grid_template(cells: int = 20, uv_region=(0.1, 0.1, 0.9, 0.9)) -> TemplateHead:
-    """A flat (cells+1)^2-vertex quad grid whose UVs tile `uv_region`; the inner half is 'face'."""
+    """A flat (cells+1)^2-vertex quad grid whose UVs tile `uv_region`; the inner half is 'face'.
+
+    Motion and wrinkle maps both cover `uv_region` (one-rectangle map layouts)."""
     n = cells + 1
     u0, v0, u1, v1 = uv_region
     us, vs = np.meshgrid(np.linspace(u0, u1, n), np.linspace(v0, v1, n))
@@ -44,7 +47,8 @@ def grid_template(cells: int = 20, uv_region=(0.1, 0.1, 0.9, 0.9)) -> TemplateHe
         lip_mask=face.copy(),
         upper_face_mask=face.copy(),
         face_mask=face,
-        uv_region=np.asarray(uv_region, np.float32),
+        motion_layout=MapLayout.rectangle(uv_region),
+        wrinkle_layout=MapLayout.rectangle(uv_region),
         albedo_path=Path("albedo.png"),
         parts={},
     )

@@ -33,7 +33,7 @@ def _run(*args):
 
 def test_simple_preview_writes_contact_sheet_and_clip(tiny, tmp_path):
     result = _run(tiny, "--utterance", "S00_0000", "--out", tmp_path, "--renderer", "simple",
-                  "--frames", "4", "--clip-frames", "3", "--wrinkle-resolution", "256", "--texture-size", "256",
+                  "--frames", "4", "--clip-frames", "3", "--wrinkle-resolution", "256",
                   "--resolution", "160", "--clip-resolution", "128")
     assert result.returncode == 0, result.stderr
     sheet = np.asarray(Image.open(tmp_path / "S00_0000_contact.png").convert("RGB"))
@@ -51,7 +51,7 @@ def test_simple_preview_writes_contact_sheet_and_clip(tiny, tmp_path):
 def test_cycles_preview_renders_a_face(tiny, tmp_path):
     pytest.importorskip("bpy")
     result = _run(tiny, "--utterance", "S00_0000", "--out", tmp_path, "--frames", "2", "--clip-frames", "0",
-                  "--resolution", "96", "--samples", "2", "--wrinkle-resolution", "256", "--texture-size", "512")
+                  "--resolution", "96", "--samples", "2", "--wrinkle-resolution", "256")
     assert result.returncode == 0, result.stderr
     sheet = np.asarray(Image.open(tmp_path / "S00_0000_contact.png").convert("RGB")).astype(float)
     face_tile = sheet[28:28 + 300, :300]

@@ -110,7 +110,7 @@ def test_neutral_frame_ratio_is_exactly_one(template, brow_subject):
 
 def test_wrinkle_intensity_follows_compression(template, brow_subject):
     masks = region_masks(template)
-    forehead = template.uv_rasterizer(256).rasterize(masks["forehead"][:, None])[..., 0] > 0.5
+    forehead = template.uv_rasterizer(256, "wrinkle").rasterize(masks["forehead"][:, None])[..., 0] > 0.5
     amounts = np.linspace(0, 1, 11)
     weights = np.stack([template.unit_weights(browInnerUp=a, browOuterUpLeft=a, browOuterUpRight=a)
                         for a in amounts])
@@ -149,7 +149,7 @@ def test_subjects_crease_differently(template):
                                                                        "glabella": 0.0})
     geometry = SubjectGeometry(template, subject, wrinkle_resolution=128)
     ratio = geometry.wrinkle_maps(geometry.offsets(np.stack([template.unit_weights(browInnerUp=1.0)])))[0]
-    forehead = template.uv_rasterizer(128).rasterize(region_masks(template)["forehead"][:, None])[..., 0] > 0.5
+    forehead = template.uv_rasterizer(128, "wrinkle").rasterize(region_masks(template)["forehead"][:, None])[..., 0] > 0.5
     glabella_or_other = geometry.region_strength > 0
-    assert np.all(ratio[forehead & ~(template.uv_rasterizer(128).rasterize(
+    assert np.all(ratio[forehead & ~(template.uv_rasterizer(128, "wrinkle").rasterize(
         glabella_or_other[:, None].astype(np.float32))[..., 0] > 0)] == 1.0)

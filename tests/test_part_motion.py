@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textalker_blender.blender import catalog, part_motion
+from textalker_blender.blender import catalog
+from textalker_blender.core import part_motion
 
 pytestmark = pytest.mark.skipif(
     not (catalog.ASSETS_DIR / "template_head.npz").is_file(), reason="template head not built"

@@ -141,14 +141,53 @@ def test_devices(pipeline):
     assert Pipeline.load(pipeline.weights_path, "cpu", template=pipeline.template) is pipeline
 
 
-def test_missing_weights_and_wrong_uv_region(tmp_path, pipeline):
+def test_missing_weights_and_wrong_map_layout(tmp_path, pipeline):
     with pytest.raises(WeightsError, match="not found"):
         Pipeline.load(tmp_path / "none.safetensors", "cpu", template=pipeline.template)
-    if pipeline.config.uv_region is not None:
-        with pytest.raises(WeightsError, match="UV region"):
+    if pipeline.config.uv_layouts is not None:
+        with pytest.raises(WeightsError, match="map layout"):
             Pipeline.load(
                 pipeline.weights_path, "cpu", template=grid_template(uv_region=(0.2, 0.2, 0.7, 0.7))
             )
+
+
+def test_layout_check_accepts_the_template_and_refuses_old_region_weights(pipeline):
+    from textalker_blender.core.config import ModelConfig
+    from textalker_blender.core.pipeline import check_layouts, layouts_of
+
+    check_layouts(layouts_of(pipeline.template), pipeline.template)
+    check_layouts(None, pipeline.template)
+    old = ModelConfig.from_dict({**ModelConfig.bundled().to_dict(), "uv_layouts": None,
+                                 "uv_region": [0.0068, 0.0078, 0.998, 0.9785]})
+    with pytest.raises(WeightsError, match="single-rectangle"):
+        check_layouts(old.uv_layouts, pipeline.template)
+
+
+def test_vertices_off_the_moving_head_triangles_get_exactly_zero_offset(pipeline):
+    """A mesh whose UVs sit inside the motion islands' rectangles but not on a moving template
+    triangle (a body next to the head islands, the static scalp) must not move at all."""
+    template = pipeline.template
+    moving = template.moving_triangles
+    static_corner_uvs = template.triangle_uvs[~moving].reshape(-1, 2)
+    static_only = ~template.motion_vertices[template.triangles[~moving].reshape(-1)]
+    # Centroids of triangles not touching a moving one: on the head, some inside an island's
+    # rectangle, never moving.
+    apart = ~template.motion_vertices[template.triangles].any(axis=1)
+    static_centroids = template.triangle_uvs[apart].mean(axis=1)
+    outside_islands = np.array([[0.02, 0.02], [0.5, 0.5], [-1.0, 3.0]], np.float32)
+    face_uvs = template.vertex_uvs[template.face_mask][::5]
+    uvs = np.concatenate([face_uvs, static_corner_uvs[static_only][::3], static_centroids[::3], outside_islands])
+    n_face = len(face_uvs)
+    _, inside_island = template.motion_layout.to_map(uvs[n_face:])
+    assert inside_island.any()  # some of the still points do fall in a motion island's rectangle
+    out = pipeline.generate(AUDIO, seed=0, steps=1, vertex_uvs=uvs)
+    assert np.all(out.offsets[:, n_face:] == 0.0)
+    assert np.abs(out.offsets[:, :n_face]).max() > 1e-5
+    # The template itself: vertices of no moving triangle stay exactly still too.
+    head = pipeline.generate(AUDIO, seed=0, steps=1)
+    still = ~template.motion_vertices
+    if still.any():
+        assert np.all(head.offsets[:, still] == 0.0)
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="bundled weights not generated yet")

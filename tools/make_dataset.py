@@ -93,8 +93,9 @@ def _stats_and_docs(args, out, report, synthesis, started) -> int:
         "build time (synthesis + weights)": f"{synthesis:.0f} s",
         "statistics time": f"{stats_seconds:.0f} s",
         "total build time": f"{total / 60:.1f} min",
-        "machine": f"{cpu} CPU cores shared with other jobs, load average {args.load_at_start:.1f} "
-                   f"at the start and {load:.1f} at the end, --jobs {args.jobs}",
+        "machine": (f"{cpu} CPU cores shared with other jobs, load average {args.load_at_start:.1f} "
+                    f"at the start and {load:.1f} at the end"
+                    + (" of the statistics re-run (--stats-only)" if args.stats_only else f", --jobs {args.jobs}")),
         "map rendering, offsets + motion 64 px + wrinkle 128 px": f"{speed['all_maps_fps']:.0f} frames/s",
         "motion maps 64 px only": f"{speed['motion_maps_fps']:.0f} frames/s",
         "wrinkle maps 128 px only (incl. strain)": f"{speed['wrinkle_maps_fps']:.0f} frames/s",

@@ -32,15 +32,16 @@ UNTRAINED_MOTION_RANGE_M = 0.004
 UNTRAINED_LOG_RATIO_RANGE = 0.1
 
 
-def template_uv_region(template_path: Path | None):
-    """The template's UV rectangle, or None when the template has not been built yet."""
+def template_layouts(template_path: Path | None):
+    """The template's motion and wrinkle map layouts (dicts), or None when it is not built yet."""
+    from textalker_blender.core.pipeline import layouts_of
     from textalker_blender.core.template import load_template
 
     try:
         template = load_template(template_path)
     except FileNotFoundError:
         return None
-    return tuple(float(x) for x in template.uv_region)
+    return layouts_of(template)
 
 
 def build_untrained_model(
@@ -79,20 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         "--template",
         type=Path,
         default=None,
-        help="template_head.npz whose UV region the weights record",
+        help="template_head.npz whose map layouts the weights record",
     )
     args = parser.parse_args(argv)
 
     config = ModelConfig.bundled()
-    config.uv_region = template_uv_region(args.template)
+    config.uv_layouts = template_layouts(args.template)
     model = build_untrained_model(args.seed, args.styles, config)
     path = args.out / WEIGHTS_NAME
     digest = model.save(path, trained=False, dataset="none (untrained, random weights)")
     n_params = sum(t.numel() for t in model.weight_tensors().values())
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {n_params:,} numbers)")
     print(f"sha256 {digest} recorded in {path.parent / 'manifest.json'}")
-    if config.uv_region is None:
-        print("note: no template head found; the weights accept any UV region")
+    if config.uv_layouts is None:
+        print("note: no template head found; the weights accept any map layout")
     return 0
 
 

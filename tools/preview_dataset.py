@@ -105,8 +105,7 @@ class CyclesFace:
     """A small Cycles scene: the head with a per-frame texture (albedo x wrinkle ratio), eyes,
     teeth and tongue, a camera in front of the face and three lights."""
 
-    def __init__(self, ds: SyntheticTextalk4D, subject: str, resolution: int, samples: int,
-                 texture_size: int, yaw_deg: float):
+    def __init__(self, ds: SyntheticTextalk4D, subject: str, resolution: int, samples: int, yaw_deg: float):
         os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="textalker-preview-"))
         import bpy
 
@@ -126,7 +125,7 @@ class CyclesFace:
         scene.view_settings.view_transform = "Standard"
         # Expose for the subject's skin: dark skin would otherwise render nearly black.
         skin = float(np.mean(ds.subjects[subject].skin_tone))
-        scene.view_settings.exposure = float(np.clip(np.log2(0.9 / skin), 0.0, 2.0))
+        scene.view_settings.exposure = float(np.clip(np.log2(1.0 / skin), 0.0, 2.0))
         scene.render.film_transparent = False
         world = bpy.data.worlds.new("World")
         background = next(n for n in world.node_tree.nodes if n.bl_idname == "ShaderNodeBackground")
@@ -137,15 +136,19 @@ class CyclesFace:
         geometry = ds.geometry(subject)
         self.neutral = geometry.neutral
         parts_identity = identity_part_offsets(template, ds.subjects[subject].identity)
-        u0, v0, u1, v1 = (float(x) for x in template.uv_region)
-        region_uvs = (template.loop_uvs - [u0, v0]) / [u1 - u0, v1 - v0]
         self.head = self._mesh_object("Head", self.neutral, template.loop_vertex_indices,
-                                      template.polygon_sizes, uvs=region_uvs)
-        self.texture_size = texture_size
-        self.albedo_linear = srgb_to_linear(ds.neutral_albedo(subject, texture_size))
-        self.image = bpy.data.images.new("FrameAlbedo", texture_size, texture_size, alpha=True, float_buffer=True)
-        self.image.colorspace_settings.name = "Linear Rec.709"
-        self.head.data.materials.append(self._skin_material(self.image))
+                                      template.polygon_sizes, uvs=template.loop_uvs)
+        # Second UV map: where each corner falls in the wrinkle map (its layout); corners outside
+        # every island get (-1, -1), where the CLIP-extended ratio image reads alpha 0 -> ratio 1.
+        wrinkle_uvs, _ = template.wrinkle_layout.to_map(template.loop_uvs)
+        layer = self.head.data.uv_layers.new(name="WrinkleUV")
+        layer.data.foreach_set("uv", wrinkle_uvs.astype(np.float32).ravel())
+        self.head.data.uv_layers.active_index = 0
+        size = ds.wrinkle_resolution
+        self.image = bpy.data.images.new("WrinkleRatio", size, size, alpha=True, float_buffer=True)
+        self.image.colorspace_settings.name = "Non-Color"
+        skin = np.asarray(ds.subjects[subject].skin_tone, np.float64)
+        self.head.data.materials.append(self._skin_material(self.image, srgb_to_linear(np.clip(skin, 0, 1.5))))
         self.parts = {}
         for name, part in template.parts.items():
             neutral = (part["vertices"] + parts_identity[name]).astype(np.float32)
@@ -166,8 +169,8 @@ class CyclesFace:
         scene.collection.objects.link(camera)
         scene.camera = camera
         # Key light from above: raking light shows creases (forehead lines, nasolabial folds).
-        for name, location, energy, size in (("Key", (-0.35, -0.7, 1.25), 220.0, 0.5),
-                                             ("Fill", (0.7, -0.7, 0.75), 70.0, 0.8),
+        for name, location, energy, size in (("Key", (-0.35, -0.7, 1.25), 320.0, 0.5),
+                                             ("Fill", (0.7, -0.7, 0.75), 90.0, 0.8),
                                              ("Rim", (0.2, 0.6, 1.1), 50.0, 0.4)):
             light_data = bpy.data.lights.new(name, "AREA")
             light_data.energy = energy
@@ -206,17 +209,35 @@ class CyclesFace:
         self.scene.collection.objects.link(obj)
         return obj
 
-    def _skin_material(self, image):
+    def _skin_material(self, ratio_image, skin_linear):
+        """Base colour = template albedo x skin tone x wrinkle ratio (1 outside the wrinkle map)."""
         material = self.bpy.data.materials.new("Skin")
         tree = material.node_tree
         bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
         bsdf.inputs["Roughness"].default_value = 0.5
         bsdf.inputs["Subsurface Weight"].default_value = 0.1
         bsdf.inputs["Subsurface Radius"].default_value = (0.004, 0.002, 0.001)
-        texture = tree.nodes.new("ShaderNodeTexImage")
-        texture.image = image
-        texture.interpolation = "Linear"
-        tree.links.new(texture.outputs["Color"], bsdf.inputs["Base Color"])
+        albedo = tree.nodes.new("ShaderNodeTexImage")
+        albedo.image = self.bpy.data.images.load(str(self.template.albedo_path), check_existing=True)
+        albedo.image.colorspace_settings.name = "sRGB"
+        wrinkle_uv = tree.nodes.new("ShaderNodeUVMap")
+        wrinkle_uv.uv_map = "WrinkleUV"
+        ratio = tree.nodes.new("ShaderNodeTexImage")
+        ratio.image = ratio_image
+        ratio.extension = "CLIP"
+        ratio.interpolation = "Linear"
+        tree.links.new(wrinkle_uv.outputs["UV"], ratio.inputs["Vector"])
+        inside = _mix_node(tree, "MIX")               # ratio inside the map, 1 outside
+        _socket(inside.inputs, "A_Color").default_value = (1.0, 1.0, 1.0, 1.0)
+        tree.links.new(ratio.outputs["Alpha"], _socket(inside.inputs, "Factor_Float"))
+        tree.links.new(ratio.outputs["Color"], _socket(inside.inputs, "B_Color"))
+        tone = _mix_node(tree, "MULTIPLY")
+        _socket(tone.inputs, "B_Color").default_value = (*[float(c) for c in skin_linear], 1.0)
+        tree.links.new(albedo.outputs["Color"], _socket(tone.inputs, "A_Color"))
+        wrinkled = _mix_node(tree, "MULTIPLY")
+        tree.links.new(_socket(tone.outputs, "Result_Color"), _socket(wrinkled.inputs, "A_Color"))
+        tree.links.new(_socket(inside.outputs, "Result_Color"), _socket(wrinkled.inputs, "B_Color"))
+        tree.links.new(_socket(wrinkled.outputs, "Result_Color"), bsdf.inputs["Base Color"])
         return material
 
     def _vertex_colour_material(self, name, roughness):
@@ -231,8 +252,6 @@ class CyclesFace:
 
     def render(self, weights: np.ndarray, offsets: np.ndarray, ratio: np.ndarray, path: Path) -> np.ndarray:
         """Render one frame to `path`; returns the image (H, W, 3) uint8."""
-        from scipy.ndimage import zoom
-
         head_vertices = self.neutral + offsets
         self.head.data.vertices.foreach_set("co", head_vertices.astype(np.float32).ravel())
         self.head.data.update()
@@ -240,10 +259,7 @@ class CyclesFace:
             moved = neutral + self.template.apply_part_units(name, weights)
             obj.data.vertices.foreach_set("co", moved.astype(np.float32).ravel())
             obj.data.update()
-        factor = self.texture_size / ratio.shape[0]
-        ratio_up = zoom(ratio, (factor, factor, 1), order=1) if factor != 1 else ratio
-        colour = self.albedo_linear * ratio_up
-        rgba = np.concatenate([colour, np.ones(colour.shape[:2] + (1,), np.float32)], axis=-1)
+        rgba = np.concatenate([ratio, np.ones(ratio.shape[:2] + (1,), np.float32)], axis=-1)
         # Blender images start at the bottom row; maps start at the top (image order).
         self.image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).astype(np.float32).ravel())
         self.image.update()
@@ -253,6 +269,19 @@ class CyclesFace:
         from PIL import Image
 
         return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _socket(sockets, identifier: str):
+    """Mix-node sockets share names across data types: pick them by identifier."""
+    return next(socket for socket in sockets if socket.identifier == identifier)
+
+
+def _mix_node(tree, blend: str):
+    node = tree.nodes.new("ShaderNodeMix")
+    node.data_type = "RGBA"
+    node.blend_type = blend
+    _socket(node.inputs, "Factor_Float").default_value = 1.0
+    return node
 
 
 class _quiet_stdout:
@@ -286,17 +315,20 @@ def _look_rotation(direction):
 
 
 class SimpleFace:
-    def __init__(self, ds: SyntheticTextalk4D, subject: str, resolution: int, texture_size: int):
+    def __init__(self, ds: SyntheticTextalk4D, subject: str, resolution: int):
+        from PIL import Image
+
         self.ds = ds
         self.template = ds.template
         self.neutral = ds.geometry(subject).neutral
         self.resolution = resolution
-        self.albedo = ds.neutral_albedo(subject, texture_size)
-        self.texture_size = texture_size
-        u0, v0, u1, v1 = (float(x) for x in self.template.uv_region)
-        uv = self.template.vertex_uvs
-        self.columns = np.clip(((uv[:, 0] - u0) / (u1 - u0) * texture_size).astype(int), 0, texture_size - 1)
-        self.rows = np.clip(((v1 - uv[:, 1]) / (v1 - v0) * texture_size).astype(int), 0, texture_size - 1)
+        image = np.asarray(Image.open(self.template.albedo_path).convert("RGB"), np.float32) / 255.0
+        uv = self.template.vertex_uvs.astype(np.float64)
+        h, w = image.shape[:2]
+        columns = np.clip((uv[:, 0] * w).astype(int), 0, w - 1)
+        rows = np.clip(((1 - uv[:, 1]) * h).astype(int), 0, h - 1)
+        self.vertex_albedo = image[rows, columns] * np.asarray(ds.subjects[subject].skin_tone, np.float32)
+        self.wrinkle_uv, self.in_wrinkle_map = self.template.wrinkle_layout.to_map(uv)
         front = self.neutral[:, 1] < -0.02
         self.visible = front & (np.abs(self.neutral[:, 2] - FACE_CENTRE_Z) < 0.14)
 
@@ -305,7 +337,6 @@ class SimpleFace:
 
     def render(self, weights, offsets, ratio, path: Path) -> np.ndarray:
         from PIL import Image
-        from scipy.ndimage import zoom
 
         vertices = self.neutral + offsets
         tri = self.template.triangles
@@ -317,9 +348,11 @@ class SimpleFace:
         light = np.array([-0.4, -0.8, 0.45])
         light /= np.linalg.norm(light)
         shade = 0.25 + 0.75 * np.clip(normals @ light, 0, 1)
-        factor = self.texture_size / ratio.shape[0]
-        texture = self.albedo * (zoom(ratio, (factor, factor, 1), order=1) if factor != 1 else ratio)
-        colour = texture[self.rows, self.columns] * shade[:, None]
+        height, width = ratio.shape[:2]
+        columns = np.clip((self.wrinkle_uv[:, 0] * width).astype(int), 0, width - 1)
+        rows = np.clip(((1 - self.wrinkle_uv[:, 1]) * height).astype(int), 0, height - 1)
+        vertex_ratio = np.where(self.in_wrinkle_map[:, None], ratio[rows, columns], 1.0)
+        colour = self.vertex_albedo * vertex_ratio * shade[:, None]
         size = self.resolution
         scale = size / 0.3
         x = ((vertices[:, 0]) * scale + size / 2).astype(int)
@@ -344,35 +377,28 @@ class SimpleFace:
 
 
 class MapViews:
-    """Crops of the motion and wrinkle maps around the face (the face is small in the layout)."""
+    """Face crops of the maps, turned upright (the hm08 layout has the forehead on the left).
+
+    Motion maps: the "face" island of the motion layout; wrinkle maps cover only the face."""
 
     def __init__(self, template):
-        masks = region_masks(template)
-        selected = np.zeros(template.n_vertices, bool)
-        for name in ("forehead", "glabella", "nasolabial", "crows_feet"):
-            selected |= masks[name] > 0.3
-        uv = template.vertex_uvs[selected]
-        # keep the main face island (eyelids and lips have islands of their own elsewhere)
-        centre = np.median(template.vertex_uvs[masks["glabella"] > 0.3], axis=0)
-        uv = uv[np.linalg.norm(uv - centre, axis=1) < 0.12]
-        lo, hi = uv.min(0), uv.max(0)
-        pad = 0.12 * (hi - lo).max()
-        self.box_uv = (lo[0] - pad, lo[1] - pad, hi[0] + pad, hi[1] + pad)
-        self.region = tuple(float(x) for x in template.uv_region)
+        self.motion_box = None
+        for island in template.motion_layout.islands:
+            if island.name == "face":
+                self.motion_box = island.destination
 
-    def crop(self, image: np.ndarray) -> np.ndarray:
-        """The face part of a map, turned upright (the hm08 layout has the forehead on the left)."""
-        return np.rot90(self._crop(image), k=-1)
-
-    def _crop(self, image: np.ndarray) -> np.ndarray:
+    def motion(self, image: np.ndarray) -> np.ndarray:
+        if self.motion_box is None:
+            return np.rot90(image, k=-1)
         h, w = image.shape[:2]
-        u0, v0, u1, v1 = self.region
-        bu0, bv0, bu1, bv1 = self.box_uv
-        c0 = int(np.clip((bu0 - u0) / (u1 - u0) * w, 0, w - 1))
-        c1 = int(np.clip((bu1 - u0) / (u1 - u0) * w, c0 + 1, w))
-        r0 = int(np.clip((v1 - bv1) / (v1 - v0) * h, 0, h - 1))
-        r1 = int(np.clip((v1 - bv0) / (v1 - v0) * h, r0 + 1, h))
-        return image[r0:r1, c0:c1]
+        x0, y0, x1, y1 = self.motion_box
+        c0, c1 = int(np.floor(x0 * w)), int(np.ceil(x1 * w))
+        r0, r1 = int(np.floor((1 - y1) * h)), int(np.ceil((1 - y0) * h))
+        return np.rot90(image[max(r0, 0):r1, max(c0, 0):c1], k=-1)
+
+    @staticmethod
+    def wrinkle(image: np.ndarray) -> np.ndarray:
+        return np.rot90(image, k=-1)
 
 
 def motion_view(motion_map: np.ndarray, scale: float, mask: np.ndarray) -> np.ndarray:
@@ -430,9 +456,8 @@ def main(argv=None) -> int:
     parser.add_argument("--renderer", choices=("cycles", "simple"), default="cycles")
     parser.add_argument("--resolution", type=int, default=400, help="face render size (pixels)")
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples")
-    parser.add_argument("--wrinkle-resolution", type=int, default=1024,
+    parser.add_argument("--wrinkle-resolution", type=int, default=512,
                         help="wrinkle maps for the preview (the dataset default is 128)")
-    parser.add_argument("--texture-size", type=int, default=2048)
     parser.add_argument("--yaw", type=float, default=18.0, help="camera angle around the head (degrees)")
     parser.add_argument("--clip-frames", type=int, default=-1, help="frames of the clip (0: none, -1: all)")
     parser.add_argument("--clip-resolution", type=int, default=256)
@@ -448,8 +473,9 @@ def main(argv=None) -> int:
     geometry = ds.geometry(subject)
     offsets = geometry.offsets(sample.weights)
     ratio_maps = geometry.wrinkle_maps(offsets)
-    dataset_ratio = SyntheticTextalk4D(args.dataset, "all", maps=False).geometry(subject).wrinkle_maps(offsets)
-    motion_rasterizer = ds.template.uv_rasterizer(64)
+    dataset = SyntheticTextalk4D(args.dataset, "all", maps=False)      # the dataset's 128 px maps
+    dataset_ratio = dataset.geometry(subject).wrinkle_maps(offsets)
+    motion_rasterizer = ds.template.uv_rasterizer(64, "motion")
     motion_maps = motion_rasterizer.rasterize(offsets)
     darkening = (1 - ratio_maps[..., 1]).reshape(len(offsets), -1).mean(axis=1)
     units = {name: i for i, name in enumerate(ds.unit_names)}
@@ -461,25 +487,25 @@ def main(argv=None) -> int:
     frame_dir.mkdir(parents=True, exist_ok=True)
     if args.renderer == "cycles":
         try:
-            face = CyclesFace(ds, subject, args.resolution, args.samples, args.texture_size, args.yaw)
+            face = CyclesFace(ds, subject, args.resolution, args.samples, args.yaw)
         except ImportError as error:
             print(f"bpy not available ({error}); using the simple renderer", file=sys.stderr)
-            face = SimpleFace(ds, subject, args.resolution, args.texture_size)
+            face = SimpleFace(ds, subject, args.resolution)
     else:
-        face = SimpleFace(ds, subject, args.resolution, args.texture_size)
+        face = SimpleFace(ds, subject, args.resolution)
 
     views = MapViews(ds.template)
     scale = max(float(np.abs(motion_maps).max()), 1e-6)
-    albedo = ds.neutral_albedo(subject, args.wrinkle_resolution)
-    albedo_small = ds.neutral_albedo(subject, ds_default_resolution(dataset_ratio))
+    albedo = ds.neutral_albedo(subject)
+    albedo_small = dataset.neutral_albedo(subject)
     columns = []
     tmp_dir = Path(tempfile.mkdtemp(prefix="preview-"))
     for frame in frames:
         render = face.render(sample.weights[frame], offsets[frame], ratio_maps[frame], tmp_dir / f"{frame}.png")
-        motion = views.crop(motion_view(motion_maps[frame], scale, motion_rasterizer.mask))
-        textured = views.crop(albedo * ratio_maps[frame])
-        textured_small = views.crop(albedo_small * dataset_ratio[frame])
-        crease = views.crop(crease_view(ratio_maps[frame]))
+        motion = views.motion(motion_view(motion_maps[frame], scale, motion_rasterizer.mask))
+        textured = views.wrinkle(albedo * ratio_maps[frame])
+        crease = views.wrinkle(crease_view(ratio_maps[frame]))
+        textured_small = views.wrinkle(albedo_small * dataset_ratio[frame])
         w = sample.weights[frame]
         labels = [f"'{articulated_phoneme(sample, frame, lead)}'  frame {frame}  {(frame + 0.5) / sample.fps:.2f}s",
                   f"jaw {w[units['jawOpen']]:.2f} close {w[units['mouthClose']]:.2f} brow {w[units['browInnerUp']]:.2f}"]
@@ -517,10 +543,6 @@ def main(argv=None) -> int:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
-
-
-def ds_default_resolution(maps: np.ndarray) -> int:
-    return int(maps.shape[1])
 
 
 if __name__ == "__main__":

@@ -34,13 +34,19 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from ..core import mesh_match, part_motion
 from ..core.errors import MeshError, TexTalkerError
-from . import catalog, mesh_match, part_motion, writers
+from . import arkit_output, catalog, writers
 from .preferences import get_preferences
 
 # One shape key per frame stores every vertex per frame: refuse clips whose keys alone would
 # take more memory than this (Blender would crawl long before running out).
 MAX_SHAPE_KEY_BYTES = 2 * 1024**3
+
+# Output modes (the panel's enum identifiers; the API and CLI take the same strings).
+SHAPE_KEYS = "SHAPE_KEYS"  # one shape key per frame: exact, heavy, not editable
+ARKIT = "ARKIT"  # 52 ARKit units with one F-curve each: editable, drives the user's own rig
+OUTPUT_MODES = (SHAPE_KEYS, ARKIT)
 
 
 @dataclass
@@ -59,12 +65,15 @@ class GenerationRequest:
     frame_start: int
     vertex_uvs: np.ndarray | None  # None: the mesh is the template head itself
     mesh_frame: np.ndarray | None  # (3, 3) template-frame offsets -> mesh local frame; None: same
-    uv_region: tuple[float, float, float, float]
+    wrinkle_uv_rect: tuple[float, float, float, float]  # mesh UV rectangle the wrinkle maps cover
     uv_layer: str
     sequence_folder: Path
     folder_note: str = ""  # said to the user when the .blend is unsaved
     weights: str | None = None
     hubert_folder: str | None = None
+    output_mode: str = SHAPE_KEYS
+    arkit: arkit_output.ArkitPlan | None = None  # ARKit mode: which keys, where to export
+    write_wrinkles: bool = True  # False: the mesh lacks the template UV layout (ARKit mode only)
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Animation:
 
     result: object  # core.pipeline.GenerationResult
     part_offsets: dict[str, np.ndarray] = field(default_factory=dict)  # {part: (T, Vp, 3)}
+    arkit_weights: np.ndarray | None = None  # ARKit mode: (T, 52) in core.arkit.ARKIT_NAMES order
+    arkit_solve_s: float = 0.0
 
 
 @dataclass
@@ -88,6 +99,9 @@ class GenerationSummary:
     compute_s: float
     apply_s: float
     note: str = ""
+    output_mode: str = SHAPE_KEYS
+    arkit_keys: dict[str, str] = field(default_factory=dict)  # {ARKit name: key animated}
+    arkit_export: Path | None = None
 
     @property
     def message(self) -> str:
@@ -96,6 +110,10 @@ class GenerationSummary:
             f"{self.fps:.3g} fps) on '{self.object_name}', {self.exr_files} wrinkle maps in "
             f"{self.sequence_folder}"
         )
+        if self.output_mode == ARKIT:
+            text += f", {len(self.arkit_keys)} ARKit curves"
+            if self.arkit_export is not None:
+                text += f", weights exported to {self.arkit_export}"
         return f"{text}. {self.note}" if self.note else text
 
 
@@ -255,6 +273,8 @@ def prepare(
     scene: bpy.types.Scene | None = None,
     output_folder: str | None = None,
     weights: str | None = None,
+    output_mode: str = SHAPE_KEYS,
+    arkit_export: str | None = None,
 ) -> GenerationRequest:
     """Checks the inputs and gathers them; changes nothing. Raises TexTalkerError."""
     scene = scene or bpy.context.scene
@@ -264,15 +284,32 @@ def prepare(
         raise MeshError(f"'{obj.name}' is not a mesh")
     if obj.mode == "EDIT":
         raise MeshError(f"'{obj.name}' is in Edit Mode: switch to Object Mode first")
+    output_mode = (output_mode or SHAPE_KEYS).upper()
+    if output_mode not in OUTPUT_MODES:
+        raise TexTalkerError(f"Unknown output mode '{output_mode}': use one of {', '.join(OUTPUT_MODES)}")
+    if arkit_export and output_mode != ARKIT:
+        raise TexTalkerError("The ARKit export needs the output mode 'ARKit curves'")
     mesh = obj.data
     uv_layer = next((layer.name for layer in mesh.uv_layers if layer.active_render), None)
-    if uv_layer is None:
-        raise MeshError(f"'{obj.name}' has no UV map: it needs the MakeHuman UV layout")
     template = _template()
-    vertex_uvs, mesh_frame = match_template_layout(mesh, uv_layer, template)
+    arkit_plan = None
+    if output_mode == ARKIT:
+        # Always generated on the template head (the solver needs its vertices); the mesh only
+        # needs the template's UV layout for the wrinkle maps.
+        arkit_plan = arkit_output.plan(obj, uv_layer, template, arkit_export)
+        vertex_uvs, mesh_frame = None, None
+    else:
+        if uv_layer is None:
+            raise MeshError(f"'{obj.name}' has no UV map: it needs the MakeHuman UV layout")
+        vertex_uvs, mesh_frame = match_template_layout(mesh, uv_layer, template)
     pipeline_audio, label, frame_start = resolve_audio(scene, audio)
-    _check_shape_key_memory(pipeline_audio, len(mesh.vertices), scene_fps(scene))
+    if output_mode != ARKIT:
+        _check_shape_key_memory(pipeline_audio, len(mesh.vertices), scene_fps(scene))
     folder, note = _run_folder(obj, output_folder)
+    if arkit_plan is not None and not arkit_plan.write_wrinkles:
+        note = arkit_plan.note  # no wrinkle files: where they would go does not matter
+    elif arkit_plan is not None and arkit_plan.note:
+        note = f"{arkit_plan.note}. {note}" if note else arkit_plan.note
     hubert = get_preferences().hubert_folder
     return GenerationRequest(
         object_name=obj.name,
@@ -287,12 +324,15 @@ def prepare(
         frame_start=int(frame_start),
         vertex_uvs=vertex_uvs,
         mesh_frame=mesh_frame,
-        uv_region=tuple(float(x) for x in template.uv_region),
-        uv_layer=uv_layer,
+        wrinkle_uv_rect=template.wrinkle_layout.rectangle_source(),
+        uv_layer=uv_layer or "",
         sequence_folder=folder,
         folder_note=note,
         weights=weights,
         hubert_folder=bpy.path.abspath(hubert) if hubert else None,
+        output_mode=output_mode,
+        arkit=arkit_plan,
+        write_wrinkles=arkit_plan.write_wrinkles if arkit_plan is not None else True,
     )
 
 
@@ -312,9 +352,10 @@ def load_pipeline(request: GenerationRequest):
 def compute(request: GenerationRequest, progress=None, cancel: threading.Event | None = None) -> Animation:
     """Runs the Pipeline (offsets at the scene fps, wrinkle maps).
 
-    For a mesh other than the template head, vertices outside the template's head triangles in
-    UV (the rest of a body) get exactly zero offsets. For the template head, the offsets of its
-    parts (teeth, tongue, eyes) follow from the face-unit weights that best explain the head's.
+    For a mesh other than the template head, the Pipeline gives vertices outside the template's
+    moving triangles in UV (the rest of a body) exactly zero offsets. For the template head, the
+    offsets of its parts (teeth, tongue, eyes) follow from the face-unit weights that best
+    explain the head's.
     """
     pipeline = load_pipeline(request)
     result = pipeline.generate(
@@ -328,10 +369,9 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
         progress=progress,
         cancel=cancel,
     )
+    if request.output_mode == ARKIT:
+        return arkit_output.solve(pipeline.template, result, request)
     if request.vertex_uvs is not None:
-        outside = ~mesh_match.template_coverage(pipeline.template, request.vertex_uvs)
-        result.offsets = np.array(result.offsets, dtype=np.float32)
-        result.offsets[:, outside] = 0.0
         return Animation(result)
     return Animation(result, part_offsets=part_motion.part_offsets(pipeline.template, result.offsets))
 
@@ -356,6 +396,8 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
     obj = bpy.data.objects.get(request.object_name)
     if obj is None or obj.type != "MESH":
         raise MeshError(f"The target '{request.object_name}' was deleted during generation")
+    if request.output_mode == ARKIT:
+        return arkit_output.apply_arkit(request, animation, obj, compute_s)
     result = animation.result
     offsets = mesh_match.offsets_to_mesh_frame(result.offsets, request.mesh_frame)
     if offsets.shape[1] != len(obj.data.vertices):
@@ -370,17 +412,17 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
         writers.delete_sequence_files(folder)
         raise
     try:
-        writers.remove_textalker_output(obj, delete_files=True)
+        remove_all_output(obj, delete_files=True)
         names = writers.write_shape_keys(obj, offsets, request.fps, request.frame_start)
         for part_name, part in template_parts(obj).items():
             part_offsets = animation.part_offsets.get(part_name)
             if part_offsets is not None and part_offsets.shape[1] == len(part.data.vertices):
                 writers.write_shape_keys(part, part_offsets, request.fps, request.frame_start)
         writers.ensure_wrinkle_material(
-            obj, folder, len(paths), request.frame_start, request.uv_region, request.uv_layer
+            obj, folder, len(paths), request.frame_start, request.wrinkle_uv_rect, request.uv_layer
         )
     except Exception:
-        writers.remove_textalker_output(obj, delete_files=True)
+        remove_all_output(obj, delete_files=True)
         raise
     n_frames = len(names)
     return GenerationSummary(
@@ -410,15 +452,23 @@ def generate(
     output_folder: str | None = None,
     weights: str | None = None,
     progress=None,
+    output_mode: str = SHAPE_KEYS,
+    arkit_export: str | None = None,
 ) -> GenerationSummary:
     """Animates `obj` from `audio` (a path, a sound strip, or (samples, rate)); synchronous.
 
     Styles are ids or keys of `Pipeline.styles`; device "auto" | "cuda" | "cpu"; steps None for
     the model's default. Raises TexTalkerError (with a message for the user) and then leaves
     the scene unchanged.
+
+    `output_mode`: "SHAPE_KEYS" (one shape key per frame) or "ARKIT" (52 ARKit curves on the
+    template head, or on the mesh's own ARKit-named shape keys; see docs/ARKIT.md).
+    `arkit_export`: ARKit mode only, a .csv or .json path the weights are written to when the
+    run succeeds.
     """
     request = prepare(
-        obj, audio, speaking_style, wrinkle_style, device, steps, seed, scene, output_folder, weights
+        obj, audio, speaking_style, wrinkle_style, device, steps, seed, scene, output_folder, weights,
+        output_mode, arkit_export,
     )
     started = time.perf_counter()
     result = compute(request, progress=progress)
@@ -427,7 +477,29 @@ def generate(
 
 def remove_output(obj: bpy.types.Object, delete_files: bool = True) -> dict:
     """Removes everything TexTalker generated on `obj` (keys, action, nodes, images, files)."""
-    return writers.remove_textalker_output(obj, delete_files=delete_files)
+    return remove_all_output(obj, delete_files=delete_files)
+
+
+def remove_all_output(obj: bpy.types.Object, delete_files: bool = True) -> dict:
+    """Both output modes' keys and curves (restoring the user's ARKit keys), material, files."""
+    created_arkit_keys = len(arkit_output.created_key_names(obj))
+    arkit_curves = arkit_output.remove_arkit_output(obj)
+    counts = writers.remove_textalker_output(obj, delete_files=delete_files)
+    counts["shape_keys"] += created_arkit_keys
+    counts["arkit_curves"] = arkit_curves
+    return counts
+
+
+def has_output(obj: bpy.types.Object | None) -> bool:
+    """The object carries output of either mode (the Remove operator's and panel's test)."""
+    return writers.has_textalker_output(obj) or arkit_output.has_arkit_output(obj)
+
+
+def output_timing(obj: bpy.types.Object | None) -> tuple[int, int, float] | None:
+    """(first frame, last frame, fps) of the generated animation of either mode, or None."""
+    if obj is None or obj.type != "MESH":
+        return None
+    return writers.generated_timing(obj) or arkit_output.generated_timing(obj)
 
 
 def available_styles():
@@ -474,11 +546,12 @@ def blocking_reason(context) -> str | None:
         return "Select a mesh (or set a target)"
     if obj.type != "MESH":
         return f"'{obj.name}' is not a mesh"
-    if not obj.data.uv_layers:
+    settings = context.scene.textalker
+    # ARKit curves on the mesh's own ARKit keys need no UV map (the wrinkles are then skipped).
+    if not obj.data.uv_layers and getattr(settings, "output_mode", SHAPE_KEYS) != ARKIT:
         return f"'{obj.name}' has no UV map"
     if obj.mode == "EDIT":
         return "Switch to Object Mode"
-    settings = context.scene.textalker
     if settings.audio_source == "FILE":
         if not settings.audio_file:
             return "Choose an audio file"
@@ -509,6 +582,8 @@ def request_from_context(context) -> GenerationRequest:
         steps=settings.steps or None,
         seed=settings.seed,
         scene=context.scene,  # its fps and timeline drive the keys, wherever the strip lives
+        output_mode=settings.output_mode,
+        arkit_export=settings.arkit_export_path if settings.output_mode == ARKIT else None,
     )
 
 

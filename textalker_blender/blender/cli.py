@@ -10,7 +10,9 @@ With bpy as a Python module, from a checkout::
 
     python -m textalker_blender.blender.cli --blend scene.blend --object Head --audio speech.wav
 
-Without `--audio` the scene's sound strip is used (`--strip NAME` when there are several). The
+`--output-mode arkit` writes 52 ARKit curves (on the template head or the mesh's own ARKit-named
+shape keys, docs/ARKIT.md) instead of one shape key per frame; `--arkit-export FILE.csv|.json`
+also writes the weights. Without `--audio` the scene's sound strip is used (`--strip NAME` when there are several). The
 .blend is saved in place (`--save OTHER.blend` to save elsewhere, `--no-save` not to save), and a
 JSON summary is printed. Exit status 1 with the message on a user error (bad audio, wrong mesh).
 """
@@ -42,6 +44,13 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--output-folder", help="base folder of the wrinkle maps (default: beside the .blend)"
+    )
+    parser.add_argument(
+        "--output-mode", default="shape-keys", choices=["shape-keys", "arkit"],
+        help="per-frame shape keys, or 52 ARKit curves (template head or the mesh's ARKit keys)",
+    )
+    parser.add_argument(
+        "--arkit-export", help="with --output-mode arkit: write the weights to this .csv or .json"
     )
     parser.add_argument("--save", help="save the result to this .blend (default: in place)")
     parser.add_argument("--no-save", action="store_true", help="do not save the .blend")
@@ -86,6 +95,8 @@ def run(args) -> api.GenerationSummary:
         seed=args.seed,
         scene=scene,
         output_folder=args.output_folder,
+        output_mode=args.output_mode.replace("-", "_").upper(),
+        arkit_export=args.arkit_export,
     )
     if args.save:
         bpy.ops.wm.save_as_mainfile(filepath=args.save)
@@ -110,6 +121,9 @@ def main(argv=None) -> int:
         "compute_s": round(summary.compute_s, 2),
         "apply_s": round(summary.apply_s, 2),
         "note": summary.note,
+        "output_mode": summary.output_mode,
+        "arkit_keys": len(summary.arkit_keys),
+        "arkit_export": str(summary.arkit_export) if summary.arkit_export else None,
     }, indent=2))
     return 0
 

@@ -174,7 +174,7 @@ class TEXTALKER_OT_remove_output(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         obj = api.target_object(context)
-        if not writers.has_textalker_output(obj):
+        if not api.has_output(obj):
             cls.poll_message_set("The target has no TexTalker output")
             return False
         return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import api, writers
+from . import api
 
 
 class TEXTALKER_PT_main(bpy.types.Panel):
@@ -41,6 +41,9 @@ class TEXTALKER_PT_main(bpy.types.Panel):
         layout.prop(settings, "speaking_style")
         layout.prop(settings, "wrinkle_style")
         layout.prop(settings, "device")
+        layout.prop(settings, "output_mode")
+        if settings.output_mode == "ARKIT":
+            layout.prop(settings, "arkit_export_path", text="Export")
 
         if job.running:
             row = layout.row(align=True)
@@ -58,8 +61,8 @@ class TEXTALKER_PT_main(bpy.types.Panel):
         if job.last_message:
             layout.label(text=job.last_message, icon="INFO")
         target = api.target_object(context)
-        if writers.has_textalker_output(target):
-            timing = writers.generated_timing(target) if target.type == "MESH" else None
+        if api.has_output(target):
+            timing = api.output_timing(target)
             if timing is not None:
                 first, last, fps = timing
                 layout.label(text=f"Animation: frames {first}-{last} at {fps:.4g} fps", icon="ACTION")

@@ -76,6 +76,23 @@ class TexTalkerSettings(bpy.types.PropertyGroup):
         description="Denoising steps of the diffusion sampler (0: the model's default)",
     )
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the sampler")
+    output_mode: EnumProperty(
+        name="Output",
+        items=[
+            ("SHAPE_KEYS", "Per-frame Shape Keys",
+             "One shape key per frame: the exact generated motion, heavy and not editable", 0),
+            ("ARKIT", "ARKit Curves",
+             "52 ARKit blendshape weights with one editable F-curve each: on the template head, or on "
+             "the mesh's own ARKit-named shape keys (Faceit, MPFB, VRM / Ready Player Me)", 1),
+        ],
+        default="SHAPE_KEYS",
+    )
+    arkit_export_path: StringProperty(
+        name="Export ARKit Weights",
+        subtype="FILE_PATH",
+        description="Also write the weights to this .csv (Live Link Face layout) or .json file "
+        "when the generation succeeds (empty: no export)",
+    )
 
 
 class TexTalkerJobState(bpy.types.PropertyGroup):

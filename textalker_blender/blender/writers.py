@@ -49,7 +49,7 @@ def write_shape_keys(
     """Adds one shape key per frame of `offsets` (T, V, 3); frame i sits on frame_start + i.
 
     `offsets` are in the mesh's local coordinates (the caller maps them from the template frame,
-    see `mesh_match`) and already sampled at the scene frame rate (the Pipeline resamples);
+    see `core.mesh_match`) and already sampled at the scene frame rate (the Pipeline resamples);
     `fps_scene` is recorded with the keys. Previously generated keys of this object are removed
     first. Returns the new key names.
     """
@@ -408,8 +408,10 @@ def ensure_wrinkle_material(
     """Inserts the "TexTalker Wrinkles" group between each material's albedo and Base Color.
 
     The group reads `sequence_folder/wrinkle_####.exr` (sequence frame 1 on scene frame
-    `frame_start`). An object without a usable material gets a new tagged one. Any previous
-    TexTalker group on the object's materials is removed first. Returns the node group.
+    `frame_start`) over the mesh-UV rectangle `uv_region` (the template's wrinkle layout,
+    `template.wrinkle_layout.rectangle_source()`). An object without a usable material gets a new
+    tagged one. Any previous TexTalker group on the object's materials is removed first. Returns
+    the node group.
     """
     folder = Path(sequence_folder)
     mesh = obj.data

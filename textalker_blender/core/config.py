@@ -12,8 +12,9 @@ in a few seconds on 2 CPU cores:
 - motion maps 128x128x3 -> latent 8x8x4 = 256 numbers, codebook 256 codes of dimension 4;
 - wrinkle maps 128x128x3 -> latent 8x8x4 = 256 numbers, codebook 512 codes of dimension 4;
   so one frame's joint latent X0 = [z_f, z_w] has 512 numbers. Motion maps are 128 and not 64
-  because the hm08 head islands spread over the whole UV square: docs/UV.md measures a 64x64
-  round trip at 1.6 mm mean / 13 mm max error on the lips, 128x128 at 0.6 / 10 mm;
+  because docs/UV.md measures the motion atlas (the face's UV islands packed at 2.2x their hm08
+  size) at 128x128 with a 0.12 mm mean / 0.9 mm p99 / 6.7 mm max round trip on random unit mixes,
+  at 64x64 with about twice that (0.23 / 1.6 / 7.2 mm); wrinkle texels are ~2.5 mm at 128;
 - VQ encoders/decoders: base width 8, multipliers (1, 2, 4, 8, 8) (widths 8, 16, 32, 64, 64 from
   full to latent resolution), i.e. four 2x down-samplings, one residual block per level; the
   full-resolution levels are kept thin because decoding every frame's 128x128 wrinkle map is the
@@ -133,8 +134,9 @@ class ModelConfig:
     # Style
     style_mode: str = "pivot"  # "pivot" | "onehot"
     num_styles: int = 8  # one-hot table size (only used when style_mode == "onehot")
-    # UV rectangle the maps cover, (u0, v0, u1, v1); None = the template's.
-    uv_region: tuple[float, float, float, float] | None = None
+    # The map layouts the maps were made in, {"motion": MapLayout dict, "wrinkle": MapLayout
+    # dict} (core/uv.py); checked against the template at load. None = accept the template's.
+    uv_layouts: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -226,6 +228,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         data = dict(data)
+        # Weights from before the map layouts recorded one UV rectangle: keep it under a key no
+        # template layout has, so the Pipeline refuses them with a clear message.
+        legacy_region = data.pop("uv_region", None)
+        if legacy_region is not None and data.get("uv_layouts") is None:
+            data["uv_layouts"] = {"legacy_uv_region": list(legacy_region)}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -234,7 +241,7 @@ class ModelConfig:
             if key in data and isinstance(data[key], dict):
                 data[key] = _vq_from_dict(data[key])
         # JSON turns tuples into lists; keep tuples so equality and hashing behave.
-        for key in ("frontend_dilations", "uv_region"):
+        for key in ("frontend_dilations",):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         config = cls(**data)

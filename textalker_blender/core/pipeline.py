@@ -82,6 +82,47 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise DeviceError(f"Device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'.")
 
 
+def layouts_of(template) -> dict:
+    """{"motion": layout dict, "wrinkle": layout dict}: what weights record as `uv_layouts`."""
+    return {"motion": template.motion_layout.to_dict(), "wrinkle": template.wrinkle_layout.to_dict()}
+
+
+def check_layouts(recorded: dict | None, template) -> None:
+    """WeightsError unless the weights' recorded map layouts are the template's (None: any)."""
+    if recorded is None:
+        return
+    from .uv import MapLayout
+
+    if "legacy_uv_region" in recorded:
+        raise WeightsError(
+            f"The weights were made for the old single-rectangle UV layout (UV region "
+            f"{recorded['legacy_uv_region']}); the template head now uses map layouts: "
+            "regenerate or retrain the weights for this template."
+        )
+    for name in ("motion", "wrinkle"):
+        expected = template.layout(name)
+        try:
+            found = MapLayout.from_dict(recorded[name])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"The weights' {name} map layout is unreadable ({exc}).") from exc
+        if not _same_layout(found, expected):
+            raise WeightsError(
+                f"The weights were trained on another {name} map layout ({found.fingerprint}, "
+                f"{found!r}) than the template head's ({expected.fingerprint}, {expected!r}): "
+                "rebuild the weights for this template."
+            )
+
+
+def _same_layout(a, b) -> bool:
+    if a.names != b.names or not np.isclose(a.margin, b.margin, atol=1e-9):
+        return False
+    return bool(
+        np.allclose(a.sources, b.sources, atol=1e-7)
+        and np.allclose(a.scales, b.scales, rtol=1e-7)
+        and np.allclose(a.destinations, b.destinations, atol=1e-7)
+    )
+
+
 class _Progress:
     """Maps per-stage fractions to one monotone overall fraction and checks cancellation."""
 
@@ -125,17 +166,10 @@ class Pipeline:
         self.weights_sha256 = weights_sha256
         self.config = model.config
         self.trained = bool(getattr(model, "trained", False))
-        region = tuple(float(x) for x in template.uv_region)
-        if self.config.uv_region is not None and not np.allclose(
-            region, self.config.uv_region, atol=1e-6
-        ):
-            raise WeightsError(
-                f"The weights were trained on UV region {self.config.uv_region} but the template "
-                f"head covers {region}: rebuild the weights for this template."
-            )
+        check_layouts(self.config.uv_layouts, template)
         self.motion_resolution = self.config.motion_vq.resolution
         self.wrinkle_resolution = self.config.wrinkle_vq.resolution
-        rasterizer = template.uv_rasterizer(self.wrinkle_resolution)
+        rasterizer = template.uv_rasterizer(self.wrinkle_resolution, layout="wrinkle")
         face_values = rasterizer.rasterize(np.asarray(template.face_mask, np.float32)[:, None])
         # Wrinkles are only allowed on the face: elsewhere the ratio is exactly 1.
         self.wrinkle_face_mask = (face_values[..., 0] > 0.5) & rasterizer.mask
@@ -206,8 +240,14 @@ class Pipeline:
         return (self.wrinkle_resolution, self.wrinkle_resolution)
 
     def _sampler(self, vertex_uvs: np.ndarray | None):
+        """(UVSampler of the motion maps, movable (N,) bool) for the template or another mesh.
+
+        Only points on a template triangle that moves may move (`movable`): the template's
+        corners of moving triangles, another mesh's vertices whose UV lies on such a triangle.
+        """
         if vertex_uvs is None:
-            return self.template.uv_sampler(self.motion_resolution)
+            return self.template.uv_sampler(self.motion_resolution), self.template.motion_vertices
+        from .mesh_match import motion_coverage
         from .uv import UVSampler
 
         uvs = np.asarray(vertex_uvs, dtype=np.float32)
@@ -219,9 +259,8 @@ class Pipeline:
         with self._lock:
             if key not in self._samplers:
                 mask = self.template.uv_rasterizer(self.motion_resolution).mask
-                self._samplers = {
-                    key: UVSampler(uvs, self.template.uv_region, self.motion_resolution, mask=mask)
-                }
+                sampler = UVSampler(uvs, self.template.motion_layout, self.motion_resolution, mask=mask)
+                self._samplers = {key: (sampler, motion_coverage(self.template, uvs))}
             return self._samplers[key]
 
     # ------------------------------------------------------------------ generation
@@ -250,7 +289,7 @@ class Pipeline:
             from .errors import TexTalkerError
 
             raise TexTalkerError(str(exc)) from exc
-        sampler = self._sampler(vertex_uvs)
+        sampler, movable = self._sampler(vertex_uvs)
         tracker = _Progress(progress, cancel)
         with self._lock, torch.inference_mode():
             tracker.stage("audio", 0.0)
@@ -274,7 +313,7 @@ class Pipeline:
             )
             tracker.finish_stage("diffusion")
 
-            offsets, ratio = self._decode(z_motion, z_wrinkle, sampler, tracker)
+            offsets, ratio = self._decode(z_motion, z_wrinkle, sampler, movable, tracker)
             tracker.finish_stage("decode")
 
             n_out = output_frame_count(duration, fps)
@@ -295,9 +334,11 @@ class Pipeline:
         )
 
     def _decode(
-        self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, sampler, tracker: _Progress
+        self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, sampler, movable: np.ndarray, tracker: _Progress
     ) -> tuple[np.ndarray, np.ndarray]:
         """All frames' latents -> per-point offsets (T, N, 3) and ratio maps (T, H, W, 3).
+
+        Points that are not `movable` get exactly zero offset, whatever the maps hold there.
 
         Decoded in batches so memory stays bounded; the ratio is exp(log ratio), set to exactly
         1.0 outside the face mask, stored as float16 (what the EXR writer stores anyway).
@@ -311,7 +352,9 @@ class Pipeline:
         for start in range(0, n_frames, DECODE_BATCH):
             stop = min(n_frames, start + DECODE_BATCH)
             motion_maps = self.model.motion_vq.decode(z_motion[start:stop]).float().cpu().numpy()
-            offsets[start:stop] = sampler.sample(motion_maps)
+            batch_offsets = sampler.sample(motion_maps)
+            batch_offsets[:, ~movable] = 0.0
+            offsets[start:stop] = batch_offsets
             log_ratio = self.model.wrinkle_vq.decode(z_wrinkle[start:stop]).float().cpu().numpy()
             batch_ratio = np.exp(log_ratio)
             batch_ratio[:, outside_face] = 1.0

@@ -25,9 +25,12 @@ from typing import Mapping
 
 import numpy as np
 
+from .uv import MapLayout
+
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_TEMPLATE_PATH = ASSETS_DIR / "template_head.npz"
-FORMAT_VERSION = 1
+# 2: the single `uv_region` rectangle became the `motion_layout` / `wrinkle_layout` map layouts.
+FORMAT_VERSION = 2
 
 # MakeHuman files are in decimetres; their targets have 3 decimals (0.1 mm steps).
 DECIMETRE = 0.1
@@ -100,7 +103,8 @@ class TemplateHead:
     lip_mask: np.ndarray
     upper_face_mask: np.ndarray
     face_mask: np.ndarray
-    uv_region: np.ndarray
+    motion_layout: MapLayout
+    wrinkle_layout: MapLayout
     albedo_path: Path
     parts: dict[str, dict]
     metadata: dict = field(default_factory=dict)
@@ -117,6 +121,35 @@ class TemplateHead:
     @property
     def n_units(self) -> int:
         return len(self.unit_names)
+
+    @property
+    def uv_region(self):
+        raise AttributeError(
+            "TemplateHead.uv_region is gone: maps use map layouts now (template.motion_layout, "
+            "template.wrinkle_layout; see docs/UV.md)"
+        )
+
+    def layout(self, name: str | MapLayout) -> MapLayout:
+        """The map layout called `name` ("motion" or "wrinkle"); a MapLayout is returned as is."""
+        if isinstance(name, MapLayout):
+            return name
+        if name == "motion":
+            return self.motion_layout
+        if name == "wrinkle":
+            return self.wrinkle_layout
+        raise ValueError(f"unknown map layout {name!r}; use 'motion' or 'wrinkle'")
+
+    @property
+    def moving_triangles(self) -> np.ndarray:
+        """bool (F,): triangles with a corner that some face unit moves (what motion maps hold)."""
+        return np.asarray(self.face_mask)[self.triangles].any(axis=1)
+
+    @property
+    def motion_vertices(self) -> np.ndarray:
+        """bool (V,): corners of moving triangles, the vertices the Pipeline may move."""
+        covered = np.zeros(self.n_vertices, dtype=bool)
+        covered[self.triangles[self.moving_triangles].reshape(-1)] = True
+        return covered
 
     def unit_index(self, name: str) -> int:
         """Index of an ARKit unit name (e.g. 'jawOpen') in `unit_names`; KeyError if unknown."""
@@ -193,20 +226,23 @@ class TemplateHead:
         """Vertex indices of each polygon (a Python list; for from_pydata-style consumers)."""
         return np.split(self.loop_vertex_indices, np.cumsum(self.polygon_sizes)[:-1])
 
-    def uv_rasterizer(self, resolution: int, dilation: float = 2.0):
-        """Cached `core.uv.UVRasterizer` of the head for maps covering `uv_region`."""
+    def uv_rasterizer(self, resolution: int, layout: str | MapLayout = "motion", dilation: float = 2.0):
+        """Cached `core.uv.UVRasterizer` of the head for maps in `layout` ("motion" or "wrinkle")."""
         from .uv import UVRasterizer
 
-        key = (int(resolution), float(dilation))
+        map_layout = self.layout(layout)
+        key = (int(resolution), map_layout.to_json(), float(dilation))
         with self._lock:
             if key not in self._rasterizers:
                 self._rasterizers[key] = UVRasterizer(
-                    self.triangles, self.triangle_uvs, self.uv_region, resolution, dilation=dilation,
+                    self.triangles, self.triangle_uvs, map_layout, resolution, dilation=dilation,
                     n_vertices=self.n_vertices,
                 )
             return self._rasterizers[key]
 
-    def uv_sampler(self, resolution: int, dilation: float = 2.0, radius_texels: float = 1.0):
+    def uv_sampler(
+        self, resolution: int, layout: str | MapLayout = "motion", dilation: float = 2.0, radius_texels: float = 1.0
+    ):
         """Cached `core.uv.UVSampler` at the head's vertex UVs, aware of the mesh topology.
 
         Each vertex only reads texels rasterised from triangles close to it on the mesh (within
@@ -216,15 +252,16 @@ class TemplateHead:
         """
         from .uv import UVSampler
 
-        key = (int(resolution), float(dilation), float(radius_texels))
+        map_layout = self.layout(layout)
+        key = (int(resolution), map_layout.to_json(), float(dilation), float(radius_texels))
         with self._lock:
             cached = self._samplers.get(key)
         if cached is not None:
             return cached
-        rasterizer = self.uv_rasterizer(resolution, dilation)
+        rasterizer = self.uv_rasterizer(resolution, map_layout, dilation)
         allowed = _topology_tap_filter(self, rasterizer, radius_texels)
         sampler = UVSampler(
-            self.vertex_uvs, self.uv_region, resolution, mask=rasterizer.mask, allowed_taps=allowed
+            self.vertex_uvs, map_layout, resolution, mask=rasterizer.mask, allowed_taps=allowed
         )
         with self._lock:
             self._samplers[key] = sampler
@@ -257,10 +294,14 @@ def _topology_tap_filter(template: TemplateHead, rasterizer, radius_texels: floa
     from scipy.sparse.csgraph import dijkstra
 
     height, width = rasterizer.resolution
-    u0, v0, u1, v1 = (float(x) for x in template.uv_region)
-    texel_scale = np.array([width / (u1 - u0), height / (v1 - v0)])
+    layout = rasterizer.layout
     tri = template.triangles
-    tri_uv = template.triangle_uvs.astype(np.float64) * texel_scale
+    # UV lengths in texels of the island each triangle is rasterised into (its centroid's island;
+    # triangles of no island keep the finest scale, they are never sampled through a map).
+    island = layout.island_of(template.triangle_uvs.astype(np.float64).mean(axis=1))
+    island_scale = layout.scales * np.array([width, height])
+    texel_scale = np.where((island >= 0)[:, None], island_scale[np.maximum(island, 0)], island_scale.max(axis=0))
+    tri_uv = template.triangle_uvs.astype(np.float64) * texel_scale[:, None, :]
     rows, cols, lengths = [], [], []
     for i, j in ((0, 1), (1, 2), (2, 0)):
         rows.append(tri[:, i])
@@ -331,7 +372,10 @@ def _load_uncached(path: Path) -> TemplateHead:
     with np.load(path, allow_pickle=False) as data:
         metadata = json.loads(str(data["metadata"]))
         if metadata.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: template format {metadata.get('format_version')}, expected {FORMAT_VERSION}")
+            raise ValueError(
+                f"{path}: template format {metadata.get('format_version')}, expected {FORMAT_VERSION}; "
+                "rebuild it with tools/build_template.py"
+            )
         unit_names = list(metadata["unit_names"])
         vertices = data["vertices"].astype(np.float32)
         loop_vertex_indices = data["loop_vertex_indices"].astype(np.int32)
@@ -341,7 +385,8 @@ def _load_uncached(path: Path) -> TemplateHead:
             data["unit_ptr"], data["unit_vertex"], data["unit_delta"], len(unit_names), len(vertices), OFFSET_QUANTUM_M
         )
         parts = _unpack_parts(data, list(metadata["parts"]), len(unit_names))
-        arrays = {key: data[key] for key in ("source_indices", "lip_mask", "upper_face_mask", "face_mask", "uv_region")}
+        arrays = {key: data[key] for key in ("source_indices", "lip_mask", "upper_face_mask", "face_mask")}
+        layouts = {name: MapLayout.from_dict(json.loads(str(data[f"{name}_layout"]))) for name in ("motion", "wrinkle")}
 
     # Triangulate each polygon as a fan from its first corner (hm08 quads are planar enough).
     starts = np.concatenate([[0], np.cumsum(polygon_sizes)[:-1]])
@@ -373,7 +418,8 @@ def _load_uncached(path: Path) -> TemplateHead:
         lip_mask=_read_only(arrays["lip_mask"].astype(bool)),
         upper_face_mask=_read_only(arrays["upper_face_mask"].astype(bool)),
         face_mask=_read_only(arrays["face_mask"].astype(bool)),
-        uv_region=_read_only(arrays["uv_region"].astype(np.float32)),
+        motion_layout=layouts["motion"],
+        wrinkle_layout=layouts["wrinkle"],
         albedo_path=albedo_path,
         parts=parts,
         metadata=metadata,

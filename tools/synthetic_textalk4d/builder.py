@@ -15,13 +15,12 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .motion import FPS, face_unit_weights, n_frames_for
+from .motion import FPS, face_unit_weights
 from .speech import SAMPLE_RATE, ensure_speech_tools, synthesize, write_flac
 from .styles import Subject, make_subject
 from .text import make_sentences

@@ -138,6 +138,11 @@ def metres_per_uv(template) -> float:
     return float(np.sqrt(area3d[face].sum() / max(area_uv[face].sum(), 1e-12)))
 
 
+def wrinkle_rasterizer(template, resolution: int):
+    """The template's cached rasterizer for wrinkle maps (its "wrinkle" map layout)."""
+    return template.uv_rasterizer(int(resolution), "wrinkle")
+
+
 class SubjectGeometry:
     """Everything needed to turn one subject's face-unit weights into motion and wrinkle maps."""
 
@@ -151,8 +156,8 @@ class SubjectGeometry:
             strength = np.maximum(strength, masks[name] * float(subject.wrinkle.regions.get(name, 0.0)))
         self.region_strength = strength
         self.wrinkles = WrinkleRenderer(
-            template.uv_rasterizer(wrinkle_resolution), template.triangles, template.triangle_uvs,
-            self.neutral, strength, subject.wrinkle)
+            wrinkle_rasterizer(template, wrinkle_resolution), template.triangles,
+            template.triangle_uvs, self.neutral, strength, subject.wrinkle)
 
     def offsets(self, weights: np.ndarray) -> np.ndarray:
         """weights (T, 52) in template unit order -> offsets (T, V, 3) float32 metres."""

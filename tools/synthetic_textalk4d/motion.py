@@ -4,9 +4,11 @@ Mouth: Cohen-Massaro coarticulation. Every (sub-)segment has a target and a per-
 dominance D(t) = alpha * exp(-(d(t) / tau)^2), where d is the distance from t to the segment's
 interval (0 inside it, so targets hold for the whole segment) and tau is the subject's
 anticipation before the segment and carry-over after it. The articulator value is the
-dominance-weighted mean of the targets. Upper face: brow raises (or frowns) on the most prominent
-content words, blinks as a Poisson process. Frame k covers [k/fps, (k+1)/fps) and is sampled at
-its centre.
+dominance-weighted mean of the targets. Lip closure of p/b/m (and f/v) is then floored by a
+closure envelope (held over the segment, 25-60 ms ramps), because closures are ballistic and must
+not be averaged away by open neighbours or smoothing. Upper face: brow raises (or frowns) on the
+most prominent content words, blinks as a Poisson process. Frame k covers [k/fps, (k+1)/fps) and
+is sampled at its centre.
 """
 from __future__ import annotations
 
@@ -18,8 +20,7 @@ from .styles import SpeakingStyle
 from .text import FUNCTION_WORDS, words_of
 from .visemes import (ARKIT_UNITS, ART_INDEX, ARTICULATOR_UNITS, ARTICULATORS, CLOSURE_VISEMES,
                       DIPHTHONGS, MIN_CLOSURE_S, UNIT_INDEX, VISEME_TARGETS, VOWELS,
-                      dominance_vector,
-                      target_vector, viseme_of)
+                      dominance_vector, target_vector, viseme_of)
 
 FPS = 30
 OVERSAMPLE = 4  # evaluate curves at 120 Hz before smoothing and sampling frame centres
@@ -33,9 +34,10 @@ _GAIN_GROUPS = {
 }
 # Closure must stay closed whatever the subject's articulation; only its strength varies a bit.
 _ARTICULATION_EXEMPT = ("lipClosure", "mouthPress")
-# mouthClose weight that exactly closes the lip gap: REST + PER_JAW * jawOpen (measured on the
-# template head by geometry.lip_closure_model; these are its values, used when none is given).
-DEFAULT_LIP_CLOSURE_MODEL = (0.074, 0.988)
+# mouthClose weight that exactly closes the lip gap: REST + PER_JAW * jawOpen. The builder
+# measures it on the template head (geometry.lip_closure_model, stored in meta.json); this
+# default (its value on the format-2 template) is used when none is given.
+DEFAULT_LIP_CLOSURE_MODEL = (0.019, 1.0)
 
 
 def n_frames_for(duration_s: float, fps: int = FPS) -> int:

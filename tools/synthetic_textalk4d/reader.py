@@ -54,6 +54,18 @@ class Sample:
         return "pau"
 
 
+def texel_uvs(rasterizer) -> np.ndarray:
+    """Mesh UV of every texel centre (H, W, 2), NaN where no part of the layout lies."""
+    from textalker_blender.core.uv import texel_centre_uvs
+
+    return texel_centre_uvs(rasterizer.layout, (rasterizer.height, rasterizer.width))
+
+
+def _uv_scale(rasterizer) -> float:
+    """Map widths per UV unit of the finest island, to size the albedo's pre-filter."""
+    return float(np.max(rasterizer.layout.scales))
+
+
 class SyntheticTextalk4D:
     """One split of a built dataset ("train", "test-A", "test-B" or "all")."""
 
@@ -68,6 +80,15 @@ class SyntheticTextalk4D:
             raise ValueError(f"unknown split {split!r}; choose from {sorted(self.meta['splits'])} or 'all'")
         self.split = split
         self.template = template or load_template()
+        built_for = self.meta.get("template", {})
+        if built_for.get("n_vertices") not in (None, self.template.n_vertices):
+            raise ValueError(f"{self.root} was built for a template with {built_for['n_vertices']} vertices, "
+                             f"this one has {self.template.n_vertices}: rebuild it with tools/make_dataset.py")
+        if built_for.get("format_version") not in (None, self.template.metadata.get("format_version")):
+            import warnings
+
+            warnings.warn(f"{self.root} was built with template format {built_for['format_version']}; the lip "
+                          "closure model may differ from this template's: rebuild with tools/make_dataset.py")
         self.maps = maps
         self.motion_resolution = int(motion_resolution)
         self.wrinkle_resolution = int(wrinkle_resolution)
@@ -84,7 +105,10 @@ class SyntheticTextalk4D:
         self._geometry: dict[str, object] = {}
         self.cache_dir = Path(cache_dir) if cache_dir else None
         fingerprint = hashlib.sha256((self.root / "meta.json").read_bytes()).hexdigest()[:12]
-        self._cache_key = f"{fingerprint}_m{self.motion_resolution}_w{self.wrinkle_resolution}"
+        # maps depend on the dataset and on the template's map layouts
+        layouts = self.template.motion_layout.fingerprint + self.template.wrinkle_layout.fingerprint
+        layout_tag = hashlib.sha256(layouts.encode()).hexdigest()[:8]
+        self._cache_key = f"{fingerprint}_{layout_tag}_m{self.motion_resolution}_w{self.wrinkle_resolution}"
 
     # --- indexing ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -137,26 +161,41 @@ class SyntheticTextalk4D:
         return self.geometry(subject_name).neutral
 
     def neutral_albedo(self, subject_name: str, resolution: int | None = None) -> np.ndarray:
-        """float32 (H, W, 3) linear-ish [0, 1] albedo over the maps' uv_region: the template's
-        albedo times the subject's skin tone (sRGB values, as stored in the PNG)."""
+        """float32 (H, W, 3) albedo in [0, 1] in the wrinkle maps' layout: the template's albedo
+        (sRGB-encoded values, as stored in the PNG) times the subject's skin tone; 0 on texels
+        that belong to no part of the UV layout."""
         from PIL import Image
+        from scipy.ndimage import map_coordinates
 
-        resolution = resolution or self.wrinkle_resolution
-        image = Image.open(self.template.albedo_path).convert("RGB")
+        from .geometry import wrinkle_rasterizer
+
+        resolution = int(resolution or self.wrinkle_resolution)
+        rasterizer = wrinkle_rasterizer(self.template, resolution)
+        uvs = texel_uvs(rasterizer)                                                 # (H, W, 2)
+        image = np.asarray(Image.open(self.template.albedo_path).convert("RGB"), np.float32) / 255.0
         rect = self.template.metadata.get("albedo", {}).get("uv_rect", [0.0, 0.0, 1.0, 1.0])
-        w, h = image.size
-        u0, v0, u1, v1 = (float(x) for x in self.template.uv_region)
-        ru0, rv0, ru1, rv1 = rect
-        box = ((u0 - ru0) / (ru1 - ru0) * w, (rv1 - v1) / (rv1 - rv0) * h,
-               (u1 - ru0) / (ru1 - ru0) * w, (rv1 - v0) / (rv1 - rv0) * h)
-        crop = image.resize((resolution, resolution), Image.BICUBIC, box=box)
-        albedo = np.asarray(crop, np.float32) / 255.0
-        return np.clip(albedo * np.asarray(self.subjects[subject_name].skin_tone, np.float32), 0, 1)
+        ru0, rv0, ru1, rv1 = (float(x) for x in rect)
+        h, w = image.shape[:2]
+        valid = np.isfinite(uvs).all(axis=-1)
+        safe = np.where(valid[..., None], uvs, 0.0)
+        columns = (safe[..., 0] - ru0) / (ru1 - ru0) * w - 0.5
+        rows = (rv1 - safe[..., 1]) / (rv1 - rv0) * h - 0.5
+        # Average the albedo pixels one map texel covers (the PNG is much finer than the maps)
+        # before sampling, so small maps do not alias; the finest island sets the filter size.
+        step = int(w / (resolution * _uv_scale(rasterizer)))
+        if step >= 2:
+            from scipy.ndimage import uniform_filter
+
+            image = uniform_filter(image, size=(step, step, 1), mode="nearest")
+        albedo = np.stack([map_coordinates(image[..., c], [rows, columns], order=1, mode="nearest")
+                           for c in range(3)], axis=-1)
+        albedo = albedo * np.asarray(self.subjects[subject_name].skin_tone, np.float32)
+        return np.where(valid[..., None], np.clip(albedo, 0, 1), 0.0).astype(np.float32)
 
     def render(self, subject_name: str, weights: np.ndarray, chunk: int = 256):
         """weights (T, 52) template order -> (offsets (T, V, 3), motion maps, wrinkle maps)."""
         geometry = self.geometry(subject_name)
-        motion_rasterizer = self.template.uv_rasterizer(self.motion_resolution)
+        motion_rasterizer = self.template.uv_rasterizer(self.motion_resolution, "motion")
         offsets = geometry.offsets(weights)
         t = len(offsets)
         motion = np.empty((t, self.motion_resolution, self.motion_resolution, 3), np.float32)

@@ -1,7 +1,6 @@
 """Dataset statistics (written to stats.json) and the docs/DATASET.md report."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -104,7 +103,8 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
     # Per-subject style signatures: how subjects differ measurably.
     masks = region_masks(template)
     resolution = ds.wrinkle_resolution
-    region_texels = {name: template.uv_rasterizer(resolution).rasterize(masks[name][:, None])[..., 0] > 0.5
+    wrinkle_raster = template.uv_rasterizer(resolution, "wrinkle")
+    region_texels = {name: wrinkle_raster.rasterize(masks[name][:, None])[..., 0] > 0.5
                      for name in CREASE_REGIONS}
     brow_i = template.unit_index("browInnerUp")
     blink_i = template.unit_index("eyeBlinkLeft")
@@ -157,7 +157,7 @@ def measure_map_speed(root, n_frames: int = 600) -> dict:
     entry = ds.entries[0]
     started = time.perf_counter()
     ds.geometry(entry["subject"])
-    ds.template.uv_rasterizer(ds.motion_resolution)
+    ds.template.uv_rasterizer(ds.motion_resolution, "motion")
     setup = time.perf_counter() - started
     weights = []
     index = 0
@@ -166,7 +166,7 @@ def measure_map_speed(root, n_frames: int = 600) -> dict:
         index += 1
     weights = np.concatenate(weights)[:n_frames]
     geometry = ds.geometry(entry["subject"])
-    rasterizer = ds.template.uv_rasterizer(ds.motion_resolution)
+    rasterizer = ds.template.uv_rasterizer(ds.motion_resolution, "motion")
     timings = {}
     started = time.perf_counter()
     offsets = geometry.offsets(weights)
@@ -253,9 +253,8 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         "  direction (lines perpendicular to it) with the subject's wavelength/depth/sharpness, masked",
         "  by the subject's crease regions. Ratio = 1 exactly where compression <= threshold and on",
         "  the neutral frame. Gratings finer than ~5 texels per wavelength fade to their mean",
-        "  (anti-aliasing): in the template UV layout the face spans only ~0.12 UV units (about",
-        "  8 mm per texel at 128 px), so at 128 px wrinkle maps carry crease *darkening*, and the",
-        "  individual lines appear from ~512 px.",
+        "  (anti-aliasing). Maps are rendered in the template's map layouts (`motion_layout`,",
+        "  `wrinkle_layout`, see docs/UV.md).",
         "",
         "## Splits",
         _table([[k, v["utterances"], v["frames"], v["minutes"], len(v["subjects"])] for k, v in splits.items()],
@@ -301,9 +300,12 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         "  beyond the speaking habits listed above.",
         "- On bilabials the lips are pressed slightly past touching (negative midline gap above):",
         "  mouthPress and the subject's closure gain add to the exact closure.",
-        "- In the hm08 UV layout the face is small (about 0.2 x 0.25 UV units), so 128 px wrinkle maps",
-        "  hold crease darkening, not individual lines; a wrinkle `uv_region` cropped to the face, or",
-        "  512 px maps, would keep the lines. 64 px motion maps cover the face with ~14 px.",
+        "- Wrinkle maps use the template's `wrinkle_layout` (the face island stretched over the map:",
+        "  about 2 x 2.8 mm per texel at 128 px), so creases with a wavelength under ~12 mm fade to",
+        "  their mean darkening at 128 px (anti-aliasing) and show as lines from 256-512 px. The",
+        "  visible red of the lips lies on the mouth island, outside the wrinkle layout: lip-region",
+        "  creases appear only on the skin around the mouth. Motion maps use `motion_layout`",
+        "  (packed islands, ~3.5 mm per texel at 128 px, ~7 mm at 64 px).",
         "- Wrinkles come from a procedural strain model, not from scans.",
         "",
         "## Reading it",

@@ -122,7 +122,7 @@ class WrinkleRenderer:
                  region_strength: np.ndarray, style: WrinkleStyle):
         self.rasterizer = rasterizer
         self.style = style
-        height, width = rasterizer.resolution
+        height, width = rasterizer.height, rasterizer.width
         self.shape = (height, width)
         triangles = np.asarray(triangles, np.int64)
         n_vertices = len(neutral)
@@ -142,10 +142,8 @@ class WrinkleRenderer:
                                   np.asarray(triangle_uvs)[self.active_triangles], neutral)
 
         positions = rasterizer.rasterize(np.asarray(neutral, np.float32)).reshape(-1, 3)[self.active_texels]
-        u0, v0, u1, v1 = rasterizer.uv_region
-        texel_uv = max((u1 - u0) / width, (v1 - v0) / height)
         metres_per_uv = self.vertex_matrix @ self.strain.metres_per_uv.astype(np.float32)
-        self.texel_m = (self.texel_matrix @ metres_per_uv) * texel_uv
+        self.texel_m = (self.texel_matrix @ metres_per_uv) * texel_uv_sizes(rasterizer)[self.active_texels]
         self.gratings = self._gratings(positions)                                # (K, N)
 
     def _gratings(self, positions: np.ndarray) -> np.ndarray:
@@ -217,6 +215,15 @@ class WrinkleRenderer:
             return ratio_maps
         strength_maps = self._scatter(strength.astype(np.float32), 0.0)
         return ratio_maps, (strength_maps[0] if single else strength_maps)
+
+
+def texel_uv_sizes(rasterizer) -> np.ndarray:
+    """(H * W,) size of each texel in mesh UV units (the larger of its two sides), from the
+    scale of the map-layout island the texel belongs to (islands may be scaled differently)."""
+    height, width = rasterizer.height, rasterizer.width
+    sizes = rasterizer.layout.source_texel_size((height, width)).max(axis=1)      # (K,)
+    islands = np.asarray(rasterizer.island_map).reshape(-1)
+    return np.where(islands >= 0, sizes[np.maximum(islands, 0)], sizes.max())
 
 
 def _triangle_areas(vertices, triangles) -> np.ndarray:

@@ -1,6 +1,4 @@
-"""Does a mesh share the template's UV layout, and how is its head placed in its own coordinates?
-
-Pure numpy / scipy (no bpy), so it is tested without Blender; a candidate to move to `core`.
+"""Does a mesh share the template's UV layout, where is its head, and how is it placed?
 
 The Pipeline's offsets are metres in the template head's frame. A user's mesh may store its
 vertices in another frame: an MPFB character in metres (Blender axes), the hm08 OBJ imported with
@@ -8,6 +6,11 @@ its MakeHuman axes and decimetres (the importer puts the rotation and scale on t
 character modelled at another size. Matching vertices by UV gives point pairs between the
 template head and the mesh; the least-squares similarity (scale, rotation) between them carries
 the offsets into the mesh's local frame, so the object's own transform then does the rest.
+
+`motion_coverage` decides which vertices of such a mesh the Pipeline may move at all: those whose
+UV lies on a template triangle that the face units move. A MakeHuman body has islands right next
+to the head's in UV, and some fall inside a motion-atlas island's rectangle; without this rule
+they would read the face's motion.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .template import fit_similarity
+from .uv import MapLayout, UVRasterizer, uv_to_texel_coords
+
 # A template face vertex is found on the mesh when a mesh vertex UV lies this close (UV units).
 UV_MATCH_TOLERANCE = 2e-3
 # Share of the template's face vertices that must be found for the layouts to count as the same.
 UV_MATCH_FRACTION = 0.8
-# A mesh vertex belongs to the head when its UV lies on a template triangle: looked up in a
-# rasterisation this fine, widened by this many texels so vertices on island borders count.
-# Measured on the full hm08 body: exactly its 4,418 head vertices are inside, none of the rest.
+# A UV lies on a moving template triangle when it falls in a rasterisation of those triangles
+# this fine, widened by this many texels so vertices on triangle borders count. Measured with all
+# head triangles on the full hm08 body: exactly its 4,418 head vertices are inside, none of the rest.
 COVERAGE_RESOLUTION = 1024
 COVERAGE_DILATION = 1.0
+_FULL_SQUARE = MapLayout.rectangle((0.0, 0.0, 1.0, 1.0), name="uv_square")
 
 
 class LayoutMismatch(ValueError):
@@ -70,8 +77,6 @@ def fit_mesh_frame(template, match: LayoutMatch, mesh_positions: np.ndarray) -> 
     Least-squares similarity between the matched template and mesh vertices, refitted once
     without the pairs whose residual is far above the median (a wrong UV match, an edited nose).
     """
-    from ..core.template import fit_similarity
-
     source = np.asarray(template.vertices, dtype=np.float64)[match.template_indices]
     target = np.asarray(mesh_positions, dtype=np.float64)[match.mesh_indices]
     keep = np.ones(len(source), dtype=bool)
@@ -82,26 +87,41 @@ def fit_mesh_frame(template, match: LayoutMatch, mesh_positions: np.ndarray) -> 
     return scale * rotation
 
 
-def template_coverage(template, vertex_uvs: np.ndarray) -> np.ndarray:
-    """(N,) bool: the vertex UV lies on (or within a texel of) a template head triangle.
-
-    The Pipeline samples motion maps wherever a UV falls inside the map's dilated mask, so body
-    vertices whose UV islands border the head's would pick up motion; this mask removes them.
-    """
-    from ..core.uv import uv_to_texel_coords
-
-    rasterizer = template.uv_rasterizer(COVERAGE_RESOLUTION, COVERAGE_DILATION)
-    height, width = rasterizer.resolution
-    texel = np.rint(uv_to_texel_coords(vertex_uvs, template.uv_region, height, width)).astype(np.int64)
-    on_map = (texel[:, 0] >= 0) & (texel[:, 0] < width) & (texel[:, 1] >= 0) & (texel[:, 1] < height)
-    covered = np.zeros(len(texel), dtype=bool)
-    covered[on_map] = rasterizer.mask[texel[on_map, 1], texel[on_map, 0]]
-    return covered
-
-
 def offsets_to_mesh_frame(offsets: np.ndarray, linear_map: np.ndarray | None) -> np.ndarray:
     """Offsets (..., 3) in the template frame -> the mesh's local frame."""
     offsets = np.asarray(offsets, dtype=np.float32)
     if linear_map is None:
         return offsets
     return offsets @ np.asarray(linear_map, dtype=np.float32).T
+
+
+def moving_triangle_rasterizer(template) -> UVRasterizer:
+    """Cached rasterisation of the template's moving triangles over the whole UV square."""
+    key = ("moving_triangles", COVERAGE_RESOLUTION, COVERAGE_DILATION)
+    with template._lock:
+        cached = template._rasterizers.get(key)
+    if cached is None:
+        moving = template.moving_triangles
+        cached = UVRasterizer(
+            template.triangles[moving], template.triangle_uvs[moving], _FULL_SQUARE, COVERAGE_RESOLUTION,
+            dilation=COVERAGE_DILATION, n_vertices=template.n_vertices,
+        )
+        with template._lock:
+            template._rasterizers[key] = cached
+    return cached
+
+
+def motion_coverage(template, vertex_uvs: np.ndarray) -> np.ndarray:
+    """(N,) bool: the UV lies on (or within ~1/1000 UV of) a template triangle that moves.
+
+    Only these vertices of a mesh driven through the motion maps may move; the Pipeline gives
+    every other vertex exactly zero offset.
+    """
+    rasterizer = moving_triangle_rasterizer(template)
+    height, width = rasterizer.resolution
+    coords, valid = uv_to_texel_coords(np.asarray(vertex_uvs, dtype=np.float64), _FULL_SQUARE, height, width)
+    texel = np.rint(coords).astype(np.int64)
+    on_map = valid & (texel[:, 0] >= 0) & (texel[:, 0] < width) & (texel[:, 1] >= 0) & (texel[:, 1] < height)
+    covered = np.zeros(len(texel), dtype=bool)
+    covered[on_map] = rasterizer.mask[texel[on_map, 1], texel[on_map, 0]]
+    return covered

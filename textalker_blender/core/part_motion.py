@@ -1,11 +1,11 @@
 """Moves the template's extra parts (lower teeth, tongue, eyes) along with the generated face.
 
-Pure numpy (no bpy): a candidate to move to `core`. The Pipeline only returns offsets of the
-head mesh; the parts carry their own offsets for each of the 52 ARKit face units. Projecting the
-head offsets of every frame on the face-unit basis (least squares, weights clipped to the units'
-0..1 range) gives unit weights, and those move the mouth parts: the lower teeth and the tongue follow
-the jaw. The eyeballs stay still: the model learns no gaze (its training speech has none), and a
-gaze fitted to eyelid motion rolls the eyes at random (seen in renders).
+The Pipeline only returns offsets of the head mesh; the parts carry their own offsets for each
+of the 52 ARKit face units. Projecting the head offsets of every frame on the face-unit basis
+(least squares, weights clipped to the units' 0..1 range) gives unit weights, and those move the
+mouth parts: the lower teeth and the tongue follow the jaw. The eyeballs stay still: the model
+learns no gaze (its training speech has none), and a gaze fitted to eyelid motion rolls the eyes
+at random (seen in renders).
 """
 
 from __future__ import annotations

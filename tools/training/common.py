@@ -1,0 +1,374 @@
+"""Shared machinery of the training stages: config files, run folders, checkpoints with exact
+resume, JSONL logs, stop conditions (signals, time limit) and the distributed helpers.
+
+Checkpoint layout (`RUN/checkpoint/`, replaced atomically: written to `checkpoint.tmp/`, then
+renamed, so a crash while saving never leaves a half checkpoint):
+- `*.safetensors`: model weights (and EMA weights) — plain safetensors, never pickle;
+- `state.pt`: optimiser / scheduler state dicts, RNG states; written with `torch.save` and read
+  back with `torch.load(weights_only=True)` (tensors, numbers, strings and containers only, no
+  arbitrary objects); resume state only, never shipped;
+- `progress.json`: step, epoch, position in the epoch's data order, wall time spent so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+TOOLS_DIR = REPO_ROOT / "tools"
+if str(TOOLS_DIR) not in sys.path:
+    sys.path.insert(0, str(TOOLS_DIR))
+
+from textalker_blender.core.config import ModelConfig  # noqa: E402
+
+CHECKPOINT_DIR = "checkpoint"
+LOG_NAME = "log.jsonl"
+RUN_CONFIG_NAME = "config.json"
+
+
+# ---------------------------------------------------------------------------- config files
+@dataclass
+class TrainingConfig:
+    """A config file: the model (a preset plus overrides) and one section per stage."""
+
+    model: ModelConfig
+    vq: dict[str, Any] = field(default_factory=dict)
+    ldm: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # the file's content, for the record
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "vq": self.vq, "ldm": self.ldm}
+
+
+VQ_DEFAULTS: dict[str, Any] = {
+    "batch_size": 16,
+    "learning_rate": 2e-4,
+    "discriminator_learning_rate": 2e-4,
+    "steps": 20000,
+    "checkpoint_every": 500,
+    "log_every": 25,
+    "validate_every": 1000,
+    "revive_every": 200,
+    "validation_frames": 256,
+    "stats_frames": 4096,
+    "stats_margin": 0.05,
+    "seed": 0,
+}
+LDM_DEFAULTS: dict[str, Any] = {
+    "batch_size": 16,
+    "learning_rate": 2e-4,
+    "weight_decay": 0.0,
+    "warmup_steps": 500,
+    "grad_clip": 1.0,
+    "ema_decay": 0.999,
+    "steps": 30000,
+    "checkpoint_every": 500,
+    "log_every": 25,
+    "validate_every": 1000,
+    "validation_windows": 16,
+    "bucket_batches": 8,
+    "encode_batch": 128,
+    "seed": 0,
+}
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_training_config(path: str | Path) -> TrainingConfig:
+    """Read a JSON config: {"model": {"preset": "bundled", "overrides": {...}}, "vq": {...},
+    "ldm": {...}}. Unknown stage keys raise, so a typo does not silently train with defaults."""
+    data = json.loads(Path(path).read_text())
+    return training_config_from_dict(data)
+
+
+def training_config_from_dict(data: dict[str, Any]) -> TrainingConfig:
+    model_section = data.get("model", {"preset": "bundled"})
+    if "preset" in model_section:
+        base = ModelConfig.preset(model_section["preset"]).to_dict()
+        model = ModelConfig.from_dict(_merge(base, model_section.get("overrides", {})))
+    else:  # a full ModelConfig dict (as written into a run folder)
+        model = ModelConfig.from_dict(model_section)
+    sections = {}
+    for name, defaults in (("vq", VQ_DEFAULTS), ("ldm", LDM_DEFAULTS)):
+        given = dict(data.get(name, {}))
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown keys in config section {name!r}: {sorted(unknown)}")
+        sections[name] = {**defaults, **given}
+    return TrainingConfig(model, sections["vq"], sections["ldm"], data)
+
+
+# ---------------------------------------------------------------------------- distributed
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def average_gradients(self, parameters) -> None:
+        """The gradient averaging of DistributedDataParallel, done explicitly after backward.
+
+        The core's losses call sub-modules and methods (`VQLosses(vq, ...)`, `model.ldm_loss`),
+        not one `forward`, and the VQ discriminator runs three times per step, which DDP's reducer
+        does not support; one flattened all-reduce per step gives the same averaged gradients."""
+        if not self.enabled:
+            return
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def average_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            torch.distributed.all_reduce(tensor)
+            tensor /= self.world_size
+        return tensor
+
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            torch.distributed.broadcast(tensor, 0)
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any rank (stop decisions must agree)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
+    def in_sync(self, tensors) -> bool:
+        """True if every rank holds the same values (a checksum per rank, compared on all)."""
+        if not self.enabled:
+            return True
+        checksum = torch.stack([t.detach().double().sum() for t in tensors]).sum().reshape(1)
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world_size)]
+        torch.distributed.all_gather(gathered, checksum.to(self.device) if checksum.device != self.device else checksum)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def setup_distributed(device: str = "auto") -> Distributed:
+    """Single process, or one rank of a `torchrun` launch (env RANK / WORLD_SIZE / LOCAL_RANK):
+    gloo on CPU, NCCL on CUDA."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        resolved = torch.device("cuda", local_rank)
+    else:
+        resolved = torch.device(device)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, rank=rank, world_size=world_size)
+    return Distributed(rank, world_size, local_rank, resolved)
+
+
+# ---------------------------------------------------------------------------- stopping
+class StopFlag:
+    """Set by SIGTERM / SIGINT (a scheduler ending the session, Ctrl-C) or the time limit; the
+    loop checks it after each step, writes a checkpoint and exits cleanly."""
+
+    def __init__(self, max_minutes: float | None):
+        self.requested: str | None = None
+        self.deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Give the signals back to their previous handlers (when training ran in a caller's
+        process, e.g. tests or a notebook)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means: stop now, without a checkpoint
+        self.requested = signal.Signals(signum).name
+
+    def should_stop(self) -> str | None:
+        if self.requested:
+            return self.requested
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "time limit"
+        return None
+
+
+# ---------------------------------------------------------------------------- RNG
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- run folder
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint / "progress.json").is_file()
+
+    def prepare(self, config: TrainingConfig, extra: dict[str, Any]) -> TrainingConfig:
+        """First start: record the config. Resume: use the recorded one (the run's model must
+        not change under its checkpoint); stage hyper-parameters may be edited in the run's
+        config.json between sessions on purpose."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        recorded = self.path / RUN_CONFIG_NAME
+        if recorded.is_file():
+            data = json.loads(recorded.read_text())
+            return training_config_from_dict(data)
+        data = {**config.to_dict(), **extra}
+        write_json(recorded, data)
+        return config
+
+    def read_recorded(self) -> dict[str, Any]:
+        return json.loads((self.path / RUN_CONFIG_NAME).read_text())
+
+    def save_checkpoint(
+        self,
+        weights: dict[str, Path | None],
+        writer,
+        state: dict[str, Any],
+        progress: dict[str, Any],
+    ) -> None:
+        """`writer(folder)` writes the weights files into `folder`; then state + progress."""
+        temporary = self.path / (CHECKPOINT_DIR + ".tmp")
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        temporary.mkdir(parents=True)
+        writer(temporary)
+        torch.save(state, temporary / "state.pt")
+        write_json(temporary / "progress.json", progress)
+        old = self.path / (CHECKPOINT_DIR + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if self.checkpoint.exists():
+            self.checkpoint.rename(old)
+        temporary.rename(self.checkpoint)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def load_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        state = torch.load(self.checkpoint / "state.pt", weights_only=True, map_location="cpu")
+        progress = json.loads((self.checkpoint / "progress.json").read_text())
+        return state, progress
+
+
+def write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
+
+
+class JsonlLog:
+    """Appends one JSON object per line (rank 0 only) and echoes a short line to the console."""
+
+    def __init__(self, path: Path, enabled: bool, echo=None):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.echo = echo
+
+    def write(self, record: dict[str, Any], console: str | None = None) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        if console and self.echo is not None:
+            self.echo(console)
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_metrics(values: dict[str, Any], keys: list[str]) -> str:
+    parts = []
+    for key in keys:
+        if key in values:
+            value = values[key]
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """'synthetic-textalk4d v1 (meta sha256 0123456789ab)' from the dataset's meta.json."""
+    import hashlib
+
+    root = Path(root)
+    meta_bytes = (root / "meta.json").read_bytes()
+    meta = json.loads(meta_bytes)
+    digest = hashlib.sha256(meta_bytes).hexdigest()[:12]
+    return f"{meta.get('name', root.name)} v{meta.get('format_version', '?')} (meta sha256 {digest})"
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))

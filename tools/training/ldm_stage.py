@@ -1,0 +1,459 @@
+"""Stage 2: train the audio front end + latent denoiser on the frozen VQs' latents.
+
+Run folder (`--run RUN`):
+- `config.json`: resolved config; the VQ configs are taken from the VQ runs;
+- `cache/train/*.npz`, `cache/test-A/*.npz`: per utterance the motion and wrinkle latents of
+  every frame (frozen VQ encoders) and the audio input (log-mel of the loudness-normalised audio,
+  or HuBERT features), computed once; `cache/vq.json` records which VQ checkpoints made them;
+- `pivots.safetensors` (+ names in `pivots.json`): per-subject mean latents (style pivots);
+- `checkpoint/model.safetensors`: the whole model in the bundle format (core.weights; trained=false
+  until exported), `checkpoint/ema.safetensors` the same with EMA weights, `state.pt`, progress;
+- `log.jsonl`: loss per logged step; validation loss on test-A windows and the window-border
+  discontinuity of sampled sequences (`core.diffusion.border_discontinuity`, 1.0 = seamless).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import (
+    Distributed,
+    JsonlLog,
+    RunFolder,
+    StopFlag,
+    TOOLS_DIR,
+    TrainingConfig,
+    capture_rng,
+    dataset_fingerprint,
+    format_metrics,
+    restore_rng,
+    write_json,
+)
+from .data import BucketedOrder, open_dataset, to_physical
+from .vq_stage import VQ_WEIGHTS, load_trained_vq
+
+from textalker_blender.core.audio import load_audio  # noqa: E402
+from textalker_blender.core.diffusion import border_discontinuity, sample_sequence  # noqa: E402
+from textalker_blender.core.model import TexTalkerModel  # noqa: E402
+from textalker_blender.core.style import StylePivots  # noqa: E402
+from textalker_blender.core.weights import load_weights, save_weights, sha256_file  # noqa: E402
+
+MODEL_WEIGHTS = "model.safetensors"
+EMA_WEIGHTS = "ema.safetensors"
+
+
+# ---------------------------------------------------------------------------- style names
+def describe_subject(subject) -> str:
+    """A readable style name from the synthetic subject's parameters, e.g.
+    'Brisk articulator, deep forehead creases (kal, S03)'."""
+    speaking = subject.speaking
+    if speaking.articulation >= 1.07:
+        manner = "Brisk articulator"
+    elif speaking.articulation <= 0.93:
+        manner = "Relaxed articulator"
+    else:
+        manner = "Even articulator"
+    if speaking.jaw_gain >= 1.15:
+        manner += ", wide jaw"
+    elif speaking.smile_bias >= 0.2:
+        manner += ", smiling"
+    wrinkle = subject.wrinkle
+    regions = {k: v for k, v in wrinkle.regions.items() if v > 0}
+    strongest = max(regions, key=regions.get).replace("_", " ") if regions else "no"
+    depth = "deep" if wrinkle.depth >= 0.48 else ("fine" if wrinkle.depth <= 0.36 else "medium")
+    voice = getattr(subject.voice, "flite_voice", "") or ""
+    voice = voice[:-2] if voice.endswith("16") else voice
+    inside = f"{voice}, {subject.name}" if voice else subject.name
+    return f"{manner}, {depth} {strongest} creases ({inside})"
+
+
+# ---------------------------------------------------------------------------- latent cache
+def _cache_key(motion_run: Path, wrinkle_run: Path, audio_kind: str) -> dict:
+    return {
+        "motion_vq": sha256_file(Path(motion_run) / "checkpoint" / VQ_WEIGHTS),
+        "wrinkle_vq": sha256_file(Path(wrinkle_run) / "checkpoint" / VQ_WEIGHTS),
+        "audio": audio_kind,
+    }
+
+
+@torch.no_grad()
+def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: Distributed,
+                 batch: int, log=print) -> None:
+    """Write `folder/<id>.npz` (z_motion, z_wrinkle, audio) for this rank's share of the split's
+    utterances; existing files are kept, so an interrupted encoding resumes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(len(dataset)) if i % dist.world_size == dist.rank
+            and not (folder / f"{dataset.entries[i]['id']}.npz").is_file()]
+    started = time.monotonic()
+    frames = 0
+    for n, index in enumerate(todo):
+        entry = dataset.entries[index]
+        weights = dataset.weights(index)
+        _, motion, wrinkle = dataset.render(entry["subject"], weights)
+        latents = []
+        for vq, kind, maps in ((motion_vq, "motion", motion), (wrinkle_vq, "wrinkle", wrinkle)):
+            physical = to_physical(kind, maps)
+            parts = [vq.encode(torch.from_numpy(physical[s : s + batch]).to(vq.map_offset.device)).cpu()
+                     for s in range(0, len(physical), batch)]
+            latents.append(torch.cat(parts).numpy().astype(np.float32))
+        sample = dataset.load(index, maps=False)
+        audio = audio_fn(sample.audio, sample.sample_rate, len(weights))
+        temporary = folder / f"{entry['id']}.tmp.npz"
+        np.savez(temporary, z_motion=latents[0], z_wrinkle=latents[1], audio=audio)
+        temporary.replace(folder / f"{entry['id']}.npz")
+        frames += len(weights)
+        if (n + 1) % 50 == 0 and dist.is_main:
+            rate = frames / max(time.monotonic() - started, 1e-9)
+            log(f"encoded {n + 1}/{len(todo)} utterances of {folder.name} ({rate:.0f} frames/s)")
+
+
+def load_split_cache(dataset, folder: Path) -> list[dict]:
+    items = []
+    for entry in dataset.entries:
+        with np.load(folder / f"{entry['id']}.npz") as data:
+            items.append({
+                "id": entry["id"],
+                "subject": entry["subject"],
+                "z_motion": torch.from_numpy(data["z_motion"]),
+                "z_wrinkle": torch.from_numpy(data["z_wrinkle"]),
+                "audio": torch.from_numpy(data["audio"]),
+                "n_frames": int(data["z_motion"].shape[0]),
+            })
+    return items
+
+
+# ---------------------------------------------------------------------------- training
+class EMA:
+    """Exponential moving average of the trainable parameters (used for validation and export)."""
+
+    def __init__(self, named_parameters, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in named_parameters}
+
+    @torch.no_grad()
+    def update(self, named_parameters) -> None:
+        for name, p in named_parameters:
+            self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self, model) -> None:
+        """Exchange model parameters and EMA values in place (call twice to restore)."""
+        params = dict(model.named_parameters())
+        for name, value in self.shadow.items():
+            current = params[name].detach().clone()
+            params[name].data.copy_(value)
+            value.copy_(current)
+
+
+def trainable_parameters(model: TexTalkerModel):
+    """Denoiser + the bundled audio front end (HuBERT stays frozen); the VQs are frozen."""
+    for name, p in model.named_parameters():
+        if name.startswith("denoiser.") or (name.startswith("audio_encoder.") and model.config.audio_encoder == "bundled"):
+            yield name, p
+
+
+def window_batch(model: TexTalkerModel, items: list[dict], starts: list[int], length: int, device):
+    z_motion = torch.stack([it["z_motion"][s : s + length] for it, s in zip(items, starts)]).to(device)
+    z_wrinkle = torch.stack([it["z_wrinkle"][s : s + length] for it, s in zip(items, starts)]).to(device)
+    if model.config.audio_encoder == "bundled":
+        encoder = model.audio_encoder
+        features = torch.stack([encoder.window_features(it["audio"].to(device), s, length) for it, s in zip(items, starts)])
+    else:
+        features = torch.stack([it["audio"][s : s + length] for it, s in zip(items, starts)]).to(device)
+    return z_motion, z_wrinkle, features
+
+
+@torch.no_grad()
+def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: dict, device) -> dict:
+    """Loss on fixed test-A windows (fixed noise) and the seam metric of sampled sequences."""
+    model.eval()
+    config = model.config
+    generator = torch.Generator().manual_seed(1234)
+    chosen = items[: int(config_ldm["validation_windows"])]
+    losses = []
+    for item in chosen:
+        length = min(config.window_frames, item["n_frames"])
+        zm, zw, feats = window_batch(model, [item], [0], length, device)
+        subjects = torch.tensor([rows[item["subject"]]], device=device)
+        losses.append(float(model.ldm_loss(zm, zw, feats, subjects, generator=generator)))
+    result = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
+    long_items = [it for it in items if it["n_frames"] > config.window_frames][:3]
+    seams, truth_seams = [], []
+    for item in long_items:
+        n = item["n_frames"]
+        if config.audio_encoder == "bundled":
+            feats = model.audio_encoder(item["audio"][None].to(device), n)[0]
+        else:
+            feats = item["audio"][:n].to(device)
+        x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps, torch.Generator().manual_seed(7))
+        seams.append(border_discontinuity(x0.cpu(), config.window_frames, config.prefix_frames))
+        row = rows[item["subject"]]
+        truth = model.to_model_space(item["z_motion"].to(device), item["z_wrinkle"].to(device), row, row)
+        truth_seams.append(border_discontinuity(truth.cpu(), config.window_frames, config.prefix_frames))
+    if seams:
+        result["val_border_discontinuity"] = float(np.mean(seams))
+        result["truth_border_discontinuity"] = float(np.mean(truth_seams))
+    model.train()
+    model.motion_vq.eval()
+    model.wrinkle_vq.eval()
+    return result
+
+
+def _save_model(model: TexTalkerModel, path: Path, dataset: str, extra: dict) -> None:
+    metadata = model.metadata(trained=False, dataset=dataset)
+    metadata["training"] = json.dumps(extra, sort_keys=True)
+    save_weights(path, model.weight_tensors(), metadata, update_manifest=False)
+
+
+def record_template_layout(model_config) -> None:
+    """Record the template's map layout in the config (the Pipeline refuses weights made for
+    another layout); same helper as tools/make_untrained_weights.py."""
+    import make_untrained_weights as untrained
+
+    if hasattr(model_config, "uv_layouts") and hasattr(untrained, "template_layouts"):
+        model_config.uv_layouts = untrained.template_layouts(None)
+    elif hasattr(model_config, "uv_region") and hasattr(untrained, "template_uv_region"):
+        model_config.uv_region = untrained.template_uv_region(None)
+
+
+def load_model_file(path: Path, model: TexTalkerModel) -> None:
+    tensors = load_weights(path, verify=False).tensors
+    state = {k: v for k, v in tensors.items() if not k.startswith("style.")}
+    model.load_state_dict(state, strict=False)
+
+
+def train_ldm(
+    config: TrainingConfig,
+    data_root: str | Path,
+    run_path: str | Path,
+    motion_run: str | Path,
+    wrinkle_run: str | Path,
+    dist: Distributed,
+    steps: int | None = None,
+    max_minutes: float | None = None,
+    hubert_dir: str | Path | None = None,
+    progress_bar: bool = True,
+) -> dict:
+    from tqdm import tqdm
+
+    run = RunFolder(run_path)
+    motion_vq, motion_info = load_trained_vq(motion_run, dist.device)
+    wrinkle_vq, wrinkle_info = load_trained_vq(wrinkle_run, dist.device)
+    if motion_info["kind"] != "motion" or wrinkle_info["kind"] != "wrinkle":
+        raise ValueError("--motion-vq must be a motion VQ run and --wrinkle-vq a wrinkle VQ run")
+    # The VQs define the latent sizes: take their configs, keep the rest of this config.
+    config.model.motion_vq = motion_info["config"].model.motion_vq
+    config.model.wrinkle_vq = wrinkle_info["config"].model.wrinkle_vq
+    record_template_layout(config.model)
+    extra = {"stage": "ldm", "data": str(Path(data_root).resolve()), "motion_vq_run": str(Path(motion_run).resolve()),
+             "wrinkle_vq_run": str(Path(wrinkle_run).resolve()), "dataset": dataset_fingerprint(data_root)}
+    if dist.is_main:
+        config = run.prepare(config, extra)
+    dist.barrier()
+    if not dist.is_main:
+        config = run.prepare(config, {})
+    section = config.ldm
+    model_config = config.model
+    total_steps = int(steps if steps is not None else section["steps"])
+    seed = int(section["seed"])
+    device = dist.device
+    dataset_name = dataset_fingerprint(data_root)
+    log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
+
+    # ---- latents + audio inputs, once
+    resolution = (model_config.motion_vq.resolution, model_config.wrinkle_vq.resolution)
+    train_set = open_dataset(data_root, "train", *resolution)
+    try:
+        val_set = open_dataset(data_root, "test-A", *resolution)
+    except ValueError:
+        val_set = None
+    cache = run.path / "cache"
+    key = _cache_key(Path(motion_run), Path(wrinkle_run), model_config.audio_encoder)
+    if dist.is_main:
+        cache.mkdir(parents=True, exist_ok=True)
+        key_path = cache / "vq.json"
+        if key_path.is_file() and json.loads(key_path.read_text()) != key:
+            raise ValueError(f"{cache} was encoded with other VQ checkpoints; delete it (or use a new run folder)")
+        write_json(key_path, key)
+    dist.barrier()
+
+    if model_config.audio_encoder == "bundled":
+        from textalker_blender.core.features import BundledAudioEncoder
+
+        mel_encoder = BundledAudioEncoder(model_config)
+
+        def audio_fn(audio, rate, n_frames):
+            return mel_encoder.log_mel(load_audio((audio, rate)))
+    else:
+        from textalker_blender.core.features import HubertAudioEncoder
+
+        if hubert_dir is None:
+            raise ValueError("this config uses HuBERT features: pass --hubert-dir")
+        hubert = HubertAudioEncoder(hubert_dir).to(device)
+
+        def audio_fn(audio, rate, n_frames):
+            return hubert.encode(load_audio((audio, rate)), n_frames).cpu().numpy().astype(np.float32)
+
+    t0 = time.monotonic()
+    encode_split(train_set, motion_vq, wrinkle_vq, cache / "train", audio_fn, dist, int(section["encode_batch"]), log=tqdm.write)
+    if val_set is not None:
+        encode_split(val_set, motion_vq, wrinkle_vq, cache / "test-A", audio_fn, dist, int(section["encode_batch"]), log=tqdm.write)
+    dist.barrier()
+    encode_seconds = time.monotonic() - t0
+    train_items = load_split_cache(train_set, cache / "train")
+    val_items = load_split_cache(val_set, cache / "test-A") if val_set is not None else []
+
+    # ---- style pivots: one per training subject, in subject-index order
+    subjects = sorted({it["subject"] for it in train_items}, key=lambda s: train_set.subjects[s].index)
+    rows = {name: i for i, name in enumerate(subjects)}
+    names = [describe_subject(train_set.subjects[s]) for s in subjects]
+    per_subject_motion = [torch.cat([it["z_motion"] for it in train_items if it["subject"] == s]).numpy() for s in subjects]
+    per_subject_wrinkle = [torch.cat([it["z_wrinkle"] for it in train_items if it["subject"] == s]).numpy() for s in subjects]
+    pivots = StylePivots.from_latents(per_subject_motion, per_subject_wrinkle, names)
+    if dist.is_main:
+        from safetensors.torch import save_file
+
+        save_file({"speaking": torch.from_numpy(pivots.speaking), "wrinkle": torch.from_numpy(pivots.wrinkle)}, str(run.path / "pivots.safetensors"))
+        write_json(run.path / "pivots.json", {"subjects": subjects, "names": names, "keys": pivots.keys})
+
+    torch.manual_seed(seed)  # same initial weights on every rank
+    model = TexTalkerModel(model_config, pivots).to(device)
+    model.motion_vq.load_state_dict(motion_vq.state_dict())
+    model.wrinkle_vq.load_state_dict(wrinkle_vq.state_dict())
+    model.motion_vq.requires_grad_(False).eval()
+    model.wrinkle_vq.requires_grad_(False).eval()
+    all_subject_rows = torch.cat([torch.full((it["n_frames"],), rows[it["subject"]]) for it in train_items])
+    model.fit_latent_normalization(torch.cat([it["z_motion"] for it in train_items]).to(device),
+                                   torch.cat([it["z_wrinkle"] for it in train_items]).to(device), all_subject_rows.to(device))
+
+    params = dict(trainable_parameters(model))
+    optimizer = torch.optim.AdamW(params.values(), lr=float(section["learning_rate"]), weight_decay=float(section["weight_decay"]))
+    warmup = max(1, int(section["warmup_steps"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    ema = EMA(params.items(), float(section["ema_decay"])) if float(section["ema_decay"]) > 0 else None
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = BucketedOrder([it["n_frames"] for it in train_items], int(section["batch_size"]), dist.world_size, dist.rank, seed, int(section["bucket_batches"]))
+    step = 0
+    elapsed_before = 0.0
+    if run.has_checkpoint():
+        load_model_file(run.checkpoint / MODEL_WEIGHTS, model)
+        state, progress = run.load_state()
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+        restore_rng(state["rng"][min(dist.rank, len(state["rng"]) - 1)], generator)
+        order.load_state(progress["order"])
+        step = int(progress["step"])
+        elapsed_before = float(progress.get("elapsed_s", 0.0))
+
+    def save() -> None:
+        rng_states = [capture_rng(generator)]
+        if dist.enabled:
+            gathered: list = [None] * dist.world_size
+            torch.distributed.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if not dist.is_main:
+            dist.barrier()
+            return
+        info = {"step": step, "motion_vq_step": motion_info["step"], "wrinkle_vq_step": wrinkle_info["step"]}
+
+        def writer(folder: Path) -> None:
+            _save_model(model, folder / MODEL_WEIGHTS, dataset_name, info)
+            if ema is not None:
+                ema.swap(model)
+                try:
+                    _save_model(model, folder / EMA_WEIGHTS, dataset_name, {**info, "ema_decay": ema.decay})
+                finally:
+                    ema.swap(model)
+
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states}
+        if ema is not None:
+            state["ema"] = {k: v.cpu() for k, v in ema.shadow.items()}
+        progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started, "world_size": dist.world_size}
+        run.save_checkpoint({}, writer, state, progress)
+        dist.barrier()
+
+    stop = StopFlag(max_minutes)
+    started = time.monotonic()
+    start_step = step
+    log.write({"event": "start", "step": step, "total_steps": total_steps, "world_size": dist.world_size,
+               "train_utterances": len(train_items), "train_frames": int(sum(it["n_frames"] for it in train_items)),
+               "styles": len(pivots), "encode_s": encode_seconds},
+              f"LDM: step {step} -> {total_steps}, {dist.world_size} process(es), {len(train_items)} utterances, {len(pivots)} styles")
+    bar = tqdm(total=total_steps, initial=step, desc="LDM", unit="step", disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
+    model.train()
+    model.motion_vq.eval()
+    model.wrinkle_vq.eval()
+    accum_loss, accum_count, window_frames, data_seconds = 0.0, 0, 0, 0.0
+    window_time = time.monotonic()
+    window_cpu = time.process_time()
+    reason = "steps reached"
+    batch_size = int(section["batch_size"])
+    while step < total_steps:
+        reason_now = stop.should_stop()
+        if dist.any(reason_now is not None):
+            reason = reason_now or "stop requested on another rank"
+            break
+        t0 = time.monotonic()
+        global_batch = order.next_global()
+        length = int(min(model_config.window_frames, min(train_items[int(i)]["n_frames"] for i in global_batch)))
+        mine = global_batch[dist.rank * batch_size : (dist.rank + 1) * batch_size]
+        items = [train_items[int(i)] for i in mine]
+        starts = [int(torch.randint(0, it["n_frames"] - length + 1, (1,), generator=generator)) for it in items]
+        subject_rows = torch.tensor([rows[it["subject"]] for it in items], device=device)
+        data_seconds += time.monotonic() - t0
+        z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device)
+        loss = model.ldm_loss(z_motion, z_wrinkle, features, subject_rows, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        dist.average_gradients(params.values())
+        if float(section["grad_clip"]) > 0:
+            torch.nn.utils.clip_grad_norm_(params.values(), float(section["grad_clip"]))
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(params.items())
+        step += 1
+        bar.update(1)
+        accum_loss += float(loss.detach())
+        accum_count += 1
+        window_frames += length * len(items) * dist.world_size
+        if step % int(section["log_every"]) == 0 or step == total_steps:
+            now = time.monotonic()
+            record = {"event": "train", "step": step, "epoch": order.epoch, "loss": accum_loss / accum_count,
+                      "lr": scheduler.get_last_lr()[0], "steps_per_s": accum_count / max(now - window_time, 1e-9),
+                      "frames_per_s": window_frames / max(now - window_time, 1e-9),
+                      "data_fraction": data_seconds / max(now - window_time, 1e-9),
+                      "cpu_s_per_step": (time.process_time() - window_cpu) / accum_count}
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            log.write(record, f"step {step}  " + format_metrics(record, ["loss", "lr", "steps_per_s", "frames_per_s"]))
+            accum_loss, accum_count, window_frames, data_seconds = 0.0, 0, 0, 0.0
+            window_time = now
+            window_cpu = time.process_time()
+        if dist.is_main and val_items and (step % int(section["validate_every"]) == 0 or step == total_steps):
+            if ema is not None:
+                ema.swap(model)
+            try:
+                rng_state = torch.get_rng_state()  # validation must not shift the training RNG
+                metrics = validate(model, val_items, rows, section, device)
+                torch.set_rng_state(rng_state)
+            finally:
+                if ema is not None:
+                    ema.swap(model)
+            log.write({"event": "validation", "step": step, **metrics}, f"step {step}  validation  " + format_metrics(metrics, list(metrics)))
+        if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
+            save()
+    bar.close()
+    stop.restore()
+    ranks_in_sync = dist.in_sync(list(params.values()))
+    save()
+    summary = {"step": step, "stopped": reason, "ranks_in_sync": ranks_in_sync, "steps_this_session": step - start_step,
+               "seconds_this_session": time.monotonic() - started, "styles": names}
+    log.write({"event": "stop", **summary}, f"LDM: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
+    return summary

@@ -1,0 +1,335 @@
+"""Stage 1: train one VQ autoencoder (motion or wrinkle maps) on the train split's frames.
+
+Run folder (`--run RUN`):
+- `config.json`: the resolved config (model + stage sections) and which map kind;
+- `stats.json`: per-channel min/max of the training maps (computed once, then reused);
+- `checkpoint/vq.safetensors`: the autoencoder (incl. normalisation buffers and codebook usage);
+  `checkpoint/discriminator.safetensors`; `checkpoint/state.pt` (optimisers, RNG), progress.json;
+- `log.jsonl`: one line per logged step (losses, perplexity, dead and revived codes, frames/s) and
+  per validation (reconstruction error on test-A frames in physical units).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .common import (
+    Distributed,
+    JsonlLog,
+    RunFolder,
+    StopFlag,
+    TrainingConfig,
+    capture_rng,
+    format_metrics,
+    restore_rng,
+    write_json,
+)
+from .data import FrameTable, EpochOrder, open_dataset, render_frames
+
+from textalker_blender.core.vq import VQAutoencoder, VQLosses  # noqa: E402
+
+VQ_WEIGHTS = "vq.safetensors"
+DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
+
+
+def vq_config_for(config: TrainingConfig, kind: str):
+    return config.model.motion_vq if kind == "motion" else config.model.wrinkle_vq
+
+
+def compute_stats(dataset, table: FrameTable, kind: str, count: int, margin: float) -> dict:
+    """Per-channel min/max over `count` evenly spaced training frames, widened by `margin` of the
+    range on each side (the sample does not contain every frame's extremes). Also a texel mask:
+    texels that differ from the neutral value in any sampled frame (for validation errors)."""
+    rows = table.evenly_spaced(count)
+    lo = hi = None
+    active = None
+    for start in range(0, len(rows), 256):
+        part = rows[start : start + 256]
+        maps = render_frames(dataset, kind, table.utterances[part], table.frames[part], table.weights)
+        batch_lo, batch_hi = maps.min(axis=(0, 1, 2)), maps.max(axis=(0, 1, 2))
+        lo = batch_lo if lo is None else np.minimum(lo, batch_lo)
+        hi = batch_hi if hi is None else np.maximum(hi, batch_hi)
+        moving = np.abs(maps).max(axis=(0, 3)) > 0  # neutral: 0 m, log ratio 0
+        active = moving if active is None else active | moving
+    span = np.maximum(hi - lo, 1e-6)
+    return {
+        "kind": kind,
+        "frames": int(len(rows)),
+        "min": (lo - margin * span).tolist(),
+        "max": (hi + margin * span).tolist(),
+        "sample_min": lo.tolist(),
+        "sample_max": hi.tolist(),
+        "active_texels": int(active.sum()),
+        "active_mask_rle": _mask_to_list(active),
+    }
+
+
+def _mask_to_list(mask: np.ndarray) -> dict:
+    return {"shape": list(mask.shape), "indices": np.flatnonzero(mask).tolist()}
+
+
+def _mask_from_list(data: dict) -> np.ndarray:
+    mask = np.zeros(int(np.prod(data["shape"])), bool)
+    mask[np.asarray(data["indices"], np.int64)] = True
+    return mask.reshape(data["shape"])
+
+
+@torch.no_grad()
+def reconstruction_errors(vq: VQAutoencoder, kind: str, maps: np.ndarray, mask: np.ndarray, batch: int = 64) -> dict:
+    """Validation in physical units: motion MAE/max in mm over the active texels; wrinkle ratio
+    MAE over the active texels and PSNR of the ratio maps (peak 1.0) over all texels."""
+    vq.eval()
+    abs_sum = 0.0
+    sq_sum_all = 0.0
+    max_err = 0.0
+    count_active = 0
+    count_all = 0
+    device = vq.map_offset.device
+    for start in range(0, len(maps), batch):
+        target = torch.from_numpy(maps[start : start + batch].astype(np.float32)).to(device)
+        recon = vq.decode(vq.encode(target))
+        if kind == "wrinkle":
+            target, recon = target.exp(), recon.exp()  # ratio units
+        error = (recon - target).cpu().numpy()
+        active = error[:, mask]  # (B, n_active, 3)
+        abs_sum += float(np.abs(active).sum())
+        count_active += active.size
+        max_err = max(max_err, float(np.abs(active).max(initial=0.0)))
+        sq_sum_all += float((error**2).sum())
+        count_all += error.size
+    vq.train()
+    mae = abs_sum / max(count_active, 1)
+    if kind == "motion":
+        return {"val_mae_mm": mae * 1000.0, "val_max_mm": max_err * 1000.0}
+    mse = sq_sum_all / max(count_all, 1)
+    return {
+        "val_ratio_mae": mae,
+        "val_ratio_max": max_err,
+        "val_psnr_db": 10.0 * math.log10(1.0 / max(mse, 1e-20)),
+    }
+
+
+def vq_step(vq, losses, maps_normalized, opt, opt_d, step, dist: Distributed) -> dict:
+    """`core.vq.training_step` with the rank gradient averaging between backward and step."""
+    vq.train()
+    out = losses(vq, maps_normalized, None, step)
+    opt.zero_grad(set_to_none=True)
+    out.generator_total.backward()
+    dist.average_gradients(vq.parameters())
+    opt.step()
+    if out.discriminator_total is not None and opt_d is not None:
+        opt_d.zero_grad(set_to_none=True)
+        out.discriminator_total.backward()
+        dist.average_gradients(losses.discriminator.parameters())
+        opt_d.step()
+    # Codebook usage is an EMA buffer updated from each rank's own batch: keep ranks identical.
+    dist.average_(vq.quantizer.usage)
+    return out.logs
+
+
+def train_vq(
+    config: TrainingConfig,
+    data_root: str | Path,
+    run_path: str | Path,
+    kind: str,
+    dist: Distributed,
+    steps: int | None = None,
+    max_minutes: float | None = None,
+    progress_bar: bool = True,
+) -> dict:
+    """Train (or resume) one VQ; returns a summary dict. Stops at `steps` total steps, on
+    SIGTERM/SIGINT or after `max_minutes`, always writing a checkpoint first."""
+    from tqdm import tqdm
+
+    if kind not in ("motion", "wrinkle"):
+        raise ValueError("kind must be 'motion' or 'wrinkle'")
+    run = RunFolder(run_path)
+    if dist.is_main:
+        config = run.prepare(config, {"stage": "vq", "kind": kind, "data": str(Path(data_root).resolve())})
+    dist.barrier()
+    if not dist.is_main:
+        config = run.prepare(config, {})
+    recorded_kind = run.read_recorded().get("kind")
+    if recorded_kind and recorded_kind != kind:
+        raise ValueError(f"{run.path} trains the {recorded_kind} VQ, not {kind}")
+    section = config.vq
+    total_steps = int(steps if steps is not None else section["steps"])
+    vq_config = vq_config_for(config, kind)
+    seed = int(section["seed"])
+
+    train_set = open_dataset(data_root, "train", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)
+    table = FrameTable.build(train_set)
+
+    stats_path = run.path / "stats.json"
+    if stats_path.is_file():
+        stats = json.loads(stats_path.read_text())
+    else:
+        stats = compute_stats(train_set, table, kind, int(section["stats_frames"]), float(section["stats_margin"]))
+        if dist.is_main:
+            write_json(stats_path, stats)
+    active_mask = _mask_from_list(stats["active_mask_rle"])
+
+    torch.manual_seed(seed)  # same initial weights on every rank
+    vq = VQAutoencoder(vq_config).to(dist.device)
+    vq.set_normalization_from_minmax(stats["min"], stats["max"])
+    losses = VQLosses(vq_config).to(dist.device)
+    opt = torch.optim.Adam(vq.parameters(), lr=float(section["learning_rate"]), betas=(0.5, 0.9))
+    opt_d = (
+        torch.optim.Adam(losses.discriminator.parameters(), lr=float(section["discriminator_learning_rate"]), betas=(0.5, 0.9))
+        if losses.discriminator is not None
+        else None
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = EpochOrder(len(table), int(section["batch_size"]), dist.world_size, dist.rank, seed)
+    step = 0
+    elapsed_before = 0.0
+    if run.has_checkpoint():
+        vq.load_state_dict(load_file(str(run.checkpoint / VQ_WEIGHTS), device=str(dist.device)))
+        if losses.discriminator is not None:
+            losses.discriminator.load_state_dict(load_file(str(run.checkpoint / DISCRIMINATOR_WEIGHTS), device=str(dist.device)))
+        state, progress = run.load_state()
+        opt.load_state_dict(state["optimizer"])
+        if opt_d is not None:
+            opt_d.load_state_dict(state["optimizer_discriminator"])
+        rank_rng = state["rng"][min(dist.rank, len(state["rng"]) - 1)]
+        restore_rng(rank_rng, generator)
+        order.load_state(progress["order"])
+        step = int(progress["step"])
+        elapsed_before = float(progress.get("elapsed_s", 0.0))
+
+    # Validation frames: evenly spaced test-A frames, rendered once.
+    validation_maps = None
+    if dist.is_main and int(section["validation_frames"]) > 0:
+        try:
+            val_set = open_dataset(data_root, "test-A", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)
+        except ValueError:
+            val_set = None
+        if val_set is not None and len(val_set):
+            val_table = FrameTable.build(val_set)
+            rows = val_table.evenly_spaced(int(section["validation_frames"]))
+            validation_maps = render_frames(val_set, kind, val_table.utterances[rows], val_table.frames[rows], val_table.weights).astype(np.float16)
+
+    log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
+    stop = StopFlag(max_minutes)
+    start_step = step
+    started = time.monotonic()
+    bar = tqdm(total=total_steps, initial=step, desc=f"VQ {kind}", unit="step", disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
+    log.write({"event": "start", "step": step, "world_size": dist.world_size, "kind": kind, "total_steps": total_steps},
+              f"VQ {kind}: step {step} -> {total_steps}, {dist.world_size} process(es), {len(table)} training frames")
+    window_time = time.monotonic()
+    window_cpu = time.process_time()
+    window_frames = 0
+    data_seconds = 0.0
+    accum: dict[str, float] = {}
+    accum_count = 0
+    revived_total = 0
+    reason = "steps reached"
+
+    def save() -> None:
+        rng_states = [capture_rng(generator)]
+        if dist.enabled:
+            gathered: list = [None] * dist.world_size
+            torch.distributed.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if not dist.is_main:
+            dist.barrier()
+            return
+
+        def writer(folder: Path) -> None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}, str(folder / VQ_WEIGHTS),
+                      metadata={"config": json.dumps(dataclasses.asdict(vq_config)), "kind": kind})
+            if losses.discriminator is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in losses.discriminator.state_dict().items()}, str(folder / DISCRIMINATOR_WEIGHTS))
+
+        state = {"optimizer": opt.state_dict(), "rng": rng_states}
+        if opt_d is not None:
+            state["optimizer_discriminator"] = opt_d.state_dict()
+        progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started, "kind": kind, "world_size": dist.world_size}
+        run.save_checkpoint({}, writer, state, progress)
+        dist.barrier()
+
+    while step < total_steps:
+        reason_now = stop.should_stop()
+        if dist.any(reason_now is not None):
+            reason = reason_now or "stop requested on another rank"
+            break
+        t0 = time.monotonic()
+        indices = order.next()
+        maps = render_frames(train_set, kind, table.utterances[indices], table.frames[indices], table.weights)
+        batch = vq.normalize(torch.from_numpy(maps).to(dist.device))
+        data_seconds += time.monotonic() - t0
+        logs = vq_step(vq, losses, batch, opt, opt_d, step, dist)
+        step += 1
+        window_frames += len(indices) * dist.world_size
+        for key, value in logs.items():
+            accum[key] = accum.get(key, 0.0) + float(value)
+        accum_count += 1
+        revived = 0
+        if int(section["revive_every"]) > 0 and step % int(section["revive_every"]) == 0:
+            if dist.is_main:
+                revived = vq.quantizer.revive_dead_codes(generator=generator)
+            dist.broadcast_(vq.quantizer.codebook.weight.data)
+            dist.broadcast_(vq.quantizer.usage)
+            revived_total += revived
+            accum["revived"] = accum.get("revived", 0.0) + revived
+        bar.update(1)
+        if step % int(section["log_every"]) == 0 or step == total_steps:
+            now = time.monotonic()
+            record = {key: value / accum_count for key, value in accum.items()}
+            record["revived"] = accum.get("revived", 0.0)
+            record.update(
+                event="train",
+                step=step,
+                epoch=order.epoch,
+                steps_per_s=accum_count / max(now - window_time, 1e-9),
+                frames_per_s=window_frames / max(now - window_time, 1e-9),
+                data_fraction=data_seconds / max(now - window_time, 1e-9),
+                cpu_s_per_step=(time.process_time() - window_cpu) / accum_count,
+            )
+            bar.set_postfix(rec=f"{record.get('reconstruction', 0):.4f}", ppl=f"{record.get('usage_perplexity', 0):.0f}", dead=int(record.get("dead_codes", 0)))
+            log.write(record, f"step {step}  " + format_metrics(record, ["reconstruction", "perceptual", "adversarial", "perplexity", "usage_perplexity", "dead_codes", "revived", "steps_per_s", "frames_per_s"]))
+            accum, accum_count, window_frames, data_seconds = {}, 0, 0, 0.0
+            window_time = now
+            window_cpu = time.process_time()
+        if validation_maps is not None and (step % int(section["validate_every"]) == 0 or step == total_steps):
+            errors = reconstruction_errors(vq, kind, validation_maps, active_mask)
+            log.write({"event": "validation", "step": step, **errors}, f"step {step}  validation  " + format_metrics(errors, list(errors)))
+        if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
+            save()
+    bar.close()
+    stop.restore()
+    ranks_in_sync = dist.in_sync(list(vq.parameters()) + [vq.quantizer.usage] + list(losses.parameters()))
+    save()
+    summary = {
+        "kind": kind,
+        "step": step,
+        "stopped": reason,
+        "ranks_in_sync": ranks_in_sync,
+        "steps_this_session": step - start_step,
+        "seconds_this_session": time.monotonic() - started,
+        "revived_this_session": revived_total,
+    }
+    log.write({"event": "stop", **summary}, f"VQ {kind}: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
+    return summary
+
+
+def load_trained_vq(run_path: str | Path, device="cpu") -> tuple[VQAutoencoder, dict]:
+    """A trained VQ from its run folder (for stage 2 and export)."""
+    run = RunFolder(run_path)
+    recorded = run.read_recorded()
+    from .common import training_config_from_dict
+
+    config = training_config_from_dict(recorded)
+    kind = recorded["kind"]
+    vq = VQAutoencoder(vq_config_for(config, kind))
+    vq.load_state_dict(load_file(str(run.checkpoint / VQ_WEIGHTS), device="cpu"))
+    progress = json.loads((run.checkpoint / "progress.json").read_text())
+    return vq.to(device).eval(), {"kind": kind, "config": config, "step": progress["step"]}

@@ -212,3 +212,14 @@ def test_torchrun_two_process_gloo_smoke(dataset, tmp_path):
     assert progress["step"] == 4 and progress["world_size"] == 2
     assert progress["order"]["position"] == 4  # 4 global batches of 2 x batch_size frames
     assert log[-1]["ranks_in_sync"] is True  # averaged gradients keep the replicas identical
+
+
+def test_ldm_time_limit_during_encoding_then_resume(dataset, vq_runs, tmp_path):
+    run = tmp_path / "ldm"
+    stopped = train_ldm(load_training_config(TINY), dataset, run, vq_runs["motion"], vq_runs["wrinkle"], CPU,
+                        steps=2, max_minutes=1e-6, progress_bar=False)
+    assert stopped["step"] == 0 and stopped["stopped"] == "time limit while encoding"
+    assert not (run / "checkpoint").exists()
+    done = train_ldm(load_training_config(TINY), dataset, run, vq_runs["motion"], vq_runs["wrinkle"], CPU,
+                     steps=2, progress_bar=False)
+    assert done["step"] == 2 and len(list((run / "cache" / "train").glob("*.npz"))) >= 19

@@ -21,6 +21,7 @@ Example (inside Blender, or `import bpy` in Python)::
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import queue
@@ -28,14 +29,15 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
 import numpy as np
 
-from ..core import mesh_match, part_motion
-from ..core.errors import MeshError, TexTalkerError
+from ..core import mesh_match, part_motion, resources
+from ..core.errors import MeshError, ResourceError, TexTalkerError
 from . import arkit_output, catalog, writers
 from .preferences import get_preferences
 
@@ -84,6 +86,7 @@ class Animation:
     part_offsets: dict[str, np.ndarray] = field(default_factory=dict)  # {part: (T, Vp, 3)}
     arkit_weights: np.ndarray | None = None  # ARKit mode: (T, 52) in core.arkit.ARKIT_NAMES order
     arkit_solve_s: float = 0.0
+    note: str = ""  # said to the user with the summary (for example a fallback to the CPU)
 
 
 @dataclass
@@ -235,6 +238,61 @@ def _check_shape_key_memory(audio, n_vertices: int, fps: float) -> None:
         )
 
 
+def _wrinkle_resolution(weights: str | None) -> int:
+    """The wrinkle maps' size recorded in the weights header (no tensor is read)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights or catalog.weights_path()), framework="numpy") as handle:
+            config = json.loads((handle.metadata() or {})["config"])
+        return int(config["wrinkle_vq"]["resolution"])
+    except Exception:  # unreadable weights are reported by the Pipeline with a clear message
+        return 256  # the largest map the shipped configurations use: a safe bound
+
+
+def _check_resources(audio, request_folder: Path, n_points: int, key_vertices: int, fps: float,
+                     write_wrinkles: bool, weights: str | None) -> None:
+    """Refuses, before any work, audio longer than the Pipeline accepts, a run that would not fit
+    in memory, and an output folder that cannot be written or lacks space for the EXR files."""
+    from ..core.audio import audio_duration
+    from ..core.pipeline import MAX_AUDIO_SECONDS
+
+    duration = audio_duration(audio)
+    if duration is None:  # a format whose header gives no length: the Pipeline checks it later
+        return
+    estimate = resources.estimate_run(
+        duration, fps, n_points, _wrinkle_resolution(weights), key_vertices, write_wrinkles
+    )
+    if duration > MAX_AUDIO_SECONDS:
+        raise ResourceError(
+            f"The audio is {duration / 60:.1f} minutes long; the limit is "
+            f"{MAX_AUDIO_SECONDS / 60:.0f} minutes ({estimate.describe()}). Split it into clips "
+            f"of at most {MAX_AUDIO_SECONDS / 60:.0f} minutes"
+        )
+    resources.check_memory(estimate)
+    if write_wrinkles:
+        resources.check_writable(request_folder)
+        resources.check_disk_space(request_folder, estimate.disk_bytes)
+
+
+def _check_linked(obj: bpy.types.Object) -> None:
+    """Linked (library) data is read-only: keys and materials cannot be added to it."""
+    for block, what in ((obj, "object"), (obj.data, "mesh")):
+        if block.library is not None:
+            raise MeshError(
+                f"The {what} '{block.name}' is linked from the library {block.library.filepath}: "
+                "it cannot be changed here. Make it local (Object > Relations > Make Local) or "
+                "animate it in its own file"
+            )
+        if what == "mesh" and getattr(block, "override_library", None) is not None:
+            raise MeshError(
+                f"The mesh '{block.name}' is a library override: its shape keys cannot be edited. "
+                "Make the mesh local first"
+            )
+
+
 def _run_folder(obj: bpy.types.Object, output_folder: str | None) -> tuple[Path, str]:
     """`<.blend folder>/textalker/<object>/<run id>`; unsaved files use the preferences' folder
     (or the temp folder) and say so."""
@@ -284,6 +342,7 @@ def prepare(
         raise MeshError(f"'{obj.name}' is not a mesh")
     if obj.mode == "EDIT":
         raise MeshError(f"'{obj.name}' is in Edit Mode: switch to Object Mode first")
+    _check_linked(obj)
     output_mode = (output_mode or SHAPE_KEYS).upper()
     if output_mode not in OUTPUT_MODES:
         raise TexTalkerError(f"Unknown output mode '{output_mode}': use one of {', '.join(OUTPUT_MODES)}")
@@ -303,9 +362,19 @@ def prepare(
             raise MeshError(f"'{obj.name}' has no UV map: it needs the MakeHuman UV layout")
         vertex_uvs, mesh_frame = match_template_layout(mesh, uv_layer, template)
     pipeline_audio, label, frame_start = resolve_audio(scene, audio)
+    folder, note = _run_folder(obj, output_folder)
+    write_wrinkles = arkit_plan.write_wrinkles if arkit_plan is not None else True
+    _check_resources(
+        pipeline_audio,
+        folder,
+        n_points=len(template.vertices) if output_mode == ARKIT else len(mesh.vertices),
+        key_vertices=0 if output_mode == ARKIT else len(mesh.vertices),
+        fps=scene_fps(scene),
+        write_wrinkles=write_wrinkles,
+        weights=weights,
+    )
     if output_mode != ARKIT:
         _check_shape_key_memory(pipeline_audio, len(mesh.vertices), scene_fps(scene))
-    folder, note = _run_folder(obj, output_folder)
     if arkit_plan is not None and not arkit_plan.write_wrinkles:
         note = arkit_plan.note  # no wrinkle files: where they would go does not matter
     elif arkit_plan is not None and arkit_plan.note:
@@ -358,7 +427,41 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
     explain the head's.
     """
     pipeline = load_pipeline(request)
-    result = pipeline.generate(
+    note = ""
+    try:
+        result = _generate(pipeline, request, progress, cancel)
+    except Exception as error:
+        if not _is_gpu_out_of_memory(error) or pipeline.device.type == "cpu":
+            raise
+        # The GPU is full (another program, or a clip too long for its memory): the same run
+        # on the CPU gives the same animation, only slower.
+        _release_gpu_memory()
+        note = (
+            f"The GPU ran out of memory ({pipeline.device}); TexTalker generated on the CPU "
+            "instead (slower). Close other GPU programs or use shorter clips to use the GPU"
+        )
+        import dataclasses
+
+        pipeline = load_pipeline(dataclasses.replace(request, device="cpu"))
+        result = _generate(pipeline, request, progress, cancel)
+    if request.output_mode == ARKIT:
+        animation = arkit_output.solve(pipeline.template, result, request)
+    elif request.vertex_uvs is not None:
+        animation = Animation(result)
+    else:
+        animation = Animation(
+            result, part_offsets=part_motion.part_offsets(pipeline.template, result.offsets)
+        )
+    animation.note = note
+    if cancel is not None and cancel.is_set():  # cancelled after the Pipeline's last check
+        from ..core.errors import Cancelled
+
+        raise Cancelled("Generation cancelled.")
+    return animation
+
+
+def _generate(pipeline, request: GenerationRequest, progress, cancel):
+    return pipeline.generate(
         request.audio,
         speaking_style=request.speaking_style,
         wrinkle_style=request.wrinkle_style,
@@ -369,11 +472,26 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
         progress=progress,
         cancel=cancel,
     )
-    if request.output_mode == ARKIT:
-        return arkit_output.solve(pipeline.template, result, request)
-    if request.vertex_uvs is not None:
-        return Animation(result)
-    return Animation(result, part_offsets=part_motion.part_offsets(pipeline.template, result.offsets))
+
+
+def _is_gpu_out_of_memory(error: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or the RuntimeError older or other backends raise."""
+    import torch
+
+    out_of_memory = getattr(torch.cuda, "OutOfMemoryError", None)
+    if out_of_memory is not None and isinstance(error, out_of_memory):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _release_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,7 +515,8 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
     if obj is None or obj.type != "MESH":
         raise MeshError(f"The target '{request.object_name}' was deleted during generation")
     if request.output_mode == ARKIT:
-        return arkit_output.apply_arkit(request, animation, obj, compute_s)
+        summary = arkit_output.apply_arkit(request, animation, obj, compute_s)
+        return _with_note(summary, getattr(animation, "note", ""))
     result = animation.result
     offsets = mesh_match.offsets_to_mesh_frame(result.offsets, request.mesh_frame)
     if offsets.shape[1] != len(obj.data.vertices):
@@ -406,11 +525,7 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
             f"{offsets.shape[1]} generated)"
         )
     folder = request.sequence_folder
-    try:
-        paths = writers.write_exr_sequence(result.wrinkle_maps, folder)
-    except Exception:
-        writers.delete_sequence_files(folder)
-        raise
+    paths = write_sequence(result.wrinkle_maps, folder)
     try:
         remove_all_output(obj, delete_files=True)
         names = writers.write_shape_keys(obj, offsets, request.fps, request.frame_start)
@@ -421,11 +536,12 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
         writers.ensure_wrinkle_material(
             obj, folder, len(paths), request.frame_start, request.wrinkle_uv_rect, request.uv_layer
         )
-    except Exception:
+    except BaseException:
         remove_all_output(obj, delete_files=True)
+        writers.delete_sequence_files(folder)  # not yet recorded on the object when this failed
         raise
     n_frames = len(names)
-    return GenerationSummary(
+    summary = GenerationSummary(
         object_name=obj.name,
         n_frames=n_frames,
         fps=request.fps,
@@ -438,6 +554,51 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
         apply_s=time.perf_counter() - started,
         note=request.folder_note,
     )
+    return _with_note(summary, getattr(animation, "note", ""))
+
+
+def _with_note(summary: GenerationSummary, note: str) -> GenerationSummary:
+    if note:
+        summary.note = f"{note}. {summary.note}" if summary.note else note
+    return summary
+
+
+def write_sequence(maps: np.ndarray, folder: Path) -> list[Path]:
+    """The EXR sequence, after checking the disk has room for it; on any failure (disk full,
+    folder not writable, cancelled) the files written so far are deleted and the error says why."""
+    maps = np.asarray(maps)
+    if maps.ndim == 4:
+        needed = maps.shape[0] * resources.exr_bytes_per_frame(max(maps.shape[1], maps.shape[2]))
+        resources.check_disk_space(folder, needed)  # the disk may have filled during compute
+    try:
+        paths = writers.write_exr_sequence(maps, folder)
+        unwritten = [path.name for path in paths if not _is_exr_file(path)]
+        if unwritten:  # Blender's writer does not report every failed write
+            raise OSError(f"{len(unwritten)} files were not written ({', '.join(unwritten[:3])})")
+        return paths
+    except BaseException as error:
+        writers.delete_sequence_files(folder)
+        if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, TexTalkerError):
+            free = resources.format_bytes(resources.free_disk_bytes(folder))
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ResourceError(
+                f"Writing the wrinkle maps to {folder} failed ({reason}); {free} free there. "
+                "Check that the folder is writable and the disk is not full; nothing was changed"
+            ) from error
+        raise
+
+
+def _is_exr_file(path: Path) -> bool:
+    """A regular file starting with the OpenEXR magic number."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return False
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"\x76\x2f\x31\x01"
+    except OSError:
+        return False
 
 
 def generate(
@@ -552,6 +713,8 @@ def blocking_reason(context) -> str | None:
         return f"'{obj.name}' has no UV map"
     if obj.mode == "EDIT":
         return "Switch to Object Mode"
+    if obj.library is not None or obj.data.library is not None:
+        return f"'{obj.name}' is linked from a library: make it local"
     if settings.audio_source == "FILE":
         if not settings.audio_file:
             return "Choose an audio file"
@@ -612,6 +775,7 @@ class GenerationJob:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="TexTalker generation", daemon=True)
+        _RUNNING_JOBS.add(self)
         self._thread.start()
 
     def _run(self) -> None:
@@ -625,6 +789,7 @@ class GenerationJob:
         except BaseException as error:  # reported on the main thread
             self.error = error
         self.compute_s = time.perf_counter() - started
+        _RUNNING_JOBS.discard(self)
 
     def poll_progress(self) -> tuple[float, str] | None:
         """Latest (fraction, stage) since the last call, or None."""
@@ -645,3 +810,26 @@ class GenerationJob:
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    __hash__ = object.__hash__  # kept in a WeakSet (dataclass equality would disable hashing)
+
+
+# Jobs whose worker thread is running. When Blender quits, they are cancelled and given a moment
+# to stop at their next check, so the interpreter does not finalise under a running model.
+_RUNNING_JOBS: "weakref.WeakSet[GenerationJob]" = weakref.WeakSet()
+EXIT_WAIT_S = 5.0
+
+
+def cancel_running_jobs(wait_s: float = EXIT_WAIT_S) -> int:
+    """Cancels every running job and waits up to `wait_s` in all for them to stop; returns how
+    many were running."""
+    jobs = list(_RUNNING_JOBS)
+    for job in jobs:
+        job.cancel()
+    deadline = time.monotonic() + wait_s
+    for job in jobs:
+        job.wait(max(0.0, deadline - time.monotonic()))
+    return len(jobs)
+
+
+atexit.register(cancel_running_jobs)

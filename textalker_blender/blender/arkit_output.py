@@ -171,11 +171,7 @@ def apply_arkit(request, animation, obj: bpy.types.Object, compute_s: float):
     folder = request.sequence_folder
     paths = []
     if request.write_wrinkles:
-        try:
-            paths = writers.write_exr_sequence(result.wrinkle_maps, folder)
-        except Exception:
-            writers.delete_sequence_files(folder)
-            raise
+        paths = api.write_sequence(result.wrinkle_maps, folder)  # checks space, cleans up on failure
     written = None
     try:
         api.remove_all_output(obj, delete_files=True)

@@ -74,8 +74,10 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
         job_state = context.window_manager.textalker_job
         try:
             request = api.request_from_context(context)
-        except TexTalkerError as error:
-            self.report({"ERROR"}, str(error))
+        except Exception as error:  # nothing has changed yet: say why and stop
+            message = _error_message(error)
+            job_state.last_message = message
+            self.report({"ERROR"}, message)
             return {"CANCELLED"}
         self._job = api.GenerationJob(request)
         self._job.start()

@@ -43,15 +43,23 @@ def load_audio(
     bad sample rate, or a duration above `max_duration_s`.
     """
     if isinstance(source, (str, os.PathLike)):
+        _refuse_long_file(Path(source), max_duration_s)  # before decoding hours into memory
         samples, rate = _read_file(Path(source))
+        if samples.size == 0:
+            raise AudioError(
+                f"{Path(source).name} holds no audio samples (empty, truncated or corrupt)."
+            )
+        mono = _to_mono(samples, channels_last=True)  # decoders give (samples, channels)
     elif isinstance(source, tuple) and len(source) == 2:
         samples, rate = _check_array(source[0], source[1])
+        if samples.size == 0:
+            raise AudioError("The audio is empty (no samples).")
+        mono = _to_mono(samples)
     else:
         raise AudioError(
             "Audio must be a file path or a (samples, sample_rate) pair, "
             f"not {type(source).__name__}."
         )
-    mono = _to_mono(samples)
     if mono.size == 0:
         raise AudioError("The audio is empty (no samples).")
     if not np.all(np.isfinite(mono)):
@@ -109,6 +117,41 @@ def gated_rms_dbfs(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float
     return 10.0 * math.log10(power[active].mean())
 
 
+def audio_duration(source: AudioSource) -> float | None:
+    """Seconds of audio in `source` without decoding it: the file header's length, or the
+    length of an `(array, rate)` pair. None when the header cannot tell (the decoder will)."""
+    if isinstance(source, tuple) and len(source) == 2:
+        try:
+            samples = np.asarray(source[0])
+            rate = float(source[1])
+        except (TypeError, ValueError):
+            return None
+        if samples.ndim == 0 or not math.isfinite(rate) or rate <= 0:
+            return None
+        # (samples, channels) or (channels, samples): the samples are on the long axis.
+        return max(samples.shape) / rate
+    try:
+        import soundfile
+
+        info = soundfile.info(str(source))
+    except Exception:  # noqa: BLE001 - any header libsndfile cannot parse: unknown length
+        return None
+    if info.samplerate <= 0 or info.frames < 0:
+        return None
+    return info.frames / info.samplerate
+
+
+def _refuse_long_file(path: Path, max_duration_s: float | None) -> None:
+    if max_duration_s is None or not path.is_file():
+        return
+    duration = audio_duration(path)
+    if duration is not None and duration > max_duration_s:
+        raise AudioError(
+            f"The audio is {duration / 60:.1f} minutes long; the limit is "
+            f"{max_duration_s / 60:.1f} minutes. Split it into shorter clips."
+        )
+
+
 # ---------------------------------------------------------------------------- helpers
 def _read_file(path: Path) -> tuple[np.ndarray, int]:
     if not path.exists():
@@ -134,8 +177,8 @@ def _read_file(path: Path) -> tuple[np.ndarray, int]:
             samples, rate = librosa.load(str(path), sr=None, mono=False)
     except Exception as exc:  # noqa: BLE001 - report any decoder failure the same way
         raise AudioError(
-            f"Could not read {path.name} as audio ({type(exc).__name__}). "
-            "Use WAV, FLAC, OGG or MP3."
+            f"Could not read {path.name} as audio ({type(exc).__name__}): it is not an audio "
+            "file, or it is truncated or corrupt. Use WAV, FLAC, OGG or MP3."
         ) from exc
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim == 2:  # librosa gives (channels, samples)
@@ -159,13 +202,14 @@ def _check_array(samples, rate) -> tuple[np.ndarray, int]:
     return array.astype(np.float32, copy=False), int(rate_value)
 
 
-def _to_mono(samples: np.ndarray) -> np.ndarray:
+def _to_mono(samples: np.ndarray, channels_last: bool = False) -> np.ndarray:
     if samples.ndim == 1:
         return samples
     if samples.ndim != 2:
         raise AudioError(f"Audio must be 1-D or 2-D (samples x channels), not {samples.ndim}-D.")
-    # Accept (samples, channels) and (channels, samples): channels is the short axis.
-    if samples.shape[1] > samples.shape[0] and samples.shape[0] <= MAX_CHANNELS:
+    # Arrays may be (samples, channels) or (channels, samples): channels is the short axis.
+    # Decoded files are always (samples, channels), even when shorter than their channel count.
+    if not channels_last and samples.shape[1] > samples.shape[0] and samples.shape[0] <= MAX_CHANNELS:
         samples = samples.T
     if samples.shape[1] > MAX_CHANNELS:
         raise AudioError(

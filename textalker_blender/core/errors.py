@@ -30,3 +30,7 @@ class Cancelled(TexTalkerError):
 
 class MeshError(TexTalkerError):
     """The target mesh cannot be driven (wrong topology, no UVs, ...)."""
+
+
+class ResourceError(TexTalkerError):
+    """Not enough memory or disk space, or the output folder cannot be written."""

@@ -175,7 +175,10 @@ class HubertAudioEncoder(AudioEncoder):
         from transformers import HubertModel
 
         try:
-            self.model = HubertModel.from_pretrained(str(local_dir), local_files_only=True)
+            # safetensors only: a pytorch_model.bin would be unpickled (it can run code).
+            self.model = HubertModel.from_pretrained(
+                str(local_dir), local_files_only=True, use_safetensors=True
+            )
         except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear error
             raise WeightsError(f"Could not load HuBERT from {local_dir}: {exc}") from exc
         self.model.eval().requires_grad_(False)

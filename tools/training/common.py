@@ -183,8 +183,9 @@ class Distributed:
         if not self.enabled:
             return True
         checksum = torch.stack([t.detach().double().sum() for t in tensors]).sum().reshape(1)
+        checksum = checksum.to(self.device)  # NCCL gathers CUDA tensors only
         gathered = [torch.zeros_like(checksum) for _ in range(self.world_size)]
-        torch.distributed.all_gather(gathered, checksum.to(self.device) if checksum.device != self.device else checksum)
+        torch.distributed.all_gather(gathered, checksum)
         return all(torch.equal(g, gathered[0]) for g in gathered)
 
     def close(self) -> None:
@@ -279,7 +280,10 @@ class RunFolder:
         recorded = self.path / RUN_CONFIG_NAME
         if recorded.is_file():
             data = json.loads(recorded.read_text())
-            return training_config_from_dict(data)
+            kept = training_config_from_dict(data)
+            if kept.model.to_dict() != config.model.to_dict() and "stage" in extra:
+                print(f"note: resuming {self.path}: its recorded model config is used, not --config's")
+            return kept
         data = {**config.to_dict(), **extra}
         write_json(recorded, data)
         return config

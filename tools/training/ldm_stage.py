@@ -81,17 +81,23 @@ def _cache_key(motion_run: Path, wrinkle_run: Path, audio_kind: str) -> dict:
     }
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: Distributed,
-                 batch: int, log=print) -> None:
+                 batch: int, log=print, should_stop=lambda: None) -> None:
     """Write `folder/<id>.npz` (z_motion, z_wrinkle, audio) for this rank's share of the split's
-    utterances; existing files are kept, so an interrupted encoding resumes."""
+    utterances; existing files are kept, so an interrupted encoding resumes. Returns early when
+    `should_stop()` says so (signal or time limit)."""
     folder.mkdir(parents=True, exist_ok=True)
+    # Channels-last convolutions: ~25 % less CPU per encoded frame (measured 10 -> 7.6 ms).
+    motion_vq.use_channels_last()
+    wrinkle_vq.use_channels_last()
     todo = [i for i in range(len(dataset)) if i % dist.world_size == dist.rank
             and not (folder / f"{dataset.entries[i]['id']}.npz").is_file()]
     started = time.monotonic()
     frames = 0
     for n, index in enumerate(todo):
+        if should_stop():
+            return
         entry = dataset.entries[index]
         weights = dataset.weights(index)
         _, motion, wrinkle = dataset.render(entry["subject"], weights)
@@ -299,12 +305,25 @@ def train_ldm(
         def audio_fn(audio, rate, n_frames):
             return hubert.encode(load_audio((audio, rate)), n_frames).cpu().numpy().astype(np.float32)
 
+    # The time limit and the signals cover the (resumable) encoding too.
+    stop = StopFlag(max_minutes)
     t0 = time.monotonic()
-    encode_split(train_set, motion_vq, wrinkle_vq, cache / "train", audio_fn, dist, int(section["encode_batch"]), log=tqdm.write)
+    encode_split(train_set, motion_vq, wrinkle_vq, cache / "train", audio_fn, dist, int(section["encode_batch"]),
+                 log=tqdm.write, should_stop=stop.should_stop)
     if val_set is not None:
-        encode_split(val_set, motion_vq, wrinkle_vq, cache / "test-A", audio_fn, dist, int(section["encode_batch"]), log=tqdm.write)
-    dist.barrier()
+        encode_split(val_set, motion_vq, wrinkle_vq, cache / "test-A", audio_fn, dist, int(section["encode_batch"]),
+                     log=tqdm.write, should_stop=stop.should_stop)
     encode_seconds = time.monotonic() - t0
+    if dist.any(stop.should_stop() is not None):  # every rank leaves its loop, then all agree
+        stop.restore()
+        reason = stop.should_stop() or "stop requested on another rank"
+        summary = {"step": 0, "stopped": f"{reason} while encoding", "steps_this_session": 0,
+                   "seconds_this_session": encode_seconds, "ranks_in_sync": True, "styles": []}
+        if run.has_checkpoint():
+            summary["step"] = int(json.loads((run.checkpoint / "progress.json").read_text())["step"])
+        log.write({"event": "stop", **summary}, f"LDM: stopped while encoding ({reason}); run again to resume")
+        return summary
+    dist.barrier()
     train_items = load_split_cache(train_set, cache / "train")
     val_items = load_split_cache(val_set, cache / "test-A") if val_set is not None else []
 
@@ -351,6 +370,10 @@ def train_ldm(
         order.load_state(progress["order"])
         step = int(progress["step"])
         elapsed_before = float(progress.get("elapsed_s", 0.0))
+        if int(progress.get("world_size", 1)) != dist.world_size and dist.is_main:
+            # The data position counts global batches (batch_size x processes): the run goes on
+            # correctly, but not bit-identically to an uninterrupted run.
+            print(f"note: checkpoint written by {progress.get('world_size')} process(es), resumed with {dist.world_size}")
 
     def save() -> None:
         rng_states = [capture_rng(generator)]
@@ -379,7 +402,6 @@ def train_ldm(
         run.save_checkpoint({}, writer, state, progress)
         dist.barrier()
 
-    stop = StopFlag(max_minutes)
     started = time.monotonic()
     start_step = step
     log.write({"event": "start", "step": step, "total_steps": total_steps, "world_size": dist.world_size,

@@ -204,6 +204,10 @@ def train_vq(
         order.load_state(progress["order"])
         step = int(progress["step"])
         elapsed_before = float(progress.get("elapsed_s", 0.0))
+        if int(progress.get("world_size", 1)) != dist.world_size and dist.is_main:
+            # The data position counts global batches (batch_size x processes): the run goes on
+            # correctly, but not bit-identically to an uninterrupted run.
+            print(f"note: checkpoint written by {progress.get('world_size')} process(es), resumed with {dist.world_size}")
 
     # Validation frames: evenly spaced test-A frames, rendered once.
     validation_maps = None

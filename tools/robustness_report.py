@@ -1,0 +1,283 @@
+"""Runs the robustness tests (tests/test_robustness_*.py) and writes docs/ROBUSTNESS.md.
+
+    .venv/bin/python tools/robustness_report.py                 # fast tests (~1 min on 2 cores)
+    .venv/bin/python tools/robustness_report.py --slow          # also the 10-minute audio run
+    .venv/bin/python tools/robustness_report.py --long-json out.json   # add a measured long run
+                                                                # (tools/measure_long_audio.py)
+
+pytest writes a JUnit XML report; each case of issue #8 below names the tests that prove it, and
+its "Observed" column is what those tests did (pass / FAIL with the message / skip with the
+reason / not run). Tests not named by any case are listed too, so nothing goes unreported. Exits
+non-zero when a test failed or a case has no test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = REPO_ROOT / "docs" / "ROBUSTNESS.md"
+TEST_GLOB = "tests/test_robustness_*.py"
+
+
+@dataclass(frozen=True)
+class Case:
+    section: str
+    case: str
+    expected: str
+    tests: tuple[str, ...]  # "module::test_name" (every parametrisation of it counts)
+
+
+A, T, L, F, S = "audio", "targets", "long", "faults", "safety"
+SECTIONS = {
+    A: "1. Bad audio",
+    T: "2. Bad targets",
+    L: "3. Long and heavy input",
+    F: "4. Faults",
+    S: "5. Weights and inputs as an attack surface",
+}
+
+
+def _t(module: str, *names: str) -> tuple[str, ...]:
+    return tuple(f"test_robustness_{module}::{name}" for name in names)
+
+
+CASES = [
+    Case(A, "Not an audio file (text or image renamed .wav/.mp3)",
+         "AudioError naming the file: not audio, truncated or corrupt; scene unchanged, no files",
+         _t(A, "test_not_an_audio_file_is_refused_with_a_clear_message", "test_bad_audio_file_leaves_the_scene_unchanged")),
+    Case(A, "Truncated WAV / FLAC / MP3 (half the bytes)", "The decodable part is used (about half the duration, normal level)",
+         _t(A, "test_truncated_file_gives_the_part_that_is_there")),
+    Case(A, "File cut inside its header (WAV, FLAC, MP3, OGG)", "AudioError: truncated or corrupt; scene unchanged",
+         _t(A, "test_file_cut_inside_its_header_is_refused", "test_truncated_ogg_without_a_complete_page_is_refused_not_nan",
+            "test_bad_audio_file_leaves_the_scene_unchanged")),
+    Case(A, "Corrupt bytes in the middle (WAV, FLAC, MP3)", "Finite audio of about the right length, or a clear AudioError",
+         _t(A, "test_overwritten_bytes_in_the_middle_decode_to_finite_audio")),
+    Case(A, "Zero-length file, header without samples", "AudioError: empty / no audio samples; scene unchanged",
+         _t(A, "test_zero_length_file_and_header_only_file", "test_bad_audio_file_leaves_the_scene_unchanged")),
+    Case(A, "Pure silence (and hiss below the noise floor)", "Kept silent (not amplified); generation gives a still, finite face",
+         _t(A, "test_pure_silence_is_kept_silent_not_amplified", "test_silent_six_channel_96k_file_with_non_ascii_path_generates")),
+    Case(A, "Clipping (hard-clipped, float WAV beyond +-1)", "Normalised to speech level, peaks below full scale",
+         _t(A, "test_clipped_audio_is_limited_below_full_scale")),
+    Case(A, "8 kHz and 96 kHz", "Resampled to 16 kHz with the same duration and pitch",
+         _t(A, "test_low_and_high_sample_rates_keep_duration_and_pitch", "test_silent_six_channel_96k_file_with_non_ascii_path_generates")),
+    Case(A, "Stereo and 6 channels", "Mixed to mono (also when shorter than the channel count)",
+         _t(A, "test_stereo_and_six_channel_files_are_mixed_to_mono", "test_six_channel_file_shorter_than_its_channel_count",
+            "test_silent_six_channel_96k_file_with_non_ascii_path_generates")),
+    Case(A, "Path with spaces and non-ASCII characters (WAV, FLAC, OGG, MP3)", "Loads and generates normally",
+         _t(A, "test_path_with_spaces_and_non_ascii_characters", "test_silent_six_channel_96k_file_with_non_ascii_path_generates")),
+    Case(A, "Missing file (and a folder instead of a file)", "'not found' naming the path; scene unchanged",
+         _t(A, "test_missing_file_and_folder", "test_bad_audio_file_leaves_the_scene_unchanged")),
+    Case(A, "Sound strip whose file was moved", "'The sound of strip ... is missing' from the API and the operator; scene unchanged",
+         _t(A, "test_moved_sound_strip_file_leaves_the_scene_unchanged")),
+    Case(A, "Property-based: random lengths, rates, channels, amplitudes (arrays and WAV files)",
+         "Mono float32 16 kHz, right length, finite, peak <= 0.99, silence stays silent",
+         _t(A, "test_loader_property_any_length_rate_channels_amplitude", "test_loader_property_on_real_wav_files")),
+    Case(A, "Property-based: audio features for random lengths, amplitudes, frame counts",
+         "Finite (T, C) features with exactly the requested T",
+         _t(A, "test_features_property_finite_with_the_requested_frame_count")),
+    Case(T, "No object", "MeshError 'No target object'; panel says 'Select a mesh'", _t(T, "test_no_target_object")),
+    Case(T, "Non-mesh (empty, camera, curve, armature)", "MeshError 'is not a mesh'; panel says so", _t(T, "test_non_mesh_target")),
+    Case(T, "Mesh without UVs", "MeshError 'has no UV map'; panel says so", _t(T, "test_mesh_without_uvs")),
+    Case(T, "Mesh with a different UV layout", "MeshError: UV layout does not match the MakeHuman template",
+         _t(T, "test_mesh_with_another_uv_layout")),
+    Case(T, "Mesh in Edit Mode", "MeshError: switch to Object Mode", _t(T, "test_mesh_in_edit_mode")),
+    Case(T, "Mesh with modifiers", "Animated below the modifiers (subdivided result moves); modifiers kept; removal restores",
+         _t(T, "test_mesh_with_modifiers_is_animated_and_keeps_its_modifiers")),
+    Case(T, "Existing shape keys and animation", "User keys, their action and object animation survive generation and removal",
+         _t(T, "test_users_shape_keys_and_animation_survive_generation_and_removal")),
+    Case(T, "Linked library data / library override", "MeshError: linked from the library, make it local; made-local copy works",
+         _t(T, "test_linked_library_object_is_refused", "test_library_override_with_linked_mesh_is_refused",
+            "test_made_local_library_object_generates")),
+    Case(T, "Target deleted or edited during generation", "MeshError at apply; scene unchanged, no files",
+         _t(T, "test_target_deleted_or_changed_during_generation")),
+    Case(L, "10-minute file", "Pre-check estimates a bounded few GB; the run completes with peak memory within the estimate",
+         _t(L, "test_ten_minutes_at_30_fps_needs_a_bounded_few_gigabytes", "test_estimate_bounds_the_arrays_of_a_real_run",
+            "test_ten_minute_file_completes_within_the_memory_estimate")),
+    Case(L, "1-hour file", "Refused from the header in about a second (nothing decoded) with the memory and disk it would need",
+         _t(L, "test_one_hour_file_is_refused_by_the_pipeline_without_decoding",
+            "test_one_hour_file_is_refused_before_any_work_with_the_disk_it_would_need")),
+    Case(L, "Not enough memory / disk space (checked before writing)", "ResourceError before any work",
+         _t(L, "test_memory_check_refuses_what_does_not_fit", "test_disk_check_uses_the_nearest_existing_folder",
+            "test_clip_too_big_for_free_memory_is_refused_before_any_work")
+         + _t(F, "test_too_little_disk_space_is_refused_before_any_work", "test_disk_filled_during_compute_is_caught_before_writing")),
+    Case(F, "CUDA asked for but absent", "DeviceError 'CUDA was requested but no CUDA GPU is usable'; 'auto' uses the CPU",
+         _t(F, "test_cuda_requested_without_cuda")),
+    Case(F, "CUDA out of memory (injected)", "Same run retried on the CPU, the summary says so; other errors are not retried",
+         _t(F, "test_injected_cuda_out_of_memory_falls_back_to_the_cpu", "test_other_gpu_errors_and_cpu_out_of_memory_are_not_retried")),
+    Case(F, "Cancel at every stage (audio, features, diffusion, decode, resample, writing)",
+         "Cancelled; scene unchanged; partial EXR files deleted",
+         _t(F, "test_cancel_at_every_stage_leaves_scene_and_disk_unchanged", "test_cancel_while_writing_removes_partial_output")),
+    Case(F, "File reloaded mid-run", "Job cancelled, state reset, nothing applied to the new file",
+         _t(F, "test_file_reloaded_mid_run_cancels_the_job_and_changes_nothing")),
+    Case(F, "Blender closed mid-run", "Worker cancelled at exit, process ends promptly with status 0, no files",
+         _t(F, "test_blender_quitting_mid_run_stops_the_worker_and_writes_nothing")),
+    Case(F, "Second Generate while one runs", "Operator disabled: 'A generation is running'; API runs are serialised",
+         _t(F, "test_second_generate_while_one_runs_is_refused", "test_concurrent_api_runs_are_serialised_and_equal_to_sequential_runs")),
+    Case(F, "Read-only output folder", "ResourceError 'Cannot write the wrinkle maps' before the model runs",
+         _t(F, "test_read_only_output_folder_is_refused_before_any_work")),
+    Case(F, "Disk full while writing EXRs (real ENOSPC: small tmpfs, /dev/full)",
+         "ResourceError naming the folder and free space; written files deleted; scene unchanged",
+         _t(F, "test_disk_full_while_writing_exrs")),
+    Case(S, "Weights: safetensors + SHA-256 only", "Shipped file matches its manifest; unlisted or unmanifested files refused",
+         _t(S, "test_shipped_weights_match_the_shipped_manifest", "test_weights_without_manifest_entry_are_refused")),
+    Case(S, "Tampered or truncated weights", "WeightsError (SHA-256 mismatch, or invalid safetensors if the manifest was forged too)",
+         _t(S, "test_tampered_weights_are_refused", "test_truncated_weights_are_refused_even_with_a_matching_manifest",
+            "test_malformed_safetensors_headers_are_refused", "test_generate_with_tampered_weights_changes_nothing")),
+    Case(S, "Pickles (torch.save, pickle, HuBERT pytorch_model.bin)", "Refused without unpickling: the payload never runs",
+         _t(S, "test_pickle_disguised_as_safetensors_never_runs", "test_hubert_folder_with_a_pickled_checkpoint_is_refused_without_unpickling",
+            "test_the_add_on_code_never_unpickles_evaluates_or_uses_the_network")),
+    Case(S, "No network access", "A whole generation (weights loading included) with sockets disabled succeeds, 0 attempts",
+         _t(S, "test_a_whole_generation_opens_no_socket", "test_the_add_on_code_never_unpickles_evaluates_or_uses_the_network")),
+    Case(S, "Paths only under the output folder", "Hostile object / sound names cannot escape; forged records delete no other files",
+         _t(S, "test_object_names_cannot_move_output_out_of_the_output_folder",
+            "test_packed_sound_with_hostile_name_is_unpacked_inside_the_temp_folder",
+            "test_remove_output_deletes_only_wrinkle_files_of_a_forged_record")),
+]
+
+
+@dataclass
+class Outcome:
+    test_id: str  # module::name[param]
+    status: str  # passed | failed | skipped
+    message: str = ""
+
+
+def run_pytest(junit: Path, slow: bool) -> int:
+    tests = sorted(str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob(TEST_GLOB))
+    command = [sys.executable, "-m", "pytest", "-q", *tests, f"--junitxml={junit}", "-o", "junit_family=xunit1"]
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if slow:
+        environment["TEXTALKER_LONG_TESTS"] = "1"  # the 10-minute run is opt-in even in full runs
+    else:
+        command += ["-m", "not slow"]
+    print("$", " ".join(command[1:]), flush=True)
+    return subprocess.run(command, cwd=REPO_ROOT, env=environment).returncode
+
+
+def read_junit(junit: Path) -> list[Outcome]:
+    outcomes = []
+    for testcase in ElementTree.parse(junit).getroot().iter("testcase"):
+        module = testcase.get("classname", "").rsplit(".", 1)[-1]
+        test_id = f"{module}::{testcase.get('name')}"
+        status, message = "passed", ""
+        for child in testcase:
+            if child.tag in ("failure", "error"):
+                status, message = "failed", child.get("message", "") or (child.text or "")
+            elif child.tag == "skipped":
+                status, message = "skipped", child.get("message", "")
+        outcomes.append(Outcome(test_id, status, " ".join(message.split())[:300]))
+    return outcomes
+
+
+def _base(test_id: str) -> str:
+    return test_id.split("[", 1)[0]
+
+
+def observed(case: Case, outcomes: list[Outcome], slow: bool) -> str:
+    matching = [o for o in outcomes if _base(o.test_id) in case.tests]
+    found = {_base(o.test_id) for o in matching}
+    not_collected = [t for t in case.tests if t not in found]
+    parts = []
+    passed = sum(o.status == "passed" for o in matching)
+    if matching:
+        parts.append(f"pass {passed}/{len(matching)}")
+    for outcome in matching:
+        if outcome.status == "failed":
+            parts.append(f"**FAIL** `{outcome.test_id.split('::')[1]}`: {outcome.message}")
+        elif outcome.status == "skipped":
+            parts.append(f"skip `{outcome.test_id.split('::')[1]}`: {outcome.message}")
+    for test in not_collected:
+        why = "not run (marked slow; `--slow` runs it)" if not slow and "ten_minute_file_completes" in test else "**no such test**"
+        parts.append(f"{why} `{test.split('::')[1]}`")
+    return "; ".join(parts)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(outcomes: list[Outcome], slow: bool, wall_s: float, long_run: dict | None) -> str:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "skipped")}
+    lines = [
+        "# Robustness (issue #8)",
+        "",
+        "Generated by `tools/robustness_report.py` from a run of `tests/test_robustness_*.py`; do not edit by",
+        "hand. Each case lists what the add-on must do and what its tests observed.",
+        "",
+        f"- Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {wall_s:.0f} s, "
+        f"{'slow tests included' if slow else 'slow tests excluded (`--slow` includes them)'}",
+        f"- Tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped",
+        "- Command: `.venv/bin/python tools/robustness_report.py" + (" --slow`" if slow else "`"),
+        "- \"Scene unchanged\" means equal snapshots of objects (with modifiers and custom properties),",
+        "  meshes (vertex hashes), shape keys (names, values, coordinate hashes), actions (F-curve key hashes),",
+        "  materials and node links, images, node groups and scenes before and after; \"no files\" means the",
+        "  output folder holds no file afterwards.",
+        "",
+    ]
+    for section, title in SECTIONS.items():
+        lines += [f"## {title}", "", "| Case | Expected | Observed |", "|---|---|---|"]
+        for case in (c for c in CASES if c.section == section):
+            lines.append(f"| {_cell(case.case)} | {_cell(case.expected)} | {_cell(observed(case, outcomes, slow))} |")
+        lines.append("")
+        if section == L and long_run:
+            grown = long_run["peak_rss_bytes"] - long_run["rss_before_bytes"]
+            lines += [
+                f"Measured with `tools/measure_long_audio.py --minutes {long_run['minutes']:g} --fps {long_run['fps']:g}` "
+                f"(Pipeline on the CPU, 1 thread, 1 sampling step): {long_run['frames']} frames in "
+                f"{long_run['wall_s']:.0f} s; peak memory grew by {grown / 1024**3:.2f} GB against an estimate of "
+                f"{long_run['estimate_pipeline_bytes'] / 1024**3:.2f} GB (result arrays "
+                f"{long_run['result_bytes'] / 1024**3:.2f} GB); EXR sequence bound "
+                f"{long_run['estimate_disk_bytes'] / 1024**3:.2f} GB.",
+                "",
+            ]
+    named = {t for case in CASES for t in case.tests}
+    others = [o for o in outcomes if _base(o.test_id) not in named]
+    if others:
+        lines += ["## Other robustness tests", "", "| Test | Observed |", "|---|---|"]
+        for outcome in others:
+            text = outcome.status + (f": {outcome.message}" if outcome.message else "")
+            lines.append(f"| `{_cell(outcome.test_id)}` | {_cell(text)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slow", action="store_true", help="also run the tests marked slow")
+    parser.add_argument("--long-json", type=Path, help="JSON line from tools/measure_long_audio.py to quote")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    long_run = None
+    if args.long_json:
+        long_run = json.loads(args.long_json.read_text().strip().splitlines()[0])
+    with tempfile.TemporaryDirectory(prefix="textalker-robustness-") as folder:
+        junit = Path(folder) / "junit.xml"
+        started = time.perf_counter()
+        returncode = run_pytest(junit, args.slow)
+        wall = time.perf_counter() - started
+        if not junit.is_file():
+            print("pytest wrote no report", file=sys.stderr)
+            return returncode or 1
+        outcomes = read_junit(junit)
+    args.output.write_text(render(outcomes, args.slow, wall, long_run))
+    print(f"wrote {args.output}")
+    missing = [t for case in CASES for t in case.tests
+               if not any(_base(o.test_id) == t for o in outcomes) and "ten_minute_file_completes" not in t]
+    if missing:
+        print("cases name tests that do not exist: " + ", ".join(missing), file=sys.stderr)
+        return 1
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

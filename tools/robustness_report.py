@@ -105,7 +105,8 @@ CASES = [
             "test_ten_minute_file_completes_within_the_memory_estimate")),
     Case(L, "1-hour file", "Refused from the header in about a second (nothing decoded) with the memory and disk it would need",
          _t(L, "test_one_hour_file_is_refused_by_the_pipeline_without_decoding",
-            "test_one_hour_file_is_refused_before_any_work_with_the_disk_it_would_need")),
+            "test_one_hour_file_is_refused_before_any_work_with_the_disk_it_would_need")
+         + _t(A, "test_too_long_file_is_refused_from_its_header_before_decoding")),
     Case(L, "Not enough memory / disk space (checked before writing)", "ResourceError before any work",
          _t(L, "test_memory_check_refuses_what_does_not_fit", "test_disk_check_uses_the_nearest_existing_folder",
             "test_clip_too_big_for_free_memory_is_refused_before_any_work")

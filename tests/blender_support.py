@@ -48,3 +48,32 @@ def grid_mesh_object(name: str = "Grid", n: int = 4, uv_region=(0.0, 0.0, 1.0, 1
 def key_values(obj, names):
     blocks = obj.data.shape_keys.key_blocks
     return np.array([blocks[n].value for n in names])
+
+
+def registered_scene(fps: int = 30, fps_base: float = 1.0) -> bpy.types.Scene:
+    """A fresh scene with the add-on registered (registered once per process)."""
+    from textalker_blender import blender as addon
+
+    scene = fresh_scene(fps, fps_base)
+    if not hasattr(bpy.types.Scene, "textalker"):
+        addon.register()
+    return scene
+
+
+def unregister_addon() -> None:
+    from textalker_blender import blender as addon
+
+    if hasattr(bpy.types.Scene, "textalker"):
+        addon.unregister()
+
+
+def write_one_second_of_sample_speech(folder):
+    """One second of the bundled sample voice (from 0.3 s, inside speech) as a WAV in `folder`."""
+    import soundfile
+
+    from textalker_blender.blender import catalog
+
+    samples, rate = soundfile.read(str(catalog.SAMPLE_SPEECH_PATH), dtype="float32")
+    path = folder / "one_second.wav"
+    soundfile.write(str(path), samples[int(0.3 * rate): int(1.3 * rate)], rate)
+    return path

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from blender_support import bpy, fresh_scene, grid_mesh_object
-from textalker_blender import blender as addon
+from blender_support import (
+    bpy,
+    fresh_scene,
+    grid_mesh_object,
+    registered_scene,
+    unregister_addon,
+    write_one_second_of_sample_speech,
+)
 from textalker_blender.blender import api, catalog, panel, writers
 from textalker_blender.core.errors import MeshError, TexTalkerError
 
@@ -25,26 +31,18 @@ needs_assets = pytest.mark.skipif(
 )
 
 
-def _registered_scene(fps=30, fps_base=1.0):
-    scene = fresh_scene(fps, fps_base)
-    if not hasattr(bpy.types.Scene, "textalker"):
-        addon.register()
-    return scene
+_registered_scene = registered_scene
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _unregister_at_end():
     yield
-    if hasattr(bpy.types.Scene, "textalker"):
-        addon.unregister()
+    unregister_addon()
 
 
 @pytest.fixture(scope="module")
 def one_second_speech(tmp_path_factory):
-    samples, rate = soundfile.read(str(catalog.SAMPLE_SPEECH_PATH), dtype="float32")
-    path = tmp_path_factory.mktemp("audio") / "one_second.wav"
-    soundfile.write(str(path), samples[int(0.3 * rate): int(1.3 * rate)], rate)
-    return path
+    return write_one_second_of_sample_speech(tmp_path_factory.mktemp("audio"))
 
 
 def _snapshot(scene):

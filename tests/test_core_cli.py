@@ -51,8 +51,19 @@ def test_generates_npz_with_consistent_shapes_and_metadata(wav, tmp_path, bundle
     out = tmp_path / "nested" / "result"  # no .npz suffix and a missing folder: both handled
     styles = json.loads(bundled_metadata["style_keys"])
     done = run_cli(
-        wav, "--out", out, "--fps", "24", "--seed", "3", "--steps", "2",
-        "--wrinkle-style", styles[1], "--device", "cpu",
+        wav,
+        "--out",
+        out,
+        "--fps",
+        "24",
+        "--seed",
+        "3",
+        "--steps",
+        "2",
+        "--wrinkle-style",
+        styles[1],
+        "--device",
+        "cpu",
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""  # progress and summary go to stderr
@@ -64,7 +75,9 @@ def test_generates_npz_with_consistent_shapes_and_metadata(wav, tmp_path, bundle
         config = ModelConfig.from_json(bundled_metadata["config"])
         assert offsets.dtype == np.float32 and maps.dtype == np.float16
         assert offsets.shape[0] == maps.shape[0] == int(result["n_frames"]) == 24  # 1 s at 24 fps
-        assert offsets.shape[2] == 3 and maps.shape[1:] == (config.wrinkle_vq.resolution,) * 2 + (3,)
+        assert offsets.shape[2] == 3 and maps.shape[1:] == (config.wrinkle_vq.resolution,) * 2 + (
+            3,
+        )
         assert float(result["fps"]) == 24.0 and float(result["duration_s"]) == pytest.approx(1.0)
         assert np.isfinite(offsets).all() and np.abs(offsets).max() > 0
         assert str(result["speaking_style"]) == styles[0]
@@ -82,7 +95,7 @@ def test_list_styles_prints_every_style(bundled_metadata):
     keys = json.loads(bundled_metadata["style_keys"])
     names = json.loads(bundled_metadata["style_names"])
     assert lines[0] == "id\tkey\tname"
-    assert lines[1:] == [f"{i}\t{k}\t{n}" for i, (k, n) in enumerate(zip(keys, names))]
+    assert lines[1:] == [f"{i}\t{k}\t{n}" for i, (k, n) in enumerate(zip(keys, names, strict=True))]
 
 
 def test_user_errors_exit_1_with_a_message_and_no_traceback(wav, tmp_path):
@@ -90,7 +103,9 @@ def test_user_errors_exit_1_with_a_message_and_no_traceback(wav, tmp_path):
     assert missing.returncode == 1
     assert "Audio file not found" in missing.stderr and "nothing_here.wav" in missing.stderr
     assert "Traceback" not in missing.stderr
-    unknown_style = run_cli(wav, "--out", tmp_path / "r.npz", "--speaking-style", "nobody", "--quiet")
+    unknown_style = run_cli(
+        wav, "--out", tmp_path / "r.npz", "--speaking-style", "nobody", "--quiet"
+    )
     assert unknown_style.returncode == 1
     assert "unknown style" in unknown_style.stderr and "Traceback" not in unknown_style.stderr
     assert not (tmp_path / "r.npz").exists()
@@ -101,21 +116,37 @@ def test_user_errors_exit_1_with_a_message_and_no_traceback(wav, tmp_path):
 @pytest.mark.parametrize("preset", ["bundled", "paper"])
 def test_describe_matches_the_config(preset):
     config = ModelConfig.preset(preset)
-    rows = {(stage, tensor): shape for stage, tensor, shape, _ in describe_shapes(config, seconds=4.0)}
+    rows = {
+        (stage, tensor): shape for stage, tensor, shape, _ in describe_shapes(config, seconds=4.0)
+    }
     frames = 120  # 4 s at MODEL_FPS
     assert rows[("audio", "samples")] == "(64000,)"
     assert rows[("audio", "features")] == str((frames, config.audio_feature_dim))
-    assert rows[("windows", "noisy latents x_t")] == str((1, config.window_frames, config.joint_latent_dim))
+    assert rows[("windows", "noisy latents x_t")] == str(
+        (1, config.window_frames, config.joint_latent_dim)
+    )
     assert rows[("denoiser", "tokens (input_proj)")] == str((1, config.window_frames, config.width))
-    assert rows[("denoiser", "x0 prediction (output_proj)")] == str((1, config.window_frames, config.joint_latent_dim))
+    assert rows[("denoiser", "x0 prediction (output_proj)")] == str(
+        (1, config.window_frames, config.joint_latent_dim)
+    )
     assert rows[("latents", "z_f (motion)")] == str((frames, config.motion_latent_dim))
     assert rows[("latents", "z_w (wrinkle)")] == str((frames, config.wrinkle_latent_dim))
     r = config.wrinkle_vq.resolution
     assert rows[("VQ decode", "wrinkle maps")] == str((frames, r, r, 3))
     latent = config.motion_vq.latent_resolution
     decoder = rows[("VQ decode", "motion decoder activations")]
-    assert decoder.startswith(str((config.motion_vq.base_channels * config.motion_vq.channel_mult[-1], latent, latent)))
-    assert decoder.endswith(str((config.motion_vq.base_channels, config.motion_vq.resolution, config.motion_vq.resolution)))
+    assert decoder.startswith(
+        str((config.motion_vq.base_channels * config.motion_vq.channel_mult[-1], latent, latent))
+    )
+    assert decoder.endswith(
+        str(
+            (
+                config.motion_vq.base_channels,
+                config.motion_vq.resolution,
+                config.motion_vq.resolution,
+            )
+        )
+    )
 
 
 def test_describe_command_prints_a_markdown_table():

@@ -54,15 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("audio", nargs="?", help="speech audio file (wav, flac, mp3, ...)")
     parser.add_argument("--out", type=Path, help="result file (.npz) to write")
-    parser.add_argument("--weights", type=Path, default=None, help="safetensors weights (default: bundled)")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="safetensors weights (default: bundled)"
+    )
     parser.add_argument("--speaking-style", type=_style, default=0, help="style id or key (motion)")
-    parser.add_argument("--wrinkle-style", type=_style, default=0, help="style id or key (wrinkles)")
+    parser.add_argument(
+        "--wrinkle-style", type=_style, default=0, help="style id or key (wrinkles)"
+    )
     parser.add_argument("--fps", type=_positive_fps, default=30.0, help="output frame rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the config's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="DDIM steps (default: the config's)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--hubert-dir", type=Path, default=None, help="local HuBERT checkpoint (hubert weights)")
-    parser.add_argument("--list-styles", action="store_true", help="print the weights' styles and exit")
+    parser.add_argument(
+        "--hubert-dir", type=Path, default=None, help="local HuBERT checkpoint (hubert weights)"
+    )
+    parser.add_argument(
+        "--list-styles", action="store_true", help="print the weights' styles and exit"
+    )
     parser.add_argument(
         "--describe",
         metavar="CONFIG",
@@ -207,7 +217,7 @@ def _hubert_frames(n_samples: int) -> int:
 
     hubert = HubertConfig()
     length = max(n_samples, 400)  # HubertAudioEncoder pads to one analysis window
-    for kernel, stride in zip(hubert.conv_kernel, hubert.conv_stride):
+    for kernel, stride in zip(hubert.conv_kernel, hubert.conv_stride, strict=True):
         length = (length - kernel) // stride + 1
     return length
 
@@ -227,7 +237,10 @@ def describe_shapes(config, seconds: float = 10.0, n_styles: int | None = None, 
     from .vq import VQAutoencoder
 
     rows: list[tuple[str, str, str, str]] = []
-    add = lambda stage, tensor, shape, note="": rows.append((stage, tensor, shape, note))  # noqa: E731
+
+    def add(stage: str, tensor: str, shape: str, note: str = "") -> None:
+        rows.append((stage, tensor, shape, note))
+
     n_samples = int(round(seconds * SAMPLE_RATE))
     n_frames = output_frame_count(seconds, MODEL_FPS)
     add("audio", "samples", _shape((n_samples,)), f"float32 mono {SAMPLE_RATE} Hz, {seconds:g} s")
@@ -237,25 +250,59 @@ def describe_shapes(config, seconds: float = 10.0, n_styles: int | None = None, 
 
         encoder = BundledAudioEncoder(config).eval()
         mel = encoder.log_mel(np.zeros(n_samples, np.float32))
-        add("audio", "log-mel", _shape(mel.shape), f"(n_mels, M), {encoder.mel_fps:g} frames/s, hop {config.mel_hop}")
+        add(
+            "audio",
+            "log-mel",
+            _shape(mel.shape),
+            f"(n_mels, M), {encoder.mel_fps:g} frames/s, hop {config.mel_hop}",
+        )
         with torch.no_grad():
             inner = encoder.input_proj(torch.from_numpy(mel)[None])
             features = encoder.forward(torch.from_numpy(mel)[None], n_frames)[0]
-        add("audio", "front-end conv activations", _shape(inner.shape),
-            f"(1, C, M), {len(encoder.convs)} dilated convs, receptive radius {encoder.receptive_radius} mel frames")
-        add("audio", "features", _shape(features.shape), f"(T, C) at {MODEL_FPS} fps (linear interpolation)")
+        add(
+            "audio",
+            "front-end conv activations",
+            _shape(inner.shape),
+            f"(1, C, M), {len(encoder.convs)} dilated convs, "
+            f"receptive radius {encoder.receptive_radius} mel frames",
+        )
+        add(
+            "audio",
+            "features",
+            _shape(features.shape),
+            f"(T, C) at {MODEL_FPS} fps (linear interpolation)",
+        )
     else:
         native = _hubert_frames(n_samples)
-        add("audio", "HuBERT hidden states", _shape((native, config.audio_feature_dim)), "(T50, C), ~50 frames/s, frozen")
-        add("audio", "features", _shape((n_frames, config.audio_feature_dim)), f"(T, C) at {MODEL_FPS} fps (linear interpolation)")
+        add(
+            "audio",
+            "HuBERT hidden states",
+            _shape((native, config.audio_feature_dim)),
+            "(T50, C), ~50 frames/s, frozen",
+        )
+        add(
+            "audio",
+            "features",
+            _shape((n_frames, config.audio_feature_dim)),
+            f"(T, C) at {MODEL_FPS} fps (linear interpolation)",
+        )
 
     windows = plan_windows(n_frames, config.window_frames, config.prefix_frames)
     tw = windows[0].length
     joint = config.joint_latent_dim
     prefixes = ", ".join(str(w.prefix) for w in windows[1:]) or "none"
-    add("windows", "audio window", _shape((1, tw, config.audio_feature_dim)),
-        f"{len(windows)} window(s) of Tw={config.window_frames}, prefixes {prefixes}")
-    add("windows", "noisy latents x_t", _shape((1, tw, joint)), "(B, Tw, Dz) model space, Dz = Dz_f + Dz_w")
+    add(
+        "windows",
+        "audio window",
+        _shape((1, tw, config.audio_feature_dim)),
+        f"{len(windows)} window(s) of Tw={config.window_frames}, prefixes {prefixes}",
+    )
+    add(
+        "windows",
+        "noisy latents x_t",
+        _shape((1, tw, joint)),
+        "(B, Tw, Dz) model space, Dz = Dz_f + Dz_w",
+    )
 
     shapes: dict[str, tuple] = {}
 
@@ -275,25 +322,58 @@ def describe_shapes(config, seconds: float = 10.0, n_styles: int | None = None, 
             torch.empty(1, tw, config.audio_feature_dim),
             torch.zeros(1, tw, dtype=torch.bool),
         )
-    add("denoiser", "tokens (input_proj)", _shape(shapes["input_proj"]),
-        "+ frame position, timestep MLP, prefix flag/anchor")
-    add("denoiser", "audio memory (audio_proj)", _shape(shapes["audio_proj"]), "cross-attention, frame t sees audio t only")
-    add("denoiser", "decoder output", _shape(shapes["decoder"]),
-        f"{config.layers} layers x {config.heads} heads, FF {config.width * config.ff_mult}, self-attention {config.self_attention}")
-    add("denoiser", "x0 prediction (output_proj)", _shape(shapes["output_proj"]), "(B, Tw, Dz) model space")
-    add("latents", "x0 sequence", _shape((n_frames, joint)),
-        "windows stitched: (T, Dz); z = x0 * latent_scale + latent_center + pivot, split at Dz_f")
+    add(
+        "denoiser",
+        "tokens (input_proj)",
+        _shape(shapes["input_proj"]),
+        "+ frame position, timestep MLP, prefix flag/anchor",
+    )
+    add(
+        "denoiser",
+        "audio memory (audio_proj)",
+        _shape(shapes["audio_proj"]),
+        "cross-attention, frame t sees audio t only",
+    )
+    add(
+        "denoiser",
+        "decoder output",
+        _shape(shapes["decoder"]),
+        f"{config.layers} layers x {config.heads} heads, FF {config.width * config.ff_mult}, "
+        f"self-attention {config.self_attention}",
+    )
+    add(
+        "denoiser",
+        "x0 prediction (output_proj)",
+        _shape(shapes["output_proj"]),
+        "(B, Tw, Dz) model space",
+    )
+    add(
+        "latents",
+        "x0 sequence",
+        _shape((n_frames, joint)),
+        "windows stitched: (T, Dz); z = x0 * latent_scale + latent_center + pivot, split at Dz_f",
+    )
 
     for role, vq_config in (("motion", config.motion_vq), ("wrinkle", config.wrinkle_vq)):
         tag = "z_f" if role == "motion" else "z_w"
         r = vq_config.latent_resolution
-        add("latents", f"{tag} ({role})", _shape((n_frames, vq_config.latent_dim)),
+        add(
+            "latents",
+            f"{tag} ({role})",
+            _shape((n_frames, vq_config.latent_dim)),
             f"= (T, c, h, w) {_shape((n_frames, vq_config.latent_channels, r, r))} flattened; "
             f"codebook {vq_config.codebook_size} x {vq_config.latent_channels}"
-            + ("; each cell snapped to its nearest code" if config.quantize_sampled_latents else ""))
+            + (
+                "; each cell snapped to its nearest code" if config.quantize_sampled_latents else ""
+            ),
+        )
     styles = "S" if n_styles is None else str(n_styles)
-    add("pivots", "speaking pivots p_f", f"({styles}, {config.motion_latent_dim})",
-        "added to z_f: z_f = x0_f * scale + center + p_f[speaking]")
+    add(
+        "pivots",
+        "speaking pivots p_f",
+        f"({styles}, {config.motion_latent_dim})",
+        "added to z_f: z_f = x0_f * scale + center + p_f[speaking]",
+    )
     add("pivots", "wrinkle pivots p_w", f"({styles}, {config.wrinkle_latent_dim})", "added to z_w")
 
     for role, vq_config in (("motion", config.motion_vq), ("wrinkle", config.wrinkle_vq)):
@@ -310,11 +390,18 @@ def describe_shapes(config, seconds: float = 10.0, n_styles: int | None = None, 
         by_size: dict[int, tuple] = {}
         for shape in levels:
             by_size[shape[-1]] = shape
-        add("VQ decode", f"{role} decoder activations",
+        add(
+            "VQ decode",
+            f"{role} decoder activations",
             " -> ".join(_shape(s[1:]) for s in by_size.values()),
-            f"(C, h, w) per resolution, batches of {DECODE_BATCH} frames")
-        add("VQ decode", f"{role} maps", _shape((n_frames, *maps.shape[1:])),
-            "(T, H, W, 3) metres" if role == "motion" else "(T, H, W, 3) log ratio")
+            f"(C, h, w) per resolution, batches of {DECODE_BATCH} frames",
+        )
+        add(
+            "VQ decode",
+            f"{role} maps",
+            _shape((n_frames, *maps.shape[1:])),
+            "(T, H, W, 3) metres" if role == "motion" else "(T, H, W, 3) log ratio",
+        )
 
     for role, vq_config in (("motion", config.motion_vq), ("wrinkle", config.wrinkle_vq)):
         shapes.clear()
@@ -329,18 +416,35 @@ def describe_shapes(config, seconds: float = 10.0, n_styles: int | None = None, 
         by_size = {}
         for shape in levels:
             by_size[shape[-1]] = shape
-        add("training only", f"{role} encoder: maps (B, H, W, 3) -> code grid",
+        add(
+            "training only",
+            f"{role} encoder: maps (B, H, W, 3) -> code grid",
             " -> ".join(_shape(s[1:]) for s in by_size.values()) + " -> " + _shape(grid.shape[1:]),
-            "(C, h, w) per resolution; the grid is quantised per cell and flattened to (B, Dz)")
+            "(C, h, w) per resolution; the grid is quantised per cell and flattened to (B, Dz)",
+        )
 
     n_vertices = _template_vertex_count()
     vertices = "V" if n_vertices is None else str(n_vertices)
-    add("output", "offsets", f"({n_frames}, {vertices}, 3)", "float32 metres, motion maps sampled at the vertex UVs")
+    add(
+        "output",
+        "offsets",
+        f"({n_frames}, {vertices}, 3)",
+        "float32 metres, motion maps sampled at the vertex UVs",
+    )
     r = config.wrinkle_vq.resolution
-    add("output", "wrinkle ratio maps", _shape((n_frames, r, r, 3)), "float16 exp(log ratio), exactly 1 off the face")
+    add(
+        "output",
+        "wrinkle ratio maps",
+        _shape((n_frames, r, r, 3)),
+        "float16 exp(log ratio), exactly 1 off the face",
+    )
     n_out = output_frame_count(seconds, fps)
-    add("output", f"resampled to {fps:g} fps", f"({n_out}, {vertices}, 3) / {_shape((n_out, r, r, 3))}",
-        "linear in time, ceil(duration * fps) frames")
+    add(
+        "output",
+        f"resampled to {fps:g} fps",
+        f"({n_out}, {vertices}, 3) / {_shape((n_out, r, r, 3))}",
+        "linear in time, ceil(duration * fps) frames",
+    )
     return rows
 
 

@@ -149,13 +149,21 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
         self._recent_inputs: torch.Tensor | None = None
 
+    # Rows per distance matrix: (rows, codebook) float32 temporaries. Unchunked, snapping a
+    # 10-minute clip's latents (1.15 M cells x 512 codes) took several GB (tools/bench.py).
+    NEAREST_CHUNK_ROWS = 16384
+
     def nearest_indices(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of `flat` (N, D)."""
         codes = self.codebook.weight
-        distances = (
-            flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codes.t() + codes.pow(2).sum(1)[None]
-        )
-        return distances.argmin(dim=1)
+        code_norms = codes.pow(2).sum(1)[None]
+        chunks = [
+            (rows.pow(2).sum(1, keepdim=True) - 2.0 * rows @ codes.t() + code_norms).argmin(dim=1)
+            for rows in flat.split(self.NEAREST_CHUNK_ROWS)
+        ]
+        if len(chunks) == 1:
+            return chunks[0]
+        return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long, device=flat.device)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         b, d, h, w = z.shape

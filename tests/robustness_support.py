@@ -63,23 +63,15 @@ def encode_mp3(wav: Path, mp3: Path) -> Path:
 
 
 def registered_scene(fps: int = 30):
-    from blender_support import bpy, fresh_scene
+    from blender_support import registered_scene as shared
 
-    from textalker_blender import blender as addon
-
-    scene = fresh_scene(fps)
-    if not hasattr(bpy.types.Scene, "textalker"):
-        addon.register()
-    return scene
+    return shared(fps)
 
 
 def unregister_addon() -> None:
-    from blender_support import bpy
+    from blender_support import unregister_addon as shared
 
-    from textalker_blender import blender as addon
-
-    if hasattr(bpy.types.Scene, "textalker"):
-        addon.unregister()
+    shared()
 
 
 def template_head():

@@ -83,6 +83,9 @@ LDM_DEFAULTS: dict[str, Any] = {
     "bucket_batches": 8,
     "encode_batch": 128,
     "seed": 0,
+    # log-mel augmentation of training windows (training/augment.py); off unless a config sets
+    # a probability, so small test configs stay fast and exact
+    "augment": {"probability": 0.0},
 }
 
 

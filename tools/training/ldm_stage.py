@@ -34,6 +34,7 @@ from .common import (
     restore_rng,
     write_json,
 )
+from .augment import augment_log_mel
 from .data import BucketedOrder, open_dataset, to_physical
 from .vq_stage import VQ_WEIGHTS, load_trained_vq
 
@@ -163,12 +164,18 @@ def trainable_parameters(model: TexTalkerModel):
             yield name, p
 
 
-def window_batch(model: TexTalkerModel, items: list[dict], starts: list[int], length: int, device):
+def window_batch(model: TexTalkerModel, items: list[dict], starts: list[int], length: int, device,
+                 augment: dict | None = None, generator: torch.Generator | None = None):
+    """Latents and audio features of one window per item; with `augment` (and the training
+    generator) each item's log-mel is perturbed first (training/augment.py)."""
     z_motion = torch.stack([it["z_motion"][s : s + length] for it, s in zip(items, starts)]).to(device)
     z_wrinkle = torch.stack([it["z_wrinkle"][s : s + length] for it, s in zip(items, starts)]).to(device)
     if model.config.audio_encoder == "bundled":
         encoder = model.audio_encoder
-        features = torch.stack([encoder.window_features(it["audio"].to(device), s, length) for it, s in zip(items, starts)])
+        mels = [it["audio"] for it in items]
+        if augment is not None and generator is not None:
+            mels = [augment_log_mel(mel, generator, augment) for mel in mels]
+        features = torch.stack([encoder.window_features(mel.to(device), s, length) for mel, s in zip(mels, starts)])
     else:
         features = torch.stack([it["audio"][s : s + length] for it, s in zip(items, starts)]).to(device)
     return z_motion, z_wrinkle, features
@@ -430,7 +437,7 @@ def train_ldm(
         starts = [int(torch.randint(0, it["n_frames"] - length + 1, (1,), generator=generator)) for it in items]
         subject_rows = torch.tensor([rows[it["subject"]] for it in items], device=device)
         data_seconds += time.monotonic() - t0
-        z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device)
+        z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device, section["augment"], generator)
         loss = model.ldm_loss(z_motion, z_wrinkle, features, subject_rows, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

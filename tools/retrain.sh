@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Retrain the bundled model from a fresh clone, in one command:
+#
+#   bash tools/retrain.sh [RUNS_DIR]        (default RUNS_DIR: runs/bundled, git-ignored)
+#
+# Sets up .venv, builds the synthetic TexTalk4D if it is missing, trains both VQ autoencoders
+# side by side (one thread each), then the latent diffusion model, then writes the add-on's
+# weights file and its manifest entry. Every stage resumes from its checkpoint, so the same
+# command continues an interrupted run (a finished stage is skipped in seconds).
+#
+# Environment knobs:
+#   CONFIG=tools/configs/bundled.json   training config (tools/configs/paper.json: paper size)
+#   MAX_MINUTES=150                     stop each stage after this long (checkpointed); re-run
+#                                       the command to continue
+#   EXPORT_TO=textalker_blender/assets/textalker_bundled.safetensors
+#                                       (its SHA-256 goes into the manifest.json beside it)
+#   DATA=data/synthetic_textalk4d       dataset folder (built here when missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS="${1:-runs/bundled}"
+CONFIG="${CONFIG:-tools/configs/bundled.json}"
+MAX_MINUTES="${MAX_MINUTES:-150}"
+EXPORT_TO="${EXPORT_TO:-textalker_blender/assets/textalker_bundled.safetensors}"
+DATA="${DATA:-data/synthetic_textalk4d}"
+PY=.venv/bin/python
+
+bash tools/setup_env.sh
+if [ ! -f "$DATA/meta.json" ]; then
+    echo "== building the synthetic TexTalk4D dataset into $DATA"
+    "$PY" tools/make_dataset.py --out "$DATA" --no-docs  # docs/DATASET.md is already in git
+fi
+
+echo "== stage 1: motion and wrinkle VQ autoencoders (side by side, one thread each)"
+OMP_NUM_THREADS=1 "$PY" tools/train_vq.py --config "$CONFIG" --data "$DATA" --run "$RUNS/motion" \
+    --which motion --max-minutes "$MAX_MINUTES" --threads 1 --no-progress &
+motion_pid=$!
+OMP_NUM_THREADS=1 "$PY" tools/train_vq.py --config "$CONFIG" --data "$DATA" --run "$RUNS/wrinkle" \
+    --which wrinkle --max-minutes "$MAX_MINUTES" --threads 1 --no-progress &
+wrinkle_pid=$!
+trap 'kill -TERM $motion_pid $wrinkle_pid 2>/dev/null || true' INT TERM
+wait $motion_pid
+wait $wrinkle_pid
+trap - INT TERM
+
+stage_done() {  # RUN SECTION: has the run reached the config's step budget for that stage?
+    "$PY" - "$1" "$2" "$CONFIG" <<'EOF'
+import json, sys
+from pathlib import Path
+run, section, config = Path(sys.argv[1]), sys.argv[2], json.loads(Path(sys.argv[3]).read_text())
+progress = run / "checkpoint" / "progress.json"
+step = json.loads(progress.read_text())["step"] if progress.is_file() else 0
+sys.exit(0 if step >= int(config[section]["steps"]) else 1)
+EOF
+}
+if ! stage_done "$RUNS/motion" vq || ! stage_done "$RUNS/wrinkle" vq; then
+    echo "stage 1 stopped before its step budget (time limit); run the same command again to continue"
+    exit 0
+fi
+
+echo "== stage 2: audio front end + latent diffusion model"
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/train_ldm.py --config "$CONFIG" --data "$DATA" \
+    --run "$RUNS/ldm" --motion-vq "$RUNS/motion" --wrinkle-vq "$RUNS/wrinkle" \
+    --max-minutes "$MAX_MINUTES" --no-progress
+
+if ! stage_done "$RUNS/ldm" ldm; then
+    echo "stage 2 stopped before its step budget (time limit); run the same command again to continue"
+    exit 0
+fi
+
+echo "== export: $EXPORT_TO (+ assets/manifest.json)"
+"$PY" tools/export_bundle.py --run "$RUNS/ldm" --out "$EXPORT_TO"
+echo "done: evaluate with  $PY tools/evaluate.py --data $DATA --weights $EXPORT_TO"

@@ -372,6 +372,38 @@ def worker_model(
     }
 
 
+def worker_baselines(seconds: float, repeats: int, threads: int, baselines_dir: Path) -> dict:
+    """Inference cost of the evaluation's learned baselines (tools/evaluation/baselines.py) on the
+    same clip: `Baseline.predict` (audio features + generator; motion only, no texture)."""
+    _set_threads(threads)
+    import numpy as np
+    import soundfile
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from evaluation.baselines import LEARNED_BASELINES, load_baseline
+    from textalker_blender.core.audio import load_audio
+
+    speech, rate = soundfile.read(str(SAMPLE_SPEECH), dtype="float32")
+    audio = load_audio((np.resize(speech, int(round(seconds * rate))), rate))
+    n_frames = int(round(seconds * SCENE_FPS))
+    rows = []
+    for name, cls in LEARNED_BASELINES.items():
+        try:
+            baseline = load_baseline(name, baselines_dir / cls.slug)
+        except FileNotFoundError as exc:
+            rows.append({"name": name, "missing": str(exc)})
+            continue
+        subject = baseline.subjects[0]  # a training subject: the conditioning costs the same for any
+        baseline.predict(audio[: rate // 2], SCENE_FPS // 2, subject)  # warm-up (kernel choice)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            baseline.predict(audio, n_frames, subject)
+            times.append(time.perf_counter() - started)
+        rows.append({"name": name, "note": baseline.inference_note, "predict_s": times})
+    return {"kind": "baselines", "seconds": seconds, "threads": threads, "rows": rows}
+
+
 # --------------------------------------------------------------------------------------------
 # Orchestration
 
@@ -583,10 +615,8 @@ def render_markdown(report: dict) -> str:
         f"({per_second_full / max(per_second_default, 1e-9):.0f}x); FaceDiffuser's "
         f"{FACEDIFFUSER_STEPS}-step DDPM about twice that again.",
         "",
-        "Baselines' inference cost (FaceFormer, CodeTalker, FaceDiffuser, from the evaluation issue): "
-        "not measured -- the baselines are not built in this repository yet.",
-        "",
     ]
+    lines += baseline_cost_lines(report)
 
     # FLOPs.
     flops = model["flops_per_audio_second"]
@@ -684,6 +714,37 @@ def render_markdown(report: dict) -> str:
 MODEL_FPS_NOTE = "decoders run at the model's 30 frames per audio second"
 
 
+def baseline_cost_lines(report: dict) -> list[str]:
+    """The learned baselines' inference cost beside TexTalker's model path on the same clip."""
+    baselines = report.get("baselines")
+    if not baselines:
+        return ["Baselines' inference cost: not measured in this run (`--baselines-dir` not given).", ""]
+    seconds = baselines["seconds"]
+    textalker = next((row for row in report["end_to_end"] if abs(row["seconds"] - seconds) < 1e-6), None)
+    lines = [
+        f"### Baselines' inference cost ({seconds:g} s of speech, {baselines['threads']} thread(s), motion only)",
+        "",
+        "The evaluation's learned baselines (tools/evaluation/baselines.py, trained by "
+        "tools/train_baselines.py), `Baseline.predict` from decoded audio to per-frame vertex offsets "
+        "(they make no texture). Median (min-max) of the runs.",
+        "",
+        "| method | seconds | real-time factor | inference |",
+        "|---|---|---|---|",
+    ]
+    if textalker is not None:
+        model_keys = {key for key, _ in MODEL_STAGES}
+        model_s = sum(cell["median"] for key, cell in textalker["stages"].items() if key in model_keys)
+        lines.append(f"| TexTalker (sum of the model stages' medians; motion + wrinkle maps) | {model_s:.2f} | "
+                     f"{seconds / max(model_s, 1e-9):.1f} | DDIM {report['model']['default_steps']} steps |")
+    for row in baselines["rows"]:
+        if "missing" in row:
+            lines.append(f"| {row['name']} | — | — | not trained: {row['missing']} |")
+            continue
+        cell = spread(row["predict_s"])
+        lines.append(f"| {row['name']} | {fmt(cell, 2)} | {seconds / max(cell['median'], 1e-9):.1f} | {row['note']} |")
+    return lines + [""]
+
+
 def gaps(report: dict) -> list[str]:
     """What the numbers say is missing, in words."""
     e2e = report["end_to_end"]
@@ -733,12 +794,16 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help="clip for the sampler-step comparison (default: one sliding window)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "PERFORMANCE.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
-    parser.add_argument("--worker", choices=["end_to_end", "core", "model"], help=argparse.SUPPRESS)
+    parser.add_argument("--baselines-dir", type=Path, default=None,
+                        help="trained baselines (tools/train_baselines.py --out): time their inference too")
+    parser.add_argument("--worker", choices=["end_to_end", "core", "model", "baselines"], help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        if args.worker == "end_to_end":
+        if args.worker == "baselines":
+            result = worker_baselines(args.seconds, args.repeats, args.threads, args.baselines_dir)
+        elif args.worker == "end_to_end":
             result = worker_end_to_end(args.seconds, args.repeats, args.threads, args.steps, args.device)
         elif args.worker == "core":
             result = worker_core(args.seconds, args.repeats, args.threads, args.steps, args.device)
@@ -772,6 +837,11 @@ def main(argv: list[str] | None = None) -> dict | None:
          *(["--step-clip-seconds", str(args.step_clip_seconds)] if args.step_clip_seconds else [])],
         args.threads,
     )
+    if args.baselines_dir:
+        clip = min(args.durations, key=lambda seconds: abs(seconds - 10.0))
+        print(f"bench: baselines' inference, {clip:g} s ...", file=sys.stderr, flush=True)
+        report["baselines"] = run_worker(["baselines", "--seconds", str(clip), "--repeats", str(args.repeats),
+                                          "--baselines-dir", str(args.baselines_dir)], args.threads)
     if args.long_from:
         report["long"] = json.loads(args.long_from.read_text().strip().splitlines()[-1])
         report["long"]["reused_from"] = str(args.long_from)

@@ -6,7 +6,8 @@
 # - creates .venv with the machine's Python 3.11 (bpy 5.0.1 is a CPython 3.11 module),
 # - installs the pinned packages of tools/requirements.txt, constrained by tools/constraints.txt,
 #   in ONE pip command (bpy needs numpy<2; separate commands would let pip pick numpy 2.x first),
-# - installs the Debian packages the dataset tools call (flite, espeak-ng, sox) when run as root,
+# - installs the Debian packages the dataset tools call (flite, espeak-ng, sox) and alsa-utils (real
+#   speech recordings for tools/real_speech_check.py) when run as root,
 #   or prints exactly which are missing and the command that installs them.
 # Idempotent: a hash of the inputs is kept in .venv/.textalker-stamp; when it matches, nothing slow runs.
 #
@@ -23,7 +24,8 @@ venv_dir="${TEXTALKER_VENV:-$repo_root/.venv}"
 requirements="$repo_root/tools/requirements.txt"
 constraints="$repo_root/tools/constraints.txt"
 stamp_file="$venv_dir/.textalker-stamp"
-debian_packages=(flite espeak-ng sox)
+# alsa-utils: its /usr/share/sounds/alsa/*.wav are real human speech for tools/real_speech_check.py
+debian_packages=(flite espeak-ng sox alsa-utils)
 
 say() { printf 'setup_env: %s\n' "$*"; }
 die() { printf 'setup_env: ERROR: %s\n' "$*" >&2; exit 1; }

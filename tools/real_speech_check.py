@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Real human speech: do the lips follow real voices? Writes docs/REAL_SPEECH.md itself.
+
+    .venv/bin/python tools/real_speech_check.py [--weights FILE] [--out docs/REAL_SPEECH.md]
+        [--dataset data/synthetic_textalk4d] [--reference-limit N] [--no-model-reference]
+
+Runs the model (Pipeline, default styles, seed 0) on the real recordings of
+tools/real_speech/recordings.py, measures the mouth aperture against the audio, applies the
+checks of tools/real_speech/checks.py, computes the same statistics on the synthetic test-A
+ground truth and on the model's output there (the reference; skipped when the dataset is
+missing), and writes the report and a PNG next to it. Exit status 0 when the set passes (each
+check passes on at least 80 % of the recordings it applies to), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO))
+
+from real_speech.checks import MIN_PASS_RATE, THRESHOLDS, pass_rates, set_passes  # noqa: E402
+from real_speech.measures import lip_vertex_pair, rest_aperture_mm  # noqa: E402
+from real_speech.plot import draw_panels  # noqa: E402
+from real_speech.recordings import (  # noqa: E402
+    ALIGNMENT_VOICES,
+    DATA_DIR,
+    alignment_error_ms,
+    available_recordings,
+    consensus_alignment,
+    flite_available,
+    read_htk_phone_labels,
+)
+from real_speech.reference import build_reference, derive_thresholds  # noqa: E402
+from real_speech.report import write_report  # noqa: E402
+from real_speech.run import (  # noqa: E402
+    check_recording,
+    log_mel_profile,
+    percentile_rank,
+    synthetic_profiles,
+)
+
+PLOTTED = ("arctic_a0009", "alsa_Front_Center")
+
+
+def _weights_info(pipeline) -> dict:
+    from textalker_blender.core.weights import load_weights
+
+    metadata = load_weights(pipeline.weights_path, verify=False).metadata
+    try:
+        shown = str(pipeline.weights_path.relative_to(REPO))
+    except ValueError:
+        shown = str(pipeline.weights_path)
+    return {"path": shown, "sha256": pipeline.weights_sha256, "trained": pipeline.trained,
+            "dataset": metadata.get("dataset", "?")}
+
+
+def _diagnostics(pipeline, results, dataset: Path | None, limit: int | None) -> dict | None:
+    import numpy as np
+
+    if pipeline.config.audio_encoder != "bundled" or dataset is None:
+        return None
+    from textalker_blender.core.audio import load_audio
+
+    encoder = pipeline.model.audio_encoder
+    synthetic = synthetic_profiles(encoder, dataset, limit)
+    rows = []
+    for r in results:
+        profile = log_mel_profile(encoder, load_audio(r.recording.path))
+        rows.append({"name": r.recording.name, **{k: profile[k] for k in ("speech_level", "tilt", "floor")},
+                     **{f"{k}_rank": percentile_rank(profile[k], [s[k] for s in synthetic])
+                        for k in ("speech_level", "tilt", "floor")}})
+    floors = [s["floor"] for s in synthetic if s["floor"] is not None]
+    return {"synthetic": {"n": len(synthetic),
+                          "speech_level": float(np.median([s["speech_level"] for s in synthetic])),
+                          "tilt": float(np.median([s["tilt"] for s in synthetic])),
+                          "floor": float(np.median(floors)) if floors else None},
+            "recordings": rows}
+
+
+def _equalised_results(pipeline, recordings, dataset: Path) -> list:
+    """The checks again with each recording's long-term spectrum matched to the training voices'."""
+    from real_speech.equalise import match_spectrum, synthetic_long_term_spectrum
+
+    from textalker_blender.core.audio import load_audio
+
+    target = synthetic_long_term_spectrum(dataset)
+    return [check_recording(pipeline, recording, THRESHOLDS,
+                            model_input=match_spectrum(load_audio(recording.path), target))
+            for recording in recordings]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=None, help="weights file (default: the bundle)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "REAL_SPEECH.md")
+    parser.add_argument("--dataset", type=Path, default=REPO / "data" / "synthetic_textalk4d")
+    parser.add_argument("--reference-limit", type=int, default=None,
+                        help="use only the first N test-A utterances for the reference")
+    parser.add_argument("--no-model-reference", action="store_true",
+                        help="reference from the ground truth only (skip the model on test-A)")
+    parser.add_argument("--no-equalise", action="store_true",
+                        help="skip the inference-only spectral-matching experiment")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from textalker_blender.core.pipeline import Pipeline
+
+    timings: dict[str, float] = {}
+    mark = time.perf_counter()
+    pipeline = Pipeline.load(args.weights, device=args.device)
+    weights = _weights_info(pipeline)
+    recordings = available_recordings(align=True)
+    timings["load + alignment"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    results = [check_recording(pipeline, recording, THRESHOLDS) for recording in recordings]
+    timings["real recordings"] = time.perf_counter() - mark
+    for r in results:
+        verdicts = {k: v.passed for k, v in r.checks.items()}
+        print(f"{r.recording.name:24s} {'PASS' if r.passed else 'FAIL' if r.passed is False else 'n/a '} "
+              f"{json.dumps(r.statistics.to_dict())} {verdicts}")
+
+    reference, recomputed, dataset = None, None, None
+    if (args.dataset / "meta.json").is_file():
+        dataset = args.dataset
+        mark = time.perf_counter()
+        reference = build_reference(
+            dataset, None if args.no_model_reference else pipeline, args.reference_limit,
+            progress=lambda i, n: print(f"\rreference {i}/{n}", end="", flush=True))
+        print()
+        recomputed = derive_thresholds(reference)
+        timings["synthetic reference"] = time.perf_counter() - mark
+        if recomputed != THRESHOLDS:
+            print(f"note: thresholds recomputed from {dataset} ({recomputed}) differ from the frozen "
+                  f"ones ({THRESHOLDS}); the frozen ones are used")
+    else:
+        print(f"no dataset at {args.dataset}: the synthetic reference is skipped")
+
+    alignment = None
+    a0009 = DATA_DIR / "arctic_a0009.wav"
+    if flite_available() and a0009.is_file():
+        from textalker_blender.core.audio import load_audio
+
+        truth = read_htk_phone_labels(DATA_DIR / "arctic_a0009_phone.lab")
+        aligned = consensus_alignment(load_audio(a0009), "He turned sharply, and faced Gregson across the table.")
+        alignment = {"voices": list(ALIGNMENT_VOICES), "validation": alignment_error_ms(aligned, truth),
+                     "bilabials": {r.recording.name: r.recording.bilabials for r in results if r.recording.bilabials}}
+
+    mark = time.perf_counter()
+    diagnostics = _diagnostics(pipeline, results, dataset, args.reference_limit)
+    timings["diagnostics"] = time.perf_counter() - mark
+
+    equalised = None
+    if dataset is not None and not args.no_equalise:
+        mark = time.perf_counter()
+        equalised = _equalised_results(pipeline, recordings, dataset)
+        timings["equaliser experiment"] = time.perf_counter() - mark
+
+    plot_path = None
+    panels = [(f"{r.recording.name}: \"{r.recording.transcript}\"", r.measures)
+              for r in results if r.recording.name in PLOTTED]
+    if panels:
+        plot_path = draw_panels(panels, args.out.parent / "real_speech_aperture.png")
+
+    upper, lower = lip_vertex_pair(pipeline.template)
+    command = "OMP_NUM_THREADS=1 .venv/bin/python tools/real_speech_check.py" + "".join(
+        f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, device {pipeline.device}"
+    write_report(args.out, weights=weights, results=results, thresholds=THRESHOLDS,
+                 recomputed=recomputed, reference=reference, alignment=alignment,
+                 diagnostics=diagnostics, equalised=equalised, plot_path=plot_path, command=command, timings=timings,
+                 machine=machine,
+                 template_info={"upper": upper, "lower": lower, "rest_mm": rest_aperture_mm(pipeline.template)})
+    print(f"wrote {args.out}" + (f" and {plot_path}" if plot_path else ""))
+    if args.json is not None:
+        payload = {"weights": weights, "thresholds": THRESHOLDS.to_dict(),
+                   "recomputed": recomputed.to_dict() if recomputed else None,
+                   "verdict": set_passes([r.checks for r in results]),
+                   "recordings": [{"name": r.recording.name, "statistics": r.statistics.to_dict(),
+                                   "checks": {k: v.to_dict() for k, v in r.checks.items()},
+                                   "passed": r.passed} for r in results]}
+        args.json.write_text(json.dumps(payload, indent=2))
+    verdict = set_passes([r.checks for r in results])
+    print(f"verdict: {'PASS' if verdict else 'FAIL'} (each check must pass on >= {MIN_PASS_RATE:.0%} of the "
+          f"recordings it applies to: {pass_rates([r.checks for r in results])})")
+    return 0 if verdict else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -55,8 +55,8 @@ def _set_fps(scene, fps: float) -> None:
     scene.render.fps_base = rounded / fps
 
 
-def _frame_the_face(bpy, scene, head, resolution: int) -> None:
-    """Camera in front of the face (it looks towards -Y), a key, a fill and a rim light."""
+def face_centre_and_height(head):
+    """World-space centre of the template face's bounding box and its height (metres)."""
     from mathutils import Vector
 
     from textalker_blender.core.template import load_template
@@ -64,32 +64,51 @@ def _frame_the_face(bpy, scene, head, resolution: int) -> None:
     template = load_template()
     face = template.vertices[template.face_mask]
     low, high = face.min(axis=0), face.max(axis=0)
-    centre = head.matrix_world @ Vector(((low + high) / 2).tolist())
-    height = float(high[2] - low[2])
+    return head.matrix_world @ Vector(((low + high) / 2).tolist()), float(high[2] - low[2])
+
+
+def aim_camera(camera, target, distance: float, azimuth_deg: float, elevation_deg: float) -> None:
+    """Puts `camera` `distance` metres from `target`, looking at it, from the given direction:
+    azimuth 0 is straight in front of the face (it looks towards -Y), negative is the face's right."""
+    from mathutils import Vector
+
+    azimuth, elevation = math.radians(azimuth_deg), math.radians(elevation_deg)
+    direction = Vector((math.sin(azimuth) * math.cos(elevation), -math.cos(azimuth) * math.cos(elevation),
+                        math.sin(elevation)))
+    camera.location = target + distance * direction
+    camera.rotation_euler = (-direction).to_track_quat("-Z", "Y").to_euler()
+
+
+def add_area_light(bpy, scene, name, energy, size, location, target, colour=(1.0, 1.0, 1.0)):
+    """An area light at `location` pointing at `target`, linked to the scene."""
+    data = bpy.data.lights.new(name, "AREA")
+    data.energy = energy
+    data.size = size
+    data.color = colour
+    light = bpy.data.objects.new(name, data)
+    light.location = location
+    light.rotation_euler = (target - light.location).to_track_quat("-Z", "Y").to_euler()
+    scene.collection.objects.link(light)
+    return light
+
+
+def _frame_the_face(bpy, scene, head, resolution: int) -> None:
+    """Camera in front of the face (it looks towards -Y), a key, a fill and a rim light."""
+    from mathutils import Vector
+
+    centre, height = face_centre_and_height(head)
     camera_data = bpy.data.cameras.new("Camera")
     camera_data.lens = 85.0
     camera_data.sensor_width = 36.0
     distance = 1.1 * height * camera_data.lens / camera_data.sensor_width
-    # A little from the face's right and above: lips and creases read better than head-on.
-    azimuth, elevation = math.radians(-15.0), math.radians(5.0)
-    direction = Vector((math.sin(azimuth) * math.cos(elevation), -math.cos(azimuth) * math.cos(elevation),
-                        math.sin(elevation)))
     camera = bpy.data.objects.new("Camera", camera_data)
-    camera.location = centre + distance * direction
-    camera.rotation_euler = (-direction).to_track_quat("-Z", "Y").to_euler()
+    # A little from the face's right and above: lips and creases read better than head-on.
+    aim_camera(camera, centre, distance, azimuth_deg=-15.0, elevation_deg=5.0)
     scene.collection.objects.link(camera)
     scene.camera = camera
 
     def area_light(name, energy, size, offset, colour=(1.0, 1.0, 1.0)):
-        data = bpy.data.lights.new(name, "AREA")
-        data.energy = energy
-        data.size = size
-        data.color = colour
-        light = bpy.data.objects.new(name, data)
-        light.location = centre + Vector(offset)
-        direction = centre - light.location
-        light.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
-        scene.collection.objects.link(light)
+        add_area_light(bpy, scene, name, energy, size, centre + Vector(offset), centre, colour)
 
     area_light("Key", 60.0, 0.6, (-0.6, -0.9, 0.5))
     area_light("Fill", 20.0, 1.0, (0.8, -0.7, 0.1), (0.9, 0.95, 1.0))

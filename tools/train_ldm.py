@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", "--run-dir", dest="run", type=Path, required=True,
                         help="run folder (created or resumed); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous")
     parser.add_argument("--motion-vq", type=Path, required=True, help="run folder of the motion VQ")
-    parser.add_argument("--wrinkle-vq", type=Path, required=True, help="run folder of the wrinkle VQ")
+    parser.add_argument("--wrinkle-vq", type=Path, default=None,
+                        help="run folder of the wrinkle VQ (required unless --motion-vq is a joint-codebook VQ run)")
     parser.add_argument("--hubert-dir", type=Path, default=None, help="local HuBERT checkpoint (paper config)")
     parser.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")
     parser.add_argument("--max-minutes", type=float, default=None)

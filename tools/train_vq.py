@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="tools/configs/*.json (ignored for the model when resuming)")
     parser.add_argument("--data", type=Path, required=True, help="built synthetic TexTalk4D folder")
     parser.add_argument("--run", "--run-dir", dest="run", type=Path, required=True, help="run folder (created or resumed); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous")
-    parser.add_argument("--which", choices=("motion", "wrinkle"), required=True)
+    parser.add_argument("--which", choices=("motion", "wrinkle", "joint"), required=True,
+                        help="joint: the joint-codebook ablation's one VQ over both maps (docs/TRAINING.md)")
     parser.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")
     parser.add_argument("--max-minutes", type=float, default=None, help="checkpoint and stop after this long")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -7,9 +7,18 @@ A generation has three steps:
     animation = compute(request, progress, cancel)  any thread: core only (no bpy), the slow part
     summary = apply(request, animation)             main thread: EXR files, then keys, material
 
-`generate()` runs the three in a row (scripts, CLI, background mode); the modal operator runs
-`compute` in a worker thread (`GenerationJob`) and `apply` when it is done. Nothing in the scene
-changes before `apply`, so an error or a cancel leaves the user's scene as it was.
+`generate()` and the operator stream instead of computing the whole clip first (bounded memory
+on long audio, issue #7/#8): `compute_streamed` runs `Pipeline.generate_chunks`, hands each
+chunk's wrinkle maps to the main thread, which writes them to the run's new EXR folder at once
+(`SequenceWriter`), and keeps only the offsets Blender still needs (half floats of the points
+that move, `core.frame_store`; ARKit mode keeps only per-frame projections for the solver); then
+`apply` writes the shape keys block by block. `generate()` (scripts, CLI, background mode) runs
+them in a row; the modal operator runs `compute_streamed` in a worker thread (`GenerationJob`),
+writes the queued maps on its timer, and calls `apply` when the worker is done. `compute` (the
+whole clip in memory) stays for callers that want the arrays.
+
+Nothing in the scene changes before `apply` (the EXR files go to a new folder), so an error or a
+cancel leaves the user's scene as it was, and the files written so far are deleted.
 
 Example (inside Blender, or `import bpy` in Python)::
 
@@ -37,6 +46,7 @@ import bpy
 import numpy as np
 
 from ..core import mesh_match, part_motion, resources
+from ..core.frame_store import FrameStore
 from ..core.errors import MeshError, ResourceError, TexTalkerError
 from . import arkit_output, catalog, writers
 from .preferences import get_preferences
@@ -80,13 +90,31 @@ class GenerationRequest:
 
 @dataclass
 class Animation:
-    """What `compute` returns: the Pipeline's result and the offsets of the template's parts."""
+    """What `compute` returns: the Pipeline's result and the offsets of the template's parts.
+
+    From `compute_streamed`: `result.offsets` is None, `mesh_offsets` holds the offsets in the
+    mesh's frame (shape-key mode), `part_offsets` holds FrameStores, and `result.wrinkle_maps`
+    is the `ExrSequence` already written. `apply` consumes the stores (each block is freed once
+    its shape keys exist), so such an animation is applied once."""
 
     result: object  # core.pipeline.GenerationResult
-    part_offsets: dict[str, np.ndarray] = field(default_factory=dict)  # {part: (T, Vp, 3)}
+    part_offsets: dict[str, np.ndarray | FrameStore] = field(default_factory=dict)  # {part: (T, Vp, 3)}
     arkit_weights: np.ndarray | None = None  # ARKit mode: (T, 52) in core.arkit.ARKIT_NAMES order
     arkit_solve_s: float = 0.0
     note: str = ""  # said to the user with the summary (for example a fallback to the CPU)
+    mesh_offsets: FrameStore | None = None  # streamed shape-key mode: (T, V, 3), mesh frame
+
+
+@dataclass(frozen=True)
+class ExrSequence:
+    """The wrinkle maps of a streamed run: already written as `folder/wrinkle_0001.exr`, ..."""
+
+    folder: Path
+    n_frames: int
+
+    @property
+    def paths(self) -> list[Path]:
+        return [writers.exr_frame_path(self.folder, i + 1) for i in range(self.n_frames)]
 
 
 @dataclass
@@ -105,6 +133,9 @@ class GenerationSummary:
     output_mode: str = SHAPE_KEYS
     arkit_keys: dict[str, str] = field(default_factory=dict)  # {ARKit name: key animated}
     arkit_export: Path | None = None
+    # Wall seconds per model stage (audio, features, diffusion, vq_decode, uv_sampling, resample),
+    # from the Pipeline: what tools/bench.py reports.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def message(self) -> str:
@@ -495,6 +526,170 @@ def _release_gpu_memory() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Streamed generation (bounded memory: the add-on's own path)
+
+
+def compute_streamed(request: GenerationRequest, write_maps, progress=None,
+                     cancel: threading.Event | None = None) -> Animation:
+    """Runs the Pipeline chunk by chunk (any thread; core only).
+
+    `write_maps(first_frame, maps (n, H, W, 3) float16, n_frames)` receives each chunk's wrinkle
+    maps in order (0-based first frame, the clip's frame count) and must put them on disk or
+    hand them to the main thread; it is not called when the run writes no wrinkle maps. What
+    stays in memory until `apply` is only what Blender still needs:
+
+    - shape-key mode: the offsets in the mesh's frame as half floats of the points that move
+      (`FrameStore`), and the template parts' offsets likewise;
+    - ARKit mode: per frame, the 52 projections of the offsets on the face units and their
+      squared norm, all the temporally smoothed solver needs (`ArkitSolver.solve_projected`),
+      so no offsets are kept at all.
+
+    A GPU out of memory part way restarts the run on the CPU (the same frames are written again).
+    """
+    pipeline = load_pipeline(request)
+    note = ""
+    try:
+        animation = _stream(pipeline, request, write_maps, progress, cancel)
+    except Exception as error:
+        if not _is_gpu_out_of_memory(error) or pipeline.device.type == "cpu":
+            raise
+        _release_gpu_memory()
+        note = (
+            f"The GPU ran out of memory ({pipeline.device}); TexTalker generated on the CPU "
+            "instead (slower). Close other GPU programs or use shorter clips to use the GPU"
+        )
+        import dataclasses
+
+        pipeline = load_pipeline(dataclasses.replace(request, device="cpu"))
+        animation = _stream(pipeline, request, write_maps, progress, cancel)
+    animation.note = note
+    if cancel is not None and cancel.is_set():  # cancelled after the Pipeline's last check
+        from ..core.errors import Cancelled
+
+        raise Cancelled("Generation cancelled.")
+    return animation
+
+
+def _stream(pipeline, request: GenerationRequest, write_maps, progress, cancel) -> Animation:
+    stream = pipeline.generate_chunks(
+        request.audio,
+        speaking_style=request.speaking_style,
+        wrinkle_style=request.wrinkle_style,
+        fps=request.fps,
+        seed=request.seed,
+        steps=request.steps,
+        vertex_uvs=request.vertex_uvs,
+        progress=progress,
+        cancel=cancel,
+    )
+    keeper = _ChunkKeeper(pipeline.template, request, stream)
+    with stream:
+        for chunk in stream:
+            keeper.keep(chunk)
+            if request.write_wrinkles:
+                write_maps(chunk.start, chunk.wrinkle_maps, stream.n_frames)
+    sequence = ExrSequence(request.sequence_folder, stream.n_frames) if request.write_wrinkles else None
+    return keeper.animation(stream.result(None, sequence))
+
+
+class _ChunkKeeper:
+    """Keeps, chunk by chunk, what `apply` will need from the offsets (see `compute_streamed`)."""
+
+    def __init__(self, template, request: GenerationRequest, stream):
+        self.request = request
+        self.template = template
+        self.n_frames = stream.n_frames
+        self.mesh_offsets = None
+        self.part_offsets: dict[str, FrameStore] = {}
+        self.solver = None
+        self.arkit_solve_s = 0.0
+        if request.output_mode == ARKIT:
+            from ..core.arkit import smoothness_at_fps, template_solver
+
+            self.solver = template_solver(template, smooth=smoothness_at_fps(request.fps))
+            self.projected = np.zeros((self.n_frames, self.solver.n_units), np.float64)
+            self.squared_norm = np.zeros(self.n_frames, np.float64)
+        else:
+            self.mesh_offsets = FrameStore(self.n_frames, stream.n_points, stream.movable)
+            if request.vertex_uvs is None:  # the template head: its mouth parts follow it
+                for name in part_motion.MOVING_PARTS:
+                    if name in template.parts:
+                        n_part = len(template.parts[name]["vertices"])
+                        self.part_offsets[name] = FrameStore(self.n_frames, n_part)
+
+    def keep(self, chunk) -> None:
+        if self.solver is not None:
+            started = time.perf_counter()
+            projected, squared_norm = self.solver.project(chunk.offsets)
+            self.projected[chunk.start : chunk.stop] = projected
+            self.squared_norm[chunk.start : chunk.stop] = squared_norm
+            self.arkit_solve_s += time.perf_counter() - started
+            return
+        self.mesh_offsets.put(chunk.start, mesh_match.offsets_to_mesh_frame(chunk.offsets, self.request.mesh_frame))
+        if self.part_offsets:
+            for name, offsets in part_motion.part_offsets(self.template, chunk.offsets).items():
+                self.part_offsets[name].put(chunk.start, offsets)
+
+    def animation(self, result) -> Animation:
+        if self.solver is None:
+            return Animation(result, part_offsets=self.part_offsets, mesh_offsets=self.mesh_offsets)
+        from ..core.arkit import to_arkit_order
+
+        started = time.perf_counter()
+        weights, _report = self.solver.solve_projected(self.projected, self.squared_norm)
+        weights = to_arkit_order(weights, self.template.unit_names)
+        solve_s = self.arkit_solve_s + time.perf_counter() - started
+        return Animation(result, arkit_weights=weights, arkit_solve_s=solve_s)
+
+
+class SequenceWriter:
+    """Writes a streamed run's EXR sequence chunk by chunk (main thread: Blender's image writer).
+
+    The disk is checked for the whole sequence before the first file (it may have filled since
+    `prepare`); any failure deletes every file written so far and, for OS errors, says why in
+    a ResourceError. `discard()` deletes them too (a cancelled or failed run)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.written = 0
+        self._checked = False
+
+    def write(self, first_frame: int, maps: np.ndarray, n_frames: int) -> None:
+        try:
+            if not self._checked:
+                size = max(maps.shape[1], maps.shape[2])
+                resources.check_disk_space(self.folder, n_frames * resources.exr_bytes_per_frame(size))
+                self._checked = True
+            paths = writers.write_exr_sequence(maps, self.folder, first_frame=first_frame + 1)
+            _check_written(paths)
+            self.written = max(self.written, first_frame + len(paths))
+        except BaseException as error:
+            self.discard()
+            translated = _write_error(error, self.folder)
+            if translated is error:
+                raise
+            raise translated from error
+
+    def discard(self) -> int:
+        self.written = 0
+        return writers.delete_sequence_files(self.folder)
+
+
+def run(request: GenerationRequest, progress=None, cancel: threading.Event | None = None) -> GenerationSummary:
+    """Streams the generation of `request` and applies it (main thread, synchronous): the path
+    of `generate()`, the CLI and the operator's background mode. On any failure (cancel
+    included) the EXR files written so far are deleted and the scene is left as it was."""
+    writer = SequenceWriter(request.sequence_folder)
+    started = time.perf_counter()
+    try:
+        animation = compute_streamed(request, writer.write, progress=progress, cancel=cancel)
+        return apply(request, animation, compute_s=time.perf_counter() - started)
+    except BaseException:
+        writer.discard()  # also when apply refused before it got to the files (target gone)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
 # Writing the result (main thread)
 
 
@@ -516,9 +711,12 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
         raise MeshError(f"The target '{request.object_name}' was deleted during generation")
     if request.output_mode == ARKIT:
         summary = arkit_output.apply_arkit(request, animation, obj, compute_s)
+        summary.timings = dict(getattr(animation.result, "timings", None) or {})
         return _with_note(summary, getattr(animation, "note", ""))
     result = animation.result
-    offsets = mesh_match.offsets_to_mesh_frame(result.offsets, request.mesh_frame)
+    offsets = getattr(animation, "mesh_offsets", None)  # streamed runs: already in the mesh's frame
+    if offsets is None:
+        offsets = mesh_match.offsets_to_mesh_frame(result.offsets, request.mesh_frame)
     if offsets.shape[1] != len(obj.data.vertices):
         raise MeshError(
             f"'{obj.name}' changed during generation ({len(obj.data.vertices)} vertices now, "
@@ -528,10 +726,14 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
     paths = write_sequence(result.wrinkle_maps, folder)
     try:
         remove_all_output(obj, delete_files=True)
+        # A streamed run's half-float offsets are freed block by block as their keys are made:
+        # the keys grow as the store shrinks (10 min at 30 fps: 0.4 GB less at the peak).
+        _release_after_reading(offsets)
         names = writers.write_shape_keys(obj, offsets, request.fps, request.frame_start)
         for part_name, part in template_parts(obj).items():
             part_offsets = animation.part_offsets.get(part_name)
             if part_offsets is not None and part_offsets.shape[1] == len(part.data.vertices):
+                _release_after_reading(part_offsets)
                 writers.write_shape_keys(part, part_offsets, request.fps, request.frame_start)
         writers.ensure_wrinkle_material(
             obj, folder, len(paths), request.frame_start, request.wrinkle_uv_rect, request.uv_layer
@@ -553,8 +755,14 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
         compute_s=compute_s,
         apply_s=time.perf_counter() - started,
         note=request.folder_note,
+        timings=dict(getattr(result, "timings", None) or {}),
     )
     return _with_note(summary, getattr(animation, "note", ""))
+
+
+def _release_after_reading(offsets) -> None:
+    if isinstance(offsets, FrameStore):
+        offsets.release_after_reading = True
 
 
 def _with_note(summary: GenerationSummary, note: str) -> GenerationSummary:
@@ -563,29 +771,55 @@ def _with_note(summary: GenerationSummary, note: str) -> GenerationSummary:
     return summary
 
 
-def write_sequence(maps: np.ndarray, folder: Path) -> list[Path]:
+def write_sequence(maps, folder: Path) -> list[Path]:
     """The EXR sequence, after checking the disk has room for it; on any failure (disk full,
-    folder not writable, cancelled) the files written so far are deleted and the error says why."""
+    folder not writable, cancelled) the files written so far are deleted and the error says why.
+
+    `maps` is (T, H, W, 3), or the `ExrSequence` a streamed run already wrote there: its files
+    are checked (all there, all EXR) and returned."""
+    if isinstance(maps, ExrSequence):
+        try:
+            return _check_written(maps.paths)
+        except BaseException as error:
+            writers.delete_sequence_files(folder)
+            translated = _write_error(error, folder)
+            if translated is error:
+                raise
+            raise translated from error
     maps = np.asarray(maps)
     if maps.ndim == 4:
         needed = maps.shape[0] * resources.exr_bytes_per_frame(max(maps.shape[1], maps.shape[2]))
         resources.check_disk_space(folder, needed)  # the disk may have filled during compute
     try:
-        paths = writers.write_exr_sequence(maps, folder)
-        unwritten = [path.name for path in paths if not _is_exr_file(path)]
-        if unwritten:  # Blender's writer does not report every failed write
-            raise OSError(f"{len(unwritten)} files were not written ({', '.join(unwritten[:3])})")
-        return paths
+        return _check_written(writers.write_exr_sequence(maps, folder))
     except BaseException as error:
         writers.delete_sequence_files(folder)
-        if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, TexTalkerError):
-            free = resources.format_bytes(resources.free_disk_bytes(folder))
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ResourceError(
-                f"Writing the wrinkle maps to {folder} failed ({reason}); {free} free there. "
-                "Check that the folder is writable and the disk is not full; nothing was changed"
-            ) from error
-        raise
+        translated = _write_error(error, folder)
+        if translated is error:
+            raise
+        raise translated from error
+
+
+def _check_written(paths: list[Path]) -> list[Path]:
+    """`paths`, after checking each is an EXR file (Blender's writer does not report every
+    failed write); OSError otherwise."""
+    unwritten = [path.name for path in paths if not _is_exr_file(path)]
+    if unwritten:
+        raise OSError(f"{len(unwritten)} files were not written ({', '.join(unwritten[:3])})")
+    return paths
+
+
+def _write_error(error: BaseException, folder: Path) -> BaseException:
+    """The error to raise for a failed EXR write: OS-level failures become a ResourceError that
+    names the folder and its free space; anything else (a cancel, a TexTalkerError) as it is."""
+    if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, TexTalkerError):
+        free = resources.format_bytes(resources.free_disk_bytes(folder))
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return ResourceError(
+            f"Writing the wrinkle maps to {folder} failed ({reason}); {free} free there. "
+            "Check that the folder is writable and the disk is not full; nothing was changed"
+        )
+    return error
 
 
 def _is_exr_file(path: Path) -> bool:
@@ -631,9 +865,7 @@ def generate(
         obj, audio, speaking_style, wrinkle_style, device, steps, seed, scene, output_folder, weights,
         output_mode, arkit_export,
     )
-    started = time.perf_counter()
-    result = compute(request, progress=progress)
-    return apply(request, result, compute_s=time.perf_counter() - started)
+    return run(request, progress=progress)
 
 
 def remove_output(obj: bpy.types.Object, delete_files: bool = True) -> dict:
@@ -760,10 +992,23 @@ def _style_id(key: str) -> int | str:
 # --------------------------------------------------------------------------------------------
 # Background job for the modal operator
 
+# Chunks of wrinkle maps the worker may queue before it waits for the main thread to write them
+# (each ~25 MB for the template head): memory stays bounded even when the UI is slow to poll.
+MAX_QUEUED_CHUNKS = 2
+# Seconds `write_pending` spends writing EXR files per timer event by default, so the UI stays
+# responsive while a long clip streams (~2 ms per 128x128 file).
+WRITE_BUDGET_S = 0.1
+
 
 @dataclass
 class GenerationJob:
-    """Runs `compute` in a daemon thread; the main thread polls `poll_progress` and `done`."""
+    """Runs `compute_streamed` in a daemon thread; the main thread polls `poll_progress`, writes
+    the queued wrinkle maps with `write_pending` and applies the result when `done`.
+
+    The worker hands each chunk's maps over through a small bounded queue (it waits while the
+    queue is full, and stops waiting when cancelled), so at most MAX_QUEUED_CHUNKS chunks are in
+    memory whatever the clip's length. After a cancel or an error, `discard_output` deletes the
+    files written so far."""
 
     request: GenerationRequest
     cancel_event: threading.Event = field(default_factory=threading.Event)
@@ -771,9 +1016,13 @@ class GenerationJob:
     error: BaseException | None = None
     compute_s: float = 0.0
     _progress: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _maps: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=MAX_QUEUED_CHUNKS))
+    _writing: list = field(default_factory=list)  # [first frame, maps, frames done, n_frames]
+    _writer: SequenceWriter | None = None
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._writer = SequenceWriter(self.request.sequence_folder)
         self._thread = threading.Thread(target=self._run, name="TexTalker generation", daemon=True)
         _RUNNING_JOBS.add(self)
         self._thread.start()
@@ -781,8 +1030,9 @@ class GenerationJob:
     def _run(self) -> None:
         started = time.perf_counter()
         try:
-            self.result = compute(
+            self.result = compute_streamed(
                 self.request,
+                self._hand_over,
                 progress=lambda fraction, stage: self._progress.put((float(fraction), str(stage))),
                 cancel=self.cancel_event,
             )
@@ -790,6 +1040,51 @@ class GenerationJob:
             self.error = error
         self.compute_s = time.perf_counter() - started
         _RUNNING_JOBS.discard(self)
+
+    def _hand_over(self, first_frame: int, maps: np.ndarray, n_frames: int) -> None:
+        """Worker thread: queues a chunk's maps for the main thread; waits while the queue is full."""
+        while True:
+            if self.cancel_event.is_set():
+                from ..core.errors import Cancelled
+
+                raise Cancelled("Generation cancelled.")
+            try:
+                self._maps.put((first_frame, maps, n_frames), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def write_pending(self, budget_s: float | None = WRITE_BUDGET_S) -> int:
+        """Main thread: writes queued maps to the EXR sequence for about `budget_s` seconds
+        (None: everything queued); returns the frames written. Raises what the writer raises
+        (the files are then already deleted)."""
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        written = 0
+        while deadline is None or time.perf_counter() < deadline:
+            if not self._writing:
+                try:
+                    first, maps, n_frames = self._maps.get_nowait()
+                except queue.Empty:
+                    break
+                self._writing = [first, maps, 0, n_frames]
+            first, maps, done, n_frames = self._writing
+            # A few files at a time, so the budget is kept even with large chunks.
+            step = len(maps) - done if deadline is None else min(len(maps) - done, 16)
+            self._writer.write(first + done, maps[done : done + step], n_frames)
+            written += step
+            done += step
+            self._writing = [] if done >= len(maps) else [first, maps, done, n_frames]
+        return written
+
+    def discard_output(self) -> int:
+        """Deletes the EXR files this job wrote and forgets the queued maps (main thread)."""
+        self._writing = []
+        while True:
+            try:
+                self._maps.get_nowait()
+            except queue.Empty:
+                break
+        return self._writer.discard() if self._writer is not None else 0
 
     def poll_progress(self) -> tuple[float, str] | None:
         """Latest (fraction, stage) since the last call, or None."""
@@ -821,14 +1116,19 @@ EXIT_WAIT_S = 5.0
 
 
 def cancel_running_jobs(wait_s: float = EXIT_WAIT_S) -> int:
-    """Cancels every running job and waits up to `wait_s` in all for them to stop; returns how
-    many were running."""
+    """Cancels every running job, waits up to `wait_s` in all for them to stop and deletes the
+    EXR files they had written; returns how many were running."""
     jobs = list(_RUNNING_JOBS)
     for job in jobs:
         job.cancel()
     deadline = time.monotonic() + wait_s
     for job in jobs:
         job.wait(max(0.0, deadline - time.monotonic()))
+    for job in jobs:
+        try:
+            job.discard_output()
+        except OSError:
+            pass  # at exit: nothing left to tell the user
     return len(jobs)
 
 

@@ -54,8 +54,7 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
         job_state = context.window_manager.textalker_job
         try:
             request = api.request_from_context(context)
-            result = api.compute(request)
-            summary = api.apply(request, result)
+            summary = api.run(request)  # streamed: bounded memory on long audio
         except Exception as error:  # the scene is unchanged: say why and stop
             message = _error_message(error)
             job_state.last_message = message
@@ -95,6 +94,7 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
         job_state = context.window_manager.textalker_job
         if event.type == "ESC" or job_state.cancel_requested:
             self._job.cancel()  # the thread stops at its next check; its result is dropped
+            self._job.discard_output()  # the EXR files written so far
             self._finish(context, "Cancelled: the scene is unchanged")
             self.report({"WARNING"}, "TexTalker generation cancelled")
             return {"CANCELLED"}
@@ -108,16 +108,29 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
             context.window_manager.progress_update(int(100 * fraction))
             _set_status_text(context, f"TexTalker: {stage} {100 * fraction:.0f}%  (Esc to cancel)")
             _redraw_panels(context)
-        if not self._job.done:
-            return {"PASS_THROUGH"}
-        if self._job.error is not None:
+        finished = self._job.done  # read first: then every chunk of a finished job is queued
+        if finished and self._job.error is not None:
+            self._job.discard_output()  # the EXR files written so far
             message = _error_message(self._job.error)
             self._finish(context, message)
             self.report({"ERROR"}, message)
             return {"CANCELLED"}
         try:
+            # The wrinkle maps are written as the worker makes them (files only; the scene
+            # changes in apply), so only a chunk or two of them is ever in memory.
+            self._job.write_pending(None if finished else api.WRITE_BUDGET_S)
+        except Exception as error:  # the writer deleted its files
+            self._job.cancel()
+            message = _error_message(error)
+            self._finish(context, message)
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        if not finished:
+            return {"PASS_THROUGH"}
+        try:
             summary = api.apply(self._job.request, self._job.result, self._job.compute_s)
         except Exception as error:
+            self._job.discard_output()  # also when apply refused before it got to the files
             message = _error_message(error)
             self._finish(context, message)
             self.report({"ERROR"}, message)
@@ -143,6 +156,7 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
     def cancel(self, context):  # Blender calls this when it ends the modal itself (file load)
         if self._job is not None:
             self._job.cancel()
+            self._job.discard_output()
             self._finish(context, "Cancelled")
 
 

@@ -40,24 +40,37 @@ _INTERPOLATION_LINEAR = 1  # enum index of 'LINEAR' in Keyframe.interpolation
 # Shape keys
 
 
+def _offset_blocks(offsets, block_frames: int = 256):
+    """(first frame, float32 (n, V, 3)) blocks of an array or a `core.frame_store.FrameStore`
+    (which is never expanded to float32 whole: that would double a long clip's memory)."""
+    if hasattr(offsets, "blocks"):
+        yield from offsets.blocks(block_frames)
+        return
+    for start in range(0, len(offsets), block_frames):
+        yield start, np.asarray(offsets[start : start + block_frames], dtype=np.float32)
+
+
 def write_shape_keys(
     obj: bpy.types.Object,
-    offsets: np.ndarray,
+    offsets,
     fps_scene: float,
     frame_start: int,
 ) -> list[str]:
     """Adds one shape key per frame of `offsets` (T, V, 3); frame i sits on frame_start + i.
 
-    `offsets` are in the mesh's local coordinates (the caller maps them from the template frame,
+    `offsets` (an array, or a `core.frame_store.FrameStore` of a streamed run, read block by
+    block) are in the mesh's local coordinates (the caller maps them from the template frame,
     see `core.mesh_match`) and already sampled at the scene frame rate (the Pipeline resamples);
     `fps_scene` is recorded with the keys. Previously generated keys of this object are removed
     first. Returns the new key names.
     """
     mesh = obj.data
-    offsets = np.asarray(offsets, dtype=np.float32)
-    if offsets.ndim != 3 or offsets.shape[2] != 3:
-        raise ValueError(f"offsets must be (T, V, 3), got {offsets.shape}")
-    n_frames, n_vertices, _ = offsets.shape
+    if not hasattr(offsets, "blocks"):
+        offsets = np.asarray(offsets, dtype=np.float32)
+    shape = tuple(offsets.shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"offsets must be (T, V, 3), got {shape}")
+    n_frames, n_vertices, _ = shape
     if n_vertices != len(mesh.vertices):
         raise ValueError(
             f"offsets have {n_vertices} vertices, mesh '{mesh.name}' has {len(mesh.vertices)}"
@@ -71,15 +84,16 @@ def write_shape_keys(
     reference = key.reference_key
     base = np.empty(n_vertices * 3, dtype=np.float32)
     reference.data.foreach_get("co", base)
-    flat_offsets = offsets.reshape(n_frames, -1)
 
     names: list[str] = []
-    for i in range(n_frames):
-        block = obj.shape_key_add(name=f"{KEY_PREFIX}{i + 1:04d}", from_mix=False)
-        block.value = 0.0  # Blender 5 creates new keys at 1.0
-        block.relative_key = reference
-        block.data.foreach_set("co", base + flat_offsets[i])
-        names.append(block.name)  # Blender appends .001 if the user owns a key of that name
+    for first, block_offsets in _offset_blocks(offsets):
+        flat_offsets = block_offsets.reshape(len(block_offsets), -1)
+        for j in range(len(flat_offsets)):
+            block = obj.shape_key_add(name=f"{KEY_PREFIX}{first + j + 1:04d}", from_mix=False)
+            block.value = 0.0  # Blender 5 creates new keys at 1.0
+            block.relative_key = reference
+            block.data.foreach_set("co", base + flat_offsets[j])
+            names.append(block.name)  # Blender appends .001 if the user owns a key of that name
 
     action, created_action = _ensure_action(obj, key)
     for i, name in enumerate(names):
@@ -185,8 +199,11 @@ def exr_frame_path(folder: str | os.PathLike, frame_number: int) -> Path:
     return Path(folder) / f"{IMAGE_PREFIX}{frame_number:04d}.exr"
 
 
-def write_exr_sequence(maps: np.ndarray, folder: str | os.PathLike) -> list[Path]:
+def write_exr_sequence(
+    maps: np.ndarray, folder: str | os.PathLike, first_frame: int = 1
+) -> list[Path]:
     """Writes maps (T, H, W, 3), image row order (row 0 = top), as `wrinkle_0001.exr`, ...
+    (numbered from `first_frame`: a streamed run writes its chunks as they come).
 
     Half float, ZIP, RGB, through `Image.save_render` with a temporary scene whose image
     settings say so: the user's render settings are never touched (and so need no restoring).
@@ -214,7 +231,7 @@ def write_exr_sequence(maps: np.ndarray, folder: str | os.PathLike) -> list[Path
         for t in range(n_frames):
             rgba[:, :, :3] = maps[t, ::-1]
             image.pixels.foreach_set(rgba.ravel())
-            path = exr_frame_path(folder, t + 1)
+            path = exr_frame_path(folder, first_frame + t)
             image.save_render(str(path), scene=writer_scene)
             paths.append(path)
     finally:

@@ -142,10 +142,19 @@ class ArkitSolver:
         offsets = np.asarray(offsets)
         if offsets.ndim != 3:
             raise TexTalkerError(f"offsets must be (T, V, 3), got {offsets.shape}")
-        n_frames = offsets.shape[0]
+        if offsets.shape[0] == 0:
+            return np.zeros((0, self.n_units), np.float32), SolveReport(0, 0.0, 0.0)
+        return self.solve_projected(*self.project(offsets), iterations=iterations, rho=rho, tolerance=tolerance)
+
+    def solve_projected(self, projected: np.ndarray, squared_norm: np.ndarray, iterations: int = 100,
+                        rho: float = 0.05, tolerance: float = 2e-4) -> tuple[np.ndarray, SolveReport]:
+        """`solve` from `project`'s output: the fit needs only B o_t and ||o_t||^2 per frame, so a
+        streamed generation projects each chunk as it comes and never keeps the offsets."""
+        projected = np.asarray(projected, dtype=np.float64)
+        squared_norm = np.asarray(squared_norm, dtype=np.float64)
+        n_frames = projected.shape[0]
         if n_frames == 0:
             return np.zeros((0, self.n_units), np.float32), SolveReport(0, 0.0, 0.0)
-        projected, squared_norm = self.project(offsets)
 
         data_rhs = projected / self._scale  # (T, U)
         # Eigenvalues of the path-graph Laplacian in the DCT-II basis (Neumann ends).

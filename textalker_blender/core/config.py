@@ -42,6 +42,11 @@ STYLE_MODES = ("pivot", "onehot")
 AUDIO_ENCODERS = ("bundled", "hubert")
 SELF_ATTENTION_MODES = ("full", "causal", "none")
 BETA_SCHEDULES = ("cosine", "linear")
+# Which latent streams the denoiser models (the paper's ablations "w/o wrinkle" and "w/o motion").
+MODALITIES = ("motion+wrinkle", "motion", "wrinkle")
+# Ablation fields: left out of `to_dict()` while at their default, so configs and weights files
+# of the full model serialise exactly as before these fields existed.
+_ABLATION_DEFAULTS: dict[str, Any] = {"modalities": "motion+wrinkle", "joint_codebook_vq": None}
 
 
 @dataclass
@@ -137,6 +142,15 @@ class ModelConfig:
     # The map layouts the maps were made in, {"motion": MapLayout dict, "wrinkle": MapLayout
     # dict} (core/uv.py); checked against the template at load. None = accept the template's.
     uv_layouts: dict[str, Any] | None = None
+    # Ablations (docs/TRAINING.md, "Ablations"); the defaults are the full TexTalker.
+    # "motion": the denoiser models motion latents only and the texture stays neutral (ratio 1);
+    # "wrinkle": wrinkle latents only and the face stays neutral (zero offsets).
+    modalities: str = "motion+wrinkle"
+    # "Joint codebook": ONE VQ (one codebook) over the motion map and the wrinkle log-ratio map
+    # concatenated channel-wise (6 channels) in the motion map's layout and resolution; the wrinkle
+    # map is resampled into the motion layout and back (core/joint_codebook.py). Its latent is
+    # slot z_f (`motion_latent_dim`); z_w is empty and so are the wrinkle pivots.
+    joint_codebook_vq: VQConfig | None = None
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -180,25 +194,73 @@ class ModelConfig:
     # ------------------------------------------------------------------ derived
     @property
     def motion_latent_dim(self) -> int:
+        """Width of latent slot z_f: the motion VQ's latent (the joint VQ's with a joint codebook)."""
+        if self.joint_codebook_vq is not None:
+            return self.joint_codebook_vq.latent_dim
         return self.motion_vq.latent_dim
 
     @property
     def wrinkle_latent_dim(self) -> int:
-        return self.wrinkle_vq.latent_dim
+        """Width of latent slot z_w: the wrinkle VQ's latent (0 with a joint codebook)."""
+        return 0 if self.joint_codebook_vq is not None else self.wrinkle_vq.latent_dim
+
+    @property
+    def modelled_latent_slice(self) -> slice:
+        """Columns of [z_f, z_w] the denoiser models (all of them unless an ablation drops one)."""
+        if self.modalities == "motion":
+            return slice(0, self.motion_latent_dim)
+        if self.modalities == "wrinkle":
+            return slice(self.motion_latent_dim, self.motion_latent_dim + self.wrinkle_latent_dim)
+        return slice(0, self.motion_latent_dim + self.wrinkle_latent_dim)
 
     @property
     def joint_latent_dim(self) -> int:
-        return self.motion_latent_dim + self.wrinkle_latent_dim
+        """Width of the denoiser's latent X0 (Dz_f + Dz_w for the full model)."""
+        modelled = self.modelled_latent_slice
+        return modelled.stop - modelled.start
+
+    @property
+    def generates_motion(self) -> bool:
+        return self.modalities != "wrinkle"
+
+    @property
+    def generates_texture(self) -> bool:
+        return self.modalities != "motion"
+
+    @property
+    def ablation(self) -> str | None:
+        """The paper's ablation this config is ("motion_only", "wrinkle_only", "joint_codebook",
+        "onehot"), or None for the full model."""
+        if self.modalities == "motion":
+            return "motion_only"
+        if self.modalities == "wrinkle":
+            return "wrinkle_only"
+        if self.joint_codebook_vq is not None:
+            return "joint_codebook"
+        if self.style_mode == "onehot":
+            return "onehot"
+        return None
 
     def validate(self) -> None:
         self.motion_vq.validate()
         self.wrinkle_vq.validate()
+        if self.joint_codebook_vq is not None:
+            self.joint_codebook_vq.validate()
+            joint = self.joint_codebook_vq
+            if joint.resolution != self.motion_vq.resolution or joint.in_channels != 6:
+                raise ValueError(
+                    "joint_codebook_vq must have the motion map's resolution "
+                    f"({self.motion_vq.resolution}) and 6 input channels (motion + wrinkle)"
+                )
+            if self.modalities != "motion+wrinkle":
+                raise ValueError("a joint codebook models both modalities")
         checks = [
             (
                 self.audio_encoder in AUDIO_ENCODERS,
                 f"audio_encoder must be one of {AUDIO_ENCODERS}",
             ),
             (self.style_mode in STYLE_MODES, f"style_mode must be one of {STYLE_MODES}"),
+            (self.modalities in MODALITIES, f"modalities must be one of {MODALITIES}"),
             (
                 self.self_attention in SELF_ATTENTION_MODES,
                 f"self_attention must be one of {SELF_ATTENTION_MODES}",
@@ -223,7 +285,11 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for key, default in _ABLATION_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -237,7 +303,7 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
-        for key in ("motion_vq", "wrinkle_vq"):
+        for key in ("motion_vq", "wrinkle_vq", "joint_codebook_vq"):
             if key in data and isinstance(data[key], dict):
                 data[key] = _vq_from_dict(data[key])
         # JSON turns tuples into lists; keep tuples so equality and hashing behave.

@@ -4,7 +4,13 @@ to the safetensors weights format of `core.weights`.
 
 Tensor names in the weights file: `motion_vq.*`, `wrinkle_vq.*`, `audio_encoder.*` (bundled encoder
 only; HuBERT weights stay in their own checkpoint folder), `denoiser.*`, `style.speaking`,
-`style.wrinkle`.
+`style.wrinkle`. The joint-codebook ablation has `joint_vq.*` instead of the two VQs.
+
+Ablations (`ModelConfig.modalities`, `joint_codebook_vq`, `style_mode`): latents always come as
+the two slots z_f (Dz_f) and z_w (Dz_w) of the VQ encoders; the denoiser models the columns
+`config.modelled_latent_slice` of [z_f, z_w], and a slot it does not model comes back as None from
+`from_model_space` / `generate_latents` / `decode_maps` (neutral output). The full model's numbers
+are unchanged: its slice is all columns.
 """
 
 from __future__ import annotations
@@ -37,8 +43,15 @@ class TexTalkerModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.motion_vq = VQAutoencoder(config.motion_vq)
-        self.wrinkle_vq = VQAutoencoder(config.wrinkle_vq)
+        if config.joint_codebook_vq is not None:
+            # One VQ, one codebook for both maps (ablation); its latent is slot z_f.
+            self.joint_vq = VQAutoencoder(config.joint_codebook_vq)
+            self.motion_vq = None
+            self.wrinkle_vq = None
+            self._joint_codec = None  # built on first use from config.uv_layouts
+        else:
+            self.motion_vq = VQAutoencoder(config.motion_vq)
+            self.wrinkle_vq = VQAutoencoder(config.wrinkle_vq)
         self.audio_encoder = (
             audio_encoder
             if audio_encoder is not None
@@ -69,20 +82,27 @@ class TexTalkerModel(nn.Module):
     def _pivot_offsets(self, speaking: int, wrinkle: int) -> torch.Tensor:
         if self.config.style_mode != "pivot":
             return torch.zeros(self.config.joint_latent_dim, device=self.speaking_pivots.device)
-        return torch.cat([self.speaking_pivots[speaking], self.wrinkle_pivots[wrinkle]])
+        pivots = torch.cat([self.speaking_pivots[speaking], self.wrinkle_pivots[wrinkle]])
+        return pivots[self.config.modelled_latent_slice]
 
     def to_model_space(
         self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, speaking: int, wrinkle: int
     ) -> torch.Tensor:
         """Latents (T, Dz_f), (T, Dz_w) of one subject -> denoiser target x0 (T, Dz)."""
-        joint = torch.cat([z_motion, z_wrinkle], dim=-1) - self._pivot_offsets(speaking, wrinkle)
+        joint = torch.cat([z_motion, z_wrinkle], dim=-1)[..., self.config.modelled_latent_slice]
+        joint = joint - self._pivot_offsets(speaking, wrinkle)
         return (joint - self.denoiser.latent_center) / self.denoiser.latent_scale
 
     def from_model_space(
         self, x0: torch.Tensor, speaking: int, wrinkle: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """x0 (T, Dz) -> z_f (T, Dz_f), z_w (T, Dz_w); None for a slot the model does not make."""
         joint = x0 * self.denoiser.latent_scale + self.denoiser.latent_center
         joint = joint + self._pivot_offsets(speaking, wrinkle)
+        if self.config.modalities == "motion":
+            return joint, None
+        if self.config.modalities == "wrinkle":
+            return None, joint
         split = self.config.motion_latent_dim
         return joint[..., :split], joint[..., split:]
 
@@ -93,7 +113,8 @@ class TexTalkerModel(nn.Module):
             return torch.zeros(
                 len(speaking), self.config.joint_latent_dim, device=self.speaking_pivots.device
             )
-        return torch.cat([self.speaking_pivots[speaking], self.wrinkle_pivots[wrinkle]], dim=-1)
+        pivots = torch.cat([self.speaking_pivots[speaking], self.wrinkle_pivots[wrinkle]], dim=-1)
+        return pivots[..., self.config.modelled_latent_slice]
 
     @torch.no_grad()
     def fit_latent_normalization(
@@ -101,7 +122,8 @@ class TexTalkerModel(nn.Module):
     ) -> None:
         """Set the denoiser's model-space centre/scale from training latents (N, D) of known
         subjects (N,): per-dimension mean and standard deviation of z - pivot."""
-        offsets = torch.cat([z_motion, z_wrinkle], dim=-1) - self._batch_pivots(subjects, subjects)
+        joint = torch.cat([z_motion, z_wrinkle], dim=-1)[..., self.config.modelled_latent_slice]
+        offsets = joint - self._batch_pivots(subjects, subjects)
         self.denoiser.latent_center.copy_(offsets.mean(dim=0))
         self.denoiser.latent_scale.copy_(offsets.std(dim=0).clamp_min(1e-4))
 
@@ -117,7 +139,7 @@ class TexTalkerModel(nn.Module):
         """Diffusion loss of a batch of windows: latents (B, T, Dz_f), (B, T, Dz_w) from the VQ
         encoders, audio features (B, T, C) (from `audio_encoder.window_features` for the bundled
         encoder, so its front end trains jointly), subject style rows (B,)."""
-        joint = torch.cat([z_motion, z_wrinkle], dim=-1)
+        joint = torch.cat([z_motion, z_wrinkle], dim=-1)[..., self.config.modelled_latent_slice]
         offsets = joint - self._batch_pivots(subjects, subjects)[:, None]
         x0 = (offsets - self.denoiser.latent_center) / self.denoiser.latent_scale
         onehot = self.config.style_mode == "onehot"
@@ -145,8 +167,8 @@ class TexTalkerModel(nn.Module):
         generator: torch.Generator,
         progress: Callable[[float], None] | None = None,
         cancel: threading.Event | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Audio features (T, C) -> latents z_f (T, Dz_f), z_w (T, Dz_w)."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Audio features (T, C) -> latents z_f (T, Dz_f), z_w (T, Dz_w) (None: not modelled)."""
         onehot = self.config.style_mode == "onehot"
         x0 = sample_sequence(
             self.denoiser,
@@ -162,9 +184,53 @@ class TexTalkerModel(nn.Module):
         z_motion, z_wrinkle = self.from_model_space(x0, speaking, wrinkle)
         if self.config.quantize_sampled_latents:
             # The decoders were trained on codebook vectors only: snap to the nearest codes.
-            z_motion = self.motion_vq.quantize_latent(z_motion)
-            z_wrinkle = self.wrinkle_vq.quantize_latent(z_wrinkle)
+            if self.config.joint_codebook_vq is not None:
+                z_motion = self.joint_vq.quantize_latent(z_motion)
+            else:
+                if z_motion is not None:
+                    z_motion = self.motion_vq.quantize_latent(z_motion)
+                if z_wrinkle is not None:
+                    z_wrinkle = self.wrinkle_vq.quantize_latent(z_wrinkle)
         return z_motion, z_wrinkle
+
+    # ------------------------------------------------------------------ maps
+    def vq_modules(self) -> list[VQAutoencoder]:
+        """The frozen map autoencoders this model holds (two, or one with a joint codebook)."""
+        if self.config.joint_codebook_vq is not None:
+            return [self.joint_vq]
+        return [self.motion_vq, self.wrinkle_vq]
+
+    def use_channels_last(self) -> TexTalkerModel:
+        for vq in self.vq_modules():
+            vq.use_channels_last()
+        return self
+
+    def joint_codec(self):
+        """`core.joint_codebook.JointMapCodec` of a joint-codebook model (from its uv_layouts)."""
+        if self._joint_codec is None:
+            from .joint_codebook import JointMapCodec
+
+            self._joint_codec = JointMapCodec.from_layouts(
+                self.config.uv_layouts,
+                self.config.motion_vq.resolution,
+                self.config.wrinkle_vq.resolution,
+            )
+        return self._joint_codec
+
+    def decode_maps(
+        self, z_motion: torch.Tensor | None, z_wrinkle: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Latents of a batch of frames -> (motion maps (B, H, W, 3) metres, wrinkle log-ratio
+        maps (B, Hw, Ww, 3) in the wrinkle layout); None where the model makes no such output."""
+        if self.config.joint_codebook_vq is not None:
+            return self.joint_codec().split(self.joint_vq.decode(z_motion))
+        motion = None
+        wrinkle = None
+        if z_motion is not None and self.config.generates_motion:
+            motion = self.motion_vq.decode(z_motion)
+        if z_wrinkle is not None and self.config.generates_texture:
+            wrinkle = self.wrinkle_vq.decode(z_wrinkle)
+        return motion, wrinkle
 
     # ------------------------------------------------------------------ weights
     def weight_tensors(self) -> dict[str, torch.Tensor]:
@@ -178,7 +244,7 @@ class TexTalkerModel(nn.Module):
         return state
 
     def metadata(self, trained: bool, dataset: str) -> dict[str, str]:
-        return {
+        metadata = {
             "config": self.config.to_json(),
             "audio_encoder": self.config.audio_encoder,
             "style_names": json.dumps(self.pivots.names),
@@ -186,6 +252,14 @@ class TexTalkerModel(nn.Module):
             "trained": "true" if trained else "false",
             "dataset": dataset,
         }
+        if self.config.ablation is not None:
+            # Spelled out for readers that do not parse the config (the evaluator prints '-'
+            # for texture metrics of a bundle that generates no texture). Absent for the full
+            # model, whose metadata stays as it was.
+            metadata["ablation"] = self.config.ablation
+            metadata["generates_motion"] = "true" if self.config.generates_motion else "false"
+            metadata["generates_texture"] = "true" if self.config.generates_texture else "false"
+        return metadata
 
     def save(
         self, path: str | Path, trained: bool, dataset: str, update_manifest: bool = True

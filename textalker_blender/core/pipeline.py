@@ -5,11 +5,20 @@
     result.offsets        # float32 (T, V, 3) metres, T = ceil(duration * fps)
     result.wrinkle_maps   # float16 (T, H, W, 3) albedo ratio, exactly 1.0 outside the face
 
+Long clips stream (bounded memory, issue #7/#8): `generate_chunks` takes the same arguments and
+returns a `GenerationStream` of `GenerationChunk`s (frames start..stop at `fps`) decoded only as
+they are consumed; `generate` is that stream gathered into two arrays.
+
+    stream = pipe.generate_chunks("long.wav", fps=24, chunk_frames=256)
+    for chunk in stream:            # chunk.offsets (n, V, 3) float32, chunk.wrinkle_maps (n, H, W, 3)
+        write(chunk.start, chunk.offsets, chunk.wrinkle_maps)
+
 Steps: load audio (16 kHz mono, loudness-normalised) -> audio features at MODEL_FPS -> sliding-
-window DDIM sampling of the joint latents -> add style pivots -> VQ-decode all frames in batches ->
-motion maps sampled at the vertex UVs, wrinkle log-ratio maps exponentiated -> resampled to `fps`.
-A run is deterministic for a given seed and device (the noise comes from a seeded CPU
-torch.Generator).
+window DDIM sampling of the joint latents -> add style pivots (all of it up front: the latents
+are small) -> then per chunk: VQ-decode the frames in batches -> motion maps sampled at the
+vertex UVs, wrinkle log-ratio maps exponentiated -> resampled to `fps`. A run is deterministic
+for a given seed and device (the noise comes from a seeded CPU torch.Generator), and the same
+whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -28,18 +37,25 @@ from .audio import AudioSource, load_audio
 from .config import MODEL_FPS, SAMPLE_RATE
 from .errors import Cancelled, DeviceError, WeightsError
 from .model import TexTalkerModel
-from .resample import output_frame_count, resample_frames
+from .resample import output_frame_count, source_positions
 from .style import StyleInfo
 from .weights import load_weights
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS_DIR / "textalker_bundled.safetensors"
-MAX_AUDIO_SECONDS = 600.0  # offsets + maps of 10 min at 60 fps already take several GB
+# Longest clip accepted: an hour of one shape key per frame would not fit in Blender's memory
+# (10 min at 30 fps on the template head is already 0.95 GB of keys).
+MAX_AUDIO_SECONDS = 600.0
 # Frames per VQ-decoder call. On the CPU small batches are faster per frame (the thin 128x128
 # layers' activations stay in cache: 8 frames ~5.7 ms, 32 frames ~7.7-12.7 ms per frame and
 # decoder, 1 thread, tools/bench.py); a GPU wants larger batches to fill its cores.
 DECODE_BATCH = 8
 GPU_DECODE_BATCH = 64
+# Frames (at the scene rate) per chunk of `generate_chunks`: 256 frames of the template head are
+# ~14 MB of offsets and ~25 MB of 128x128 maps, so a streamed run's working set stays a few tens
+# of MB whatever the clip's length; large enough that per-chunk costs (one EXR writer scene, one
+# progress report) stay negligible.
+CHUNK_FRAMES = 256
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -62,6 +78,10 @@ class GenerationResult:
     # Wall seconds per stage (audio, features, diffusion, vq_decode, uv_sampling, resample):
     # what tools/bench.py reports, measured here so the benchmark runs the real code path.
     timings: dict[str, float] = field(default_factory=dict)
+    # False for the ablation bundles that make no motion (offsets exactly zero) or no texture
+    # (wrinkle maps exactly 1.0); see ModelConfig.modalities.
+    has_motion: bool = True
+    has_texture: bool = True
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -166,8 +186,7 @@ class Pipeline:
         weights_sha256: str,
     ):
         self.model = model.to(device).eval()
-        self.model.motion_vq.use_channels_last()
-        self.model.wrinkle_vq.use_channels_last()
+        self.model.use_channels_last()
         self.device = device
         self.template = template
         self.weights_path = weights_path
@@ -244,6 +263,16 @@ class Pipeline:
         return self.model.pivots.infos
 
     @property
+    def generates_motion(self) -> bool:
+        """False for the wrinkle-only ablation (offsets are exactly zero)."""
+        return self.config.generates_motion
+
+    @property
+    def generates_texture(self) -> bool:
+        """False for the motion-only ablation (wrinkle maps are exactly 1.0)."""
+        return self.config.generates_texture
+
+    @property
     def wrinkle_map_size(self) -> tuple[int, int]:
         return (self.wrinkle_resolution, self.wrinkle_resolution)
 
@@ -284,8 +313,45 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
+        """The whole clip at once: `generate_chunks` gathered into two arrays (so both APIs give
+        the same numbers; the arrays are the only per-frame memory)."""
+        stream = self.generate_chunks(
+            audio, speaking_style, wrinkle_style, fps, seed, steps, vertex_uvs, progress, cancel
+        )
+        offsets = np.empty((stream.n_frames, stream.n_points, 3), np.float32)
+        ratio = np.empty((stream.n_frames, *stream.map_shape), np.float16)
+        with stream:
+            for chunk in stream:
+                offsets[chunk.start : chunk.stop] = chunk.offsets
+                ratio[chunk.start : chunk.stop] = chunk.wrinkle_maps
+        return stream.result(offsets, ratio)
+
+    def generate_chunks(
+        self,
+        audio: AudioSource,
+        speaking_style: int | str = 0,
+        wrinkle_style: int | str = 0,
+        fps: float = 30.0,
+        seed: int = 0,
+        steps: int | None = None,
+        vertex_uvs: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        chunk_frames: int | None = None,
+    ) -> GenerationStream:
+        """Streamed generation for long clips: same arguments and numbers as `generate`.
+
+        Loads the audio, computes the features and samples every window's latents now (they are
+        small: 2 KB per frame), then returns a `GenerationStream` whose iteration decodes the
+        frames chunk by chunk (`chunk_frames` frames at `fps` each, default CHUNK_FRAMES) as the
+        consumer asks for them. Memory then stays constant in the clip's length as long as the
+        consumer writes each chunk away (shape keys, EXR files) instead of keeping it.
+        """
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 1.0 <= fps <= 1000.0):
             raise ValueError(f"fps must be between 1 and 1000, not {fps!r}")
+        chunk_frames = CHUNK_FRAMES if chunk_frames is None else chunk_frames
+        if int(chunk_frames) < 1:
+            raise ValueError(f"chunk_frames must be at least 1, not {chunk_frames!r}")
         steps = int(self.config.sampling_steps if steps is None else steps)
         if not 1 <= steps <= self.config.diffusion_steps:
             raise ValueError(f"steps must be in 1..{self.config.diffusion_steps}, not {steps}")
@@ -310,6 +376,7 @@ class Pipeline:
 
             n_model = output_frame_count(duration, MODEL_FPS)
             features = self.model.audio_encoder.encode(samples, n_model).to(self.device)
+            del samples
             mark = _lap(timings, "features", mark)
             tracker.finish_stage("features")
 
@@ -323,79 +390,250 @@ class Pipeline:
                 progress=lambda f: tracker.stage("diffusion", f),
                 cancel=cancel,
             )
-            mark = _lap(timings, "diffusion", mark)
+            del features
+            _lap(timings, "diffusion", mark)
             tracker.finish_stage("diffusion")
-
-            offsets, ratio = self._decode(z_motion, z_wrinkle, sampler, movable, tracker, timings)
-            mark = time.perf_counter()
-            tracker.finish_stage("decode")
-
-            n_out = output_frame_count(duration, fps)
-            if math.isclose(fps, MODEL_FPS, rel_tol=0, abs_tol=1e-9) and n_out <= len(offsets):
-                # Already at the scene rate: the decoded arrays are ours, so no copy (a copy
-                # doubled the peak memory of long clips: 4.6 GB instead of 2.5 GB for 10 min).
-                offsets, ratio = offsets[:n_out], ratio[:n_out]
-            else:
-                offsets = resample_frames(offsets, MODEL_FPS, fps, n_out)
-                ratio = resample_frames(ratio, MODEL_FPS, fps, n_out)
-            _lap(timings, "resample", mark)
-            tracker.finish_stage("resample")
-        return GenerationResult(
+        return GenerationStream(
+            pipeline=self,
+            decoder=_ModelFrameDecoder(self, z_motion, z_wrinkle, sampler, movable, timings),
+            tracker=tracker,
             fps=float(fps),
-            offsets=offsets.astype(np.float32, copy=False),
-            wrinkle_maps=ratio,
-            n_frames=n_out,
+            n_frames=output_frame_count(duration, fps),
             duration_s=duration,
+            chunk_frames=int(chunk_frames),
             speaking_style=self.styles[speaking],
             wrinkle_style=self.styles[wrinkle],
             seed=int(seed),
             steps=steps,
-            device=str(self.device),
-            timings=timings,
         )
 
-    def _decode(
+    def _decode_batch(
         self,
-        z_motion: torch.Tensor,
-        z_wrinkle: torch.Tensor,
+        z_motion: torch.Tensor | None,
+        z_wrinkle: torch.Tensor | None,
         sampler,
         movable: np.ndarray,
-        tracker: _Progress,
-        timings: dict[str, float] | None = None,
+        timings: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """All frames' latents -> per-point offsets (T, N, 3) and ratio maps (T, H, W, 3).
+        """Latents of a few frames -> per-point offsets (B, N, 3) float32 and ratio maps
+        (B, H, W, 3) float16.
 
-        Points that are not `movable` get exactly zero offset, whatever the maps hold there.
-
-        Decoded in batches so memory stays bounded; the ratio is exp(log ratio), set to exactly
-        1.0 outside the face mask, stored as float16 (what the EXR writer stores anyway).
+        Points that are not `movable` get exactly zero offset, whatever the maps hold there. The
+        ratio is exp(log ratio), exactly 1.0 outside the face mask, stored as float16 (what the
+        EXR writer stores anyway).
         """
-        n_frames = z_motion.shape[0]
-        offsets = np.empty((n_frames, sampler.n_points, 3), np.float32)
-        ratio = np.empty(
-            (n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 3), np.float16
-        )
-        outside_face = ~self.wrinkle_face_mask
-        timings = {} if timings is None else timings
-        timings.setdefault("vq_decode", 0.0)
-        timings.setdefault("uv_sampling", 0.0)
-        batch = DECODE_BATCH if self.device.type == "cpu" else GPU_DECODE_BATCH
-        for start in range(0, n_frames, batch):
-            stop = min(n_frames, start + batch)
-            mark = time.perf_counter()
-            motion_maps = self.model.motion_vq.decode(z_motion[start:stop]).float().cpu().numpy()
-            mark = _lap(timings, "vq_decode", mark)
-            batch_offsets = sampler.sample(motion_maps)
-            batch_offsets[:, ~movable] = 0.0
-            offsets[start:stop] = batch_offsets
-            mark = _lap(timings, "uv_sampling", mark)
-            log_ratio = self.model.wrinkle_vq.decode(z_wrinkle[start:stop]).float().cpu().numpy()
-            batch_ratio = np.exp(log_ratio)
-            batch_ratio[:, outside_face] = 1.0
-            ratio[start:stop] = batch_ratio
-            _lap(timings, "vq_decode", mark)
-            tracker.stage("decode", stop / n_frames)
+        n_frames = (z_motion if z_motion is not None else z_wrinkle).shape[0]
+        with torch.inference_mode():
+            return self._decode_batch_inner(n_frames, z_motion, z_wrinkle, sampler, movable, timings)
+
+    def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, sampler, movable, timings):
+        mark = time.perf_counter()
+        motion_maps, log_ratio = self.model.decode_maps(z_motion, z_wrinkle)
+        mark = _lap(timings, "vq_decode", mark)
+        if motion_maps is None:  # wrinkle-only ablation: the face stays neutral
+            offsets = np.zeros((n_frames, sampler.n_points, 3), np.float32)
+        else:
+            offsets = sampler.sample(motion_maps.float().cpu().numpy()).astype(np.float32, copy=False)
+            offsets[:, ~movable] = 0.0
+        mark = _lap(timings, "uv_sampling", mark)
+        shape = (n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 3)
+        if log_ratio is None:  # motion-only ablation: the texture stays neutral
+            ratio = np.ones(shape, np.float16)
+        else:
+            batch_ratio = np.exp(log_ratio.float().cpu().numpy())
+            batch_ratio[:, ~self.wrinkle_face_mask] = 1.0
+            ratio = batch_ratio.astype(np.float16)
+        _lap(timings, "vq_decode", mark)
         return offsets, ratio
+
+
+# ---------------------------------------------------------------------------- streaming
+@dataclass
+class GenerationChunk:
+    """Frames `start` .. `stop` - 1 (at the stream's fps) of a streamed generation."""
+
+    start: int
+    offsets: np.ndarray  # float32 (n, N, 3) metres
+    wrinkle_maps: np.ndarray  # float16 (n, H, W, 3) ratio, image row order
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.offsets)
+
+
+class _ModelFrameDecoder:
+    """Decodes model-rate frames on demand and forgets those no longer needed.
+
+    Frames are always decoded in the same batches as an all-at-once decode would use (multiples
+    of the batch size from frame 0), whatever the chunk size, so streamed and whole-clip results
+    are the same numbers. It holds at most one chunk plus one batch of decoded frames.
+    """
+
+    def __init__(self, pipeline: Pipeline, z_motion, z_wrinkle, sampler, movable, timings):
+        self.pipeline = pipeline
+        self.z_motion = z_motion
+        self.z_wrinkle = z_wrinkle
+        self.sampler = sampler
+        self.movable = np.asarray(movable, dtype=bool)
+        self.timings = timings
+        self.n_frames = int((z_motion if z_motion is not None else z_wrinkle).shape[0])
+        self.batch = DECODE_BATCH if pipeline.device.type == "cpu" else GPU_DECODE_BATCH
+        resolution = pipeline.wrinkle_resolution
+        self.first = 0  # model frame held at index 0 of the buffers
+        self.offsets = np.empty((0, sampler.n_points, 3), np.float32)
+        self.ratio = np.empty((0, resolution, resolution, 3), np.float16)
+
+    @property
+    def decoded(self) -> int:
+        return self.first + len(self.offsets)
+
+    def frames(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, ratio) of model frames lo .. hi - 1; frames before `lo` are dropped for good."""
+        if lo > self.first:  # the consumer moves forward only: drop what is behind it
+            keep = max(0, lo - self.first)
+            self.offsets, self.ratio = self.offsets[keep:], self.ratio[keep:]
+            self.first += keep
+        new_offsets, new_ratio = [self.offsets], [self.ratio]
+        decoded = self.decoded
+        while decoded < hi:
+            stop = min(self.n_frames, decoded - decoded % self.batch + self.batch)
+            z_f = None if self.z_motion is None else self.z_motion[decoded:stop]
+            z_w = None if self.z_wrinkle is None else self.z_wrinkle[decoded:stop]
+            offsets, ratio = self.pipeline._decode_batch(z_f, z_w, self.sampler, self.movable, self.timings)
+            new_offsets.append(offsets)
+            new_ratio.append(ratio)
+            decoded = stop
+        if len(new_offsets) > 1:
+            self.offsets = np.concatenate(new_offsets)
+            self.ratio = np.concatenate(new_ratio)
+        return self.offsets[lo - self.first : hi - self.first], self.ratio[lo - self.first : hi - self.first]
+
+
+class GenerationStream:
+    """The frames of one generation, decoded chunk by chunk while it is iterated.
+
+    Made by `Pipeline.generate_chunks` once the latents are sampled, so the clip's length and
+    styles are known before the first chunk: `n_frames`, `fps`, `duration_s`, `n_points` (N),
+    `map_shape` (H, W, 3), `movable` ((N,) bool: the points whose offsets may be non-zero; all
+    others are exactly zero in every chunk). Iterating yields `GenerationChunk`s in order;
+    `close()` (or leaving a `with` block) drops the rest. Cancelling raises `Cancelled` at the
+    next chunk. One stream is iterated by one thread at a time; the Pipeline's lock is held
+    while a chunk decodes, so streams and `generate` calls of other threads take turns.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        decoder: _ModelFrameDecoder,
+        tracker: _Progress,
+        fps: float,
+        n_frames: int,
+        duration_s: float,
+        chunk_frames: int,
+        speaking_style: StyleInfo,
+        wrinkle_style: StyleInfo,
+        seed: int,
+        steps: int,
+    ):
+        self.pipeline = pipeline
+        self.fps = fps
+        self.n_frames = n_frames
+        self.duration_s = duration_s
+        self.chunk_frames = chunk_frames
+        self.speaking_style = speaking_style
+        self.wrinkle_style = wrinkle_style
+        self.seed = seed
+        self.steps = steps
+        self.device = str(pipeline.device)
+        self.timings = decoder.timings
+        self.has_motion = pipeline.generates_motion
+        self.has_texture = pipeline.generates_texture
+        self.n_points = decoder.sampler.n_points
+        self.map_shape = (pipeline.wrinkle_resolution, pipeline.wrinkle_resolution, 3)
+        self.movable = decoder.movable.copy() if self.has_motion else np.zeros(self.n_points, bool)
+        self._decoder = decoder
+        self._tracker = tracker
+        self._chunks = self._generate()
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> GenerationChunk:
+        return next(self._chunks)
+
+    def __enter__(self) -> GenerationStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stops the stream: the latents and decoded frames are released."""
+        self._chunks.close()
+        self._decoder = None
+
+    def result(self, offsets: np.ndarray, wrinkle_maps: np.ndarray) -> GenerationResult:
+        """A `GenerationResult` with this stream's information and the given arrays."""
+        return GenerationResult(
+            fps=self.fps,
+            offsets=offsets,
+            wrinkle_maps=wrinkle_maps,
+            n_frames=self.n_frames,
+            duration_s=self.duration_s,
+            speaking_style=self.speaking_style,
+            wrinkle_style=self.wrinkle_style,
+            seed=self.seed,
+            steps=self.steps,
+            device=self.device,
+            timings=self.timings,
+            has_motion=self.has_motion,
+            has_texture=self.has_texture,
+        )
+
+    def _generate(self):
+        decoder, tracker, timings = self._decoder, self._tracker, self.timings
+        n_model, n_out = decoder.n_frames, self.n_frames
+        # The same resampling as core.resample.resample_frames (linear in time between the two
+        # nearest model frames), chunk by chunk; at the model rate the frames pass through.
+        same_rate = math.isclose(self.fps, MODEL_FPS, rel_tol=0, abs_tol=1e-9) and n_out <= n_model
+        if same_rate:
+            lower = upper = np.arange(n_out)
+            weight = None
+        else:
+            position = source_positions(n_out, MODEL_FPS, self.fps, n_model)
+            lower = np.floor(position).astype(np.int64)
+            upper = np.minimum(lower + 1, n_model - 1)
+            weight = (position - lower).astype(np.float32)
+        for start in range(0, n_out, self.chunk_frames):
+            stop = min(n_out, start + self.chunk_frames)
+            tracker.check()
+            first, last = int(lower[start]), int(upper[stop - 1])
+            with self.pipeline._lock:
+                offsets, ratio = decoder.frames(first, last + 1)
+            mark = time.perf_counter()
+            if same_rate:
+                chunk = GenerationChunk(start, offsets.copy(), ratio.copy())
+            else:
+                w = weight[start:stop]
+                chunk = GenerationChunk(
+                    start,
+                    _interpolate(offsets, lower[start:stop] - first, upper[start:stop] - first, w),
+                    _interpolate(ratio, lower[start:stop] - first, upper[start:stop] - first, w),
+                )
+            _lap(timings, "resample", mark)
+            tracker.stage("decode", stop / n_out)
+            yield chunk
+        tracker.finish_stage("decode")
+        tracker.finish_stage("resample")
+
+
+def _interpolate(frames: np.ndarray, lower: np.ndarray, upper: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """frames[lower] + (frames[upper] - frames[lower]) * weight per output frame, computed in
+    float32 and stored in the frames' dtype (exactly what `resample_frames` does)."""
+    w = weight.reshape((-1,) + (1,) * (frames.ndim - 1))
+    a = frames[lower].astype(np.float32)
+    b = frames[upper].astype(np.float32)
+    return (a + (b - a) * w).astype(frames.dtype)
 
 
 def _lap(timings: dict[str, float], stage: str, since: float) -> float:

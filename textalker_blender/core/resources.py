@@ -4,10 +4,12 @@ message instead of crashing Blender with an out-of-memory error or filling the d
 The numbers are upper bounds computed from the clip's duration (read from the file header, no
 decoding) and the model's output sizes:
 
-- memory: the Pipeline holds every frame's offsets (float32, N points x 3) and wrinkle map
-  (float16, H x W x 3) at the model rate and again at the scene rate while resampling, plus a
-  fixed working set (model, one decode batch); Blender then holds one shape key per frame
-  (float32, V x 3).
+- memory of a streamed run (the add-on: `Pipeline.generate_chunks`, each chunk's maps written to
+  EXR files as it comes): the offsets of every frame waiting for Blender (half floats,
+  `core.frame_store`), a fixed working set (model, one chunk, the audio and its latents), then
+  the shape keys Blender holds (float32, V x 3 per frame, plus the key and its F-curve);
+- memory of a whole-clip run (`Pipeline.generate`, `whole_clip=True`): every frame's offsets
+  (float32) and wrinkle map (float16) at the scene rate, plus the same working set;
 - disk: one half-float RGB EXR per frame; ZIP usually halves it, but noise-like maps barely
   compress, so the uncompressed size (plus header) is the bound.
 """
@@ -27,11 +29,15 @@ from .errors import ResourceError
 EXR_HEADER_BYTES = 4096  # attributes, offset table and padding of one small EXR file
 # Keep this much memory free for Blender itself and the rest of the system.
 MEMORY_RESERVE_BYTES = 1 * 1024**3
-# The model's working memory besides the per-frame arrays: weights, one decode batch of maps and
-# its activations, the audio and its features. Measured (tools/measure_long_audio.py, CPU): a
-# 1-minute clip grew the process by 0.58 GB for 0.55 GB of frame-array bound, a 10-minute clip
-# by 4.9 GB for 5.4 GB: short clips need this margin, long ones are covered by the array bound.
+# The model's working memory besides the per-frame arrays: weights, one chunk of decoded frames
+# and the decoder's activations, torch's allocator caches. Measured with
+# tools/measure_long_audio.py (see docs/ROBUSTNESS.md for the latest numbers).
 WORKING_BYTES = 512 * 1024**2
+# Per model frame (30 fps) while the latents are sampled: 16 kHz float32 audio (2.1 KB) with the
+# loader's resampling copies, the audio features and the latents (~1 KB each).
+MODEL_FRAME_BYTES = 16 * 1024
+# Per shape key besides its coordinates: the KeyBlock, its F-curve and three keyframes.
+SHAPE_KEY_OVERHEAD_BYTES = 4096
 # Keep this much disk free after writing: a full disk breaks the user's own saves and renders.
 DISK_RESERVE_BYTES = 256 * 1024**2
 
@@ -42,7 +48,7 @@ class RunEstimate:
 
     duration_s: float
     n_frames: int  # frames at the scene rate
-    memory_bytes: int  # peak of the Pipeline's arrays plus the shape keys Blender will hold
+    memory_bytes: int  # peak growth: the run's arrays plus the shape keys Blender will hold
     disk_bytes: int  # the EXR sequence
 
     def describe(self) -> str:
@@ -71,15 +77,22 @@ def estimate_run(
     map_resolution: int,
     shape_key_vertices: int = 0,
     write_wrinkles: bool = True,
+    whole_clip: bool = False,
 ) -> RunEstimate:
     """Bounds for `duration_s` seconds at `fps` with `n_points` sampled points per frame, maps of
-    `map_resolution`^2 pixels, and `shape_key_vertices` vertices keyed per frame (0: none)."""
+    `map_resolution`^2 pixels, and `shape_key_vertices` vertices keyed per frame (0: none).
+
+    `whole_clip`: the run keeps every frame's offsets and map in memory (`Pipeline.generate`)
+    instead of streaming them (the add-on's path, where only half-float offsets wait)."""
     n_frames = max(1, math.ceil(duration_s * fps))
     n_model = max(1, math.ceil(duration_s * MODEL_FPS))
-    frame_offsets = n_points * 3 * 4
     frame_map = map_resolution * map_resolution * 3 * 2
-    pipeline = (n_model + n_frames) * (frame_offsets + frame_map) + WORKING_BYTES
-    shape_keys = n_frames * shape_key_vertices * 3 * 4
+    if whole_clip:
+        per_frame = n_points * 3 * 4 + frame_map
+    else:
+        per_frame = n_points * 3 * 2  # core.frame_store: half floats until Blender takes them
+    pipeline = n_frames * per_frame + n_model * MODEL_FRAME_BYTES + WORKING_BYTES
+    shape_keys = n_frames * (shape_key_vertices * 3 * 4 + SHAPE_KEY_OVERHEAD_BYTES) if shape_key_vertices else 0
     disk = n_frames * exr_bytes_per_frame(map_resolution) if write_wrinkles else 0
     return RunEstimate(float(duration_s), n_frames, int(pipeline + shape_keys), int(disk))
 

@@ -36,7 +36,7 @@ def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, u
         "weights": source.name,
         "ldm_config": recorded.get("ldm", {}),
         "motion_vq_run": Path(recorded.get("motion_vq_run", "")).name,
-        "wrinkle_vq_run": Path(recorded.get("wrinkle_vq_run", "")).name,
+        "wrinkle_vq_run": Path(recorded.get("wrinkle_vq_run") or "").name,
     })
     metadata["training"] = json.dumps(training, sort_keys=True)
     digest = save_weights(out, model.weight_tensors(), metadata, update_manifest=update_manifest)

@@ -74,10 +74,11 @@ def describe_subject(subject) -> str:
 
 
 # ---------------------------------------------------------------------------- latent cache
-def _cache_key(motion_run: Path, wrinkle_run: Path, audio_kind: str) -> dict:
+def _cache_key(motion_run: Path, wrinkle_run: Path | None, audio_kind: str) -> dict:
+    """`wrinkle_run` None: joint-codebook ablation, `motion_run` is its one ("joint") VQ run."""
     return {
         "motion_vq": sha256_file(Path(motion_run) / "checkpoint" / VQ_WEIGHTS),
-        "wrinkle_vq": sha256_file(Path(wrinkle_run) / "checkpoint" / VQ_WEIGHTS),
+        "wrinkle_vq": sha256_file(Path(wrinkle_run) / "checkpoint" / VQ_WEIGHTS) if wrinkle_run is not None else None,
         "audio": audio_kind,
     }
 
@@ -91,7 +92,8 @@ def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: D
     folder.mkdir(parents=True, exist_ok=True)
     # Channels-last convolutions: ~25 % less CPU per encoded frame (measured 10 -> 7.6 ms).
     motion_vq.use_channels_last()
-    wrinkle_vq.use_channels_last()
+    if wrinkle_vq is not None:  # None: joint-codebook ablation, motion_vq is the joint VQ
+        wrinkle_vq.use_channels_last()
     todo = [i for i in range(len(dataset)) if i % dist.world_size == dist.rank
             and not (folder / f"{dataset.entries[i]['id']}.npz").is_file()]
     started = time.monotonic()
@@ -103,11 +105,16 @@ def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: D
         weights = dataset.weights(index)
         _, motion, wrinkle = dataset.render(entry["subject"], weights)
         latents = []
-        for vq, kind, maps in ((motion_vq, "motion", motion), (wrinkle_vq, "wrinkle", wrinkle)):
-            physical = to_physical(kind, maps)
-            parts = [vq.encode(torch.from_numpy(physical[s : s + batch]).to(vq.map_offset.device)).cpu()
-                     for s in range(0, len(physical), batch)]
-            latents.append(torch.cat(parts).numpy().astype(np.float32))
+        if wrinkle_vq is None:  # joint codebook: slot z_f = the joint latent, slot z_w empty
+            from .ablations import encode_joint_latents
+
+            latents = [encode_joint_latents(dataset, motion_vq, motion, wrinkle, batch), np.zeros((len(weights), 0), np.float32)]
+        else:
+            for vq, kind, maps in ((motion_vq, "motion", motion), (wrinkle_vq, "wrinkle", wrinkle)):
+                physical = to_physical(kind, maps)
+                parts = [vq.encode(torch.from_numpy(physical[s : s + batch]).to(vq.map_offset.device)).cpu()
+                         for s in range(0, len(physical), batch)]
+                latents.append(torch.cat(parts).numpy().astype(np.float32))
         sample = dataset.load(index, maps=False)
         audio = audio_fn(sample.audio, sample.sample_rate, len(weights))
         temporary = folder / f"{entry['id']}.tmp.npz"
@@ -203,17 +210,18 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
             feats = model.audio_encoder(item["audio"][None].to(device), n)[0]
         else:
             feats = item["audio"][:n].to(device)
-        x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps, torch.Generator().manual_seed(7))
-        seams.append(border_discontinuity(x0.cpu(), config.window_frames, config.prefix_frames))
         row = rows[item["subject"]]
+        styles = {"speaking_style": row, "wrinkle_style": row} if config.style_mode == "onehot" else {}
+        x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps, torch.Generator().manual_seed(7), **styles)
+        seams.append(border_discontinuity(x0.cpu(), config.window_frames, config.prefix_frames))
         truth = model.to_model_space(item["z_motion"].to(device), item["z_wrinkle"].to(device), row, row)
         truth_seams.append(border_discontinuity(truth.cpu(), config.window_frames, config.prefix_frames))
     if seams:
         result["val_border_discontinuity"] = float(np.mean(seams))
         result["truth_border_discontinuity"] = float(np.mean(truth_seams))
     model.train()
-    model.motion_vq.eval()
-    model.wrinkle_vq.eval()
+    for vq in model.vq_modules():
+        vq.eval()
     return result
 
 
@@ -256,15 +264,26 @@ def train_ldm(
 
     run = RunFolder(run_path)
     motion_vq, motion_info = load_trained_vq(motion_run, dist.device)
-    wrinkle_vq, wrinkle_info = load_trained_vq(wrinkle_run, dist.device)
-    if motion_info["kind"] != "motion" or wrinkle_info["kind"] != "wrinkle":
+    # Joint-codebook ablation (training/ablations.py): no wrinkle run, `motion_run` is the run of
+    # the one "joint" VQ over both maps.
+    joint = wrinkle_run is None
+    if joint:
+        wrinkle_vq, wrinkle_info = None, {"kind": "wrinkle", "step": None}
+        if motion_info["kind"] != "joint":
+            raise ValueError("without --wrinkle-vq, the VQ run must be a joint-codebook ('joint') VQ run")
+    else:
+        wrinkle_vq, wrinkle_info = load_trained_vq(wrinkle_run, dist.device)
+    if motion_info["kind"] != ("joint" if joint else "motion") or wrinkle_info["kind"] != "wrinkle":
         raise ValueError("--motion-vq must be a motion VQ run and --wrinkle-vq a wrinkle VQ run")
     # The VQs define the latent sizes: take their configs, keep the rest of this config.
     config.model.motion_vq = motion_info["config"].model.motion_vq
-    config.model.wrinkle_vq = wrinkle_info["config"].model.wrinkle_vq
+    config.model.wrinkle_vq = (motion_info if joint else wrinkle_info)["config"].model.wrinkle_vq
+    if joint:
+        config.model.joint_codebook_vq = motion_info["config"].model.joint_codebook_vq
     record_template_layout(config.model)
     extra = {"stage": "ldm", "data": str(Path(data_root).resolve()), "motion_vq_run": str(Path(motion_run).resolve()),
-             "wrinkle_vq_run": str(Path(wrinkle_run).resolve()), "dataset": dataset_fingerprint(data_root)}
+             "wrinkle_vq_run": str(Path(wrinkle_run).resolve()) if wrinkle_run is not None else None,
+             "dataset": dataset_fingerprint(data_root)}
     if dist.is_main:
         config = run.prepare(config, extra)
     dist.barrier()
@@ -286,7 +305,7 @@ def train_ldm(
     except ValueError:
         val_set = None
     cache = run.path / "cache"
-    key = _cache_key(Path(motion_run), Path(wrinkle_run), model_config.audio_encoder)
+    key = _cache_key(Path(motion_run), Path(wrinkle_run) if wrinkle_run is not None else None, model_config.audio_encoder)
     if dist.is_main:
         cache.mkdir(parents=True, exist_ok=True)
         key_path = cache / "vq.json"
@@ -349,10 +368,13 @@ def train_ldm(
 
     torch.manual_seed(seed)  # same initial weights on every rank
     model = TexTalkerModel(model_config, pivots).to(device)
-    model.motion_vq.load_state_dict(motion_vq.state_dict())
-    model.wrinkle_vq.load_state_dict(wrinkle_vq.state_dict())
-    model.motion_vq.requires_grad_(False).eval()
-    model.wrinkle_vq.requires_grad_(False).eval()
+    if joint:
+        model.joint_vq.load_state_dict(motion_vq.state_dict())
+    else:
+        model.motion_vq.load_state_dict(motion_vq.state_dict())
+        model.wrinkle_vq.load_state_dict(wrinkle_vq.state_dict())
+    for vq in model.vq_modules():
+        vq.requires_grad_(False).eval()
     all_subject_rows = torch.cat([torch.full((it["n_frames"],), rows[it["subject"]]) for it in train_items])
     model.fit_latent_normalization(torch.cat([it["z_motion"] for it in train_items]).to(device),
                                    torch.cat([it["z_wrinkle"] for it in train_items]).to(device), all_subject_rows.to(device))
@@ -417,8 +439,8 @@ def train_ldm(
               f"LDM: step {step} -> {total_steps}, {dist.world_size} process(es), {len(train_items)} utterances, {len(pivots)} styles")
     bar = tqdm(total=total_steps, initial=step, desc="LDM", unit="step", disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
     model.train()
-    model.motion_vq.eval()
-    model.wrinkle_vq.eval()
+    for vq in model.vq_modules():
+        vq.eval()
     accum_loss, accum_count, window_frames, data_seconds = 0.0, 0, 0, 0.0
     window_time = time.monotonic()
     window_cpu = time.process_time()

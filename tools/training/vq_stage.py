@@ -40,8 +40,24 @@ VQ_WEIGHTS = "vq.safetensors"
 DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
 
 
+VQ_KINDS = ("motion", "wrinkle", "joint")  # "joint": the joint-codebook ablation (training/ablations.py)
+
+
 def vq_config_for(config: TrainingConfig, kind: str):
+    if kind == "joint":
+        if config.model.joint_codebook_vq is None:
+            raise ValueError("kind 'joint' needs a config with model.joint_codebook_vq (tools/configs/ablation_joint_codebook.json)")
+        return config.model.joint_codebook_vq
     return config.model.motion_vq if kind == "motion" else config.model.wrinkle_vq
+
+
+def render_maps(dataset, kind: str, utterances: np.ndarray, frames: np.ndarray, weights) -> np.ndarray:
+    """`data.render_frames`, plus kind "joint" (both maps as one 6-channel map)."""
+    if kind == "joint":
+        from .ablations import render_joint_frames
+
+        return render_joint_frames(dataset, utterances, frames, weights)
+    return render_frames(dataset, kind, utterances, frames, weights)
 
 
 def compute_stats(dataset, table: FrameTable, kind: str, count: int, margin: float) -> dict:
@@ -53,7 +69,7 @@ def compute_stats(dataset, table: FrameTable, kind: str, count: int, margin: flo
     active = None
     for start in range(0, len(rows), 256):
         part = rows[start : start + 256]
-        maps = render_frames(dataset, kind, table.utterances[part], table.frames[part], table.weights)
+        maps = render_maps(dataset, kind, table.utterances[part], table.frames[part], table.weights)
         batch_lo, batch_hi = maps.min(axis=(0, 1, 2)), maps.max(axis=(0, 1, 2))
         lo = batch_lo if lo is None else np.minimum(lo, batch_lo)
         hi = batch_hi if hi is None else np.maximum(hi, batch_hi)
@@ -86,6 +102,10 @@ def _mask_from_list(data: dict) -> np.ndarray:
 def reconstruction_errors(vq: VQAutoencoder, kind: str, maps: np.ndarray, mask: np.ndarray, batch: int = 64) -> dict:
     """Validation in physical units: motion MAE/max in mm over the active texels; wrinkle ratio
     MAE over the active texels and PSNR of the ratio maps (peak 1.0) over all texels."""
+    if kind == "joint":
+        from .ablations import joint_reconstruction_errors
+
+        return joint_reconstruction_errors(vq, maps, mask, batch)
     vq.eval()
     abs_sum = 0.0
     sq_sum_all = 0.0
@@ -149,8 +169,8 @@ def train_vq(
     SIGTERM/SIGINT or after `max_minutes`, always writing a checkpoint first."""
     from tqdm import tqdm
 
-    if kind not in ("motion", "wrinkle"):
-        raise ValueError("kind must be 'motion' or 'wrinkle'")
+    if kind not in VQ_KINDS:
+        raise ValueError(f"kind must be one of {VQ_KINDS}")
     run = RunFolder(run_path)
     if dist.is_main:
         config = run.prepare(config, {"stage": "vq", "kind": kind, "data": str(Path(data_root).resolve())})
@@ -219,7 +239,7 @@ def train_vq(
         if val_set is not None and len(val_set):
             val_table = FrameTable.build(val_set)
             rows = val_table.evenly_spaced(int(section["validation_frames"]))
-            validation_maps = render_frames(val_set, kind, val_table.utterances[rows], val_table.frames[rows], val_table.weights).astype(np.float16)
+            validation_maps = render_maps(val_set, kind, val_table.utterances[rows], val_table.frames[rows], val_table.weights).astype(np.float16)
 
     log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
     stop = StopFlag(max_minutes)
@@ -267,7 +287,7 @@ def train_vq(
             break
         t0 = time.monotonic()
         indices = order.next()
-        maps = render_frames(train_set, kind, table.utterances[indices], table.frames[indices], table.weights)
+        maps = render_maps(train_set, kind, table.utterances[indices], table.frames[indices], table.weights)
         batch = vq.normalize(torch.from_numpy(maps).to(dist.device))
         data_seconds += time.monotonic() - t0
         logs = vq_step(vq, losses, batch, opt, opt_d, step, dist)

@@ -9,10 +9,12 @@ Every measurement runs the real code paths, each clip length in its own worker p
 peak resident memory, `ru_maxrss`, belongs to that length alone):
 
 - end to end through the add-on (bpy as a module): a fresh scene, the template head added by the
-  add-on's own `add_template_head`, then `api.prepare` -> `api.compute` -> `api.apply`, the audio a
+  add-on's own `add_template_head`, then `api.prepare` -> `api.run` (the streamed path the Generate
+  button, `api.generate` and the CLI run: chunks generated, EXRs written as they come, then
+  `apply`), the audio a
   WAV of the bundled sample speech repeated to the length. The model stages come from the
   Pipeline's own `GenerationResult.timings`; the Blender stages from timing wrappers around
-  `writers.write_shape_keys` and `api.write_sequence` (the EXR sequence) as `apply` calls them.
+  `writers.write_shape_keys` and `writers.write_exr_sequence` (the EXR sequence) as `run` calls them.
 - sampler steps: `Pipeline.generate` on a one-window clip at several step counts; the diffusion
   time is linear in the steps (one denoiser call per step and window), so the full 500-step loop
   (and FaceDiffuser's 1000-step DDPM) is extrapolated from a least-squares line unless
@@ -59,7 +61,7 @@ ADDON_STAGES = [
     ("exr_writing", "EXR sequence writing"),
     ("shape_keys_head", "shape-key writing (head)"),
     ("shape_keys_parts", "shape-key writing (parts)"),
-    ("apply_other", "rest of apply (material, cleanup)"),
+    ("apply_other", "rest (material, cleanup, chunk hand-over)"),
 ]
 FULL_LOOP_STEPS = 500  # the schedule's training steps: the "no shortcut" DDIM/ancestral loop
 FACEDIFFUSER_STEPS = 1000
@@ -157,14 +159,14 @@ def worker_end_to_end(seconds: float, repeats: int, threads: int, steps: int | N
         key = "shape_keys_head" if obj.name == head_name else "shape_keys_parts"
         return _timed(record, key, original_keys)(obj, *args, **kwargs)
 
-    originals = (writers.write_shape_keys, api.write_sequence, part_motion.part_offsets)
+    originals = (writers.write_shape_keys, writers.write_exr_sequence, part_motion.part_offsets)
     writers.write_shape_keys = write_shape_keys
-    api.write_sequence = _timed(record, "exr_writing", api.write_sequence)
+    writers.write_exr_sequence = _timed(record, "exr_writing", writers.write_exr_sequence)
     part_motion.part_offsets = _timed(record, "part_motion", part_motion.part_offsets)
     try:
         runs = _end_to_end_runs(head, scene, seconds, repeats, steps, device, record)
     finally:
-        writers.write_shape_keys, api.write_sequence, part_motion.part_offsets = originals
+        writers.write_shape_keys, writers.write_exr_sequence, part_motion.part_offsets = originals
     return {
         "kind": "end_to_end",
         "seconds": seconds,
@@ -182,6 +184,7 @@ def worker_end_to_end(seconds: float, repeats: int, threads: int, steps: int | N
 
 def _end_to_end_runs(head, scene, seconds, repeats, steps, device, record) -> list[dict]:
     from textalker_blender.blender import api
+    from textalker_blender.core.pipeline import Pipeline
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="textalker-bench-") as folder:
@@ -196,28 +199,23 @@ def _end_to_end_runs(head, scene, seconds, repeats, steps, device, record) -> li
                 output_folder=str(Path(folder) / "out"),
             )
             prepared = time.perf_counter()
-            animation = api.compute(request)
-            computed = time.perf_counter()
-            summary = api.apply(request, animation, compute_s=computed - prepared)
+            summary = api.run(request)  # streamed: EXRs are written while the model runs
             finished = time.perf_counter()
-            result = animation.result
-            stages = {key: float(result.timings.get(key, 0.0)) for key, _ in MODEL_STAGES}
+            stages = {key: float(summary.timings.get(key, 0.0)) for key, _ in MODEL_STAGES}
             stages.update({key: float(record.get(key, 0.0)) for key, _ in ADDON_STAGES[:4]})
-            stages["apply_other"] = (finished - computed) - sum(
-                record.get(key, 0.0) for key in ("exr_writing", "shape_keys_head", "shape_keys_parts")
-            )
+            stages["apply_other"] = max(0.0, (finished - prepared) - sum(stages.values()))
             stages["prepare"] = prepared - started
             runs.append(
                 {
                     "stages": stages,
-                    "compute_s": computed - prepared,
-                    "apply_s": finished - computed,
+                    "compute_s": float(summary.compute_s),  # model + parts + EXR writing
+                    "apply_s": float(summary.apply_s),
                     "total_s": finished - started,
                     "frames": int(summary.n_frames),
                     "exr_files": int(summary.exr_files),
-                    "duration_s": float(result.duration_s),
-                    "steps": int(result.steps),
-                    "device": result.device,
+                    "duration_s": float(summary.n_frames) / float(summary.fps),
+                    "steps": int(request.steps or Pipeline.load(device=device).config.sampling_steps),
+                    "device": device,
                 }
             )
         api.remove_all_output(head, delete_files=True)
@@ -518,18 +516,19 @@ def render_markdown(report: dict) -> str:
         "## End to end (button to finished shape keys and EXR sequence)",
         "",
         "Through the add-on's own code path with bpy as a module: template head from "
-        "`add_template_head`, then `api.prepare` -> `api.compute` -> `api.apply` (what the "
-        "Generate button runs, minus the modal timer). Model stages from "
-        "`GenerationResult.timings`; Blender stages timed around `writers.write_shape_keys` and "
-        "`api.write_sequence` as `apply` calls them. Seconds per stage:",
+        "`add_template_head`, then `api.prepare` -> `api.run` (the streamed path the Generate "
+        "button runs, minus the modal timer: chunks generated, EXRs written as they come, then "
+        "`apply`). Model stages from the Pipeline's timings; Blender stages timed around "
+        "`writers.write_shape_keys` and `writers.write_exr_sequence` as `run` calls them; "
+        "*compute* includes the EXR writing (it happens while the chunks come). Seconds per stage:",
         "",
     ]
     header = "| stage | " + " | ".join(f"{row['seconds']:.0f} s audio ({row['frames']} frames, {row['repeats']} runs)" for row in e2e) + " |"
     lines += [header, "|---|" + "---|" * len(e2e)]
     for key, label in [("prepare", "prepare (checks, UV match)")] + MODEL_STAGES + ADDON_STAGES:
         lines.append(f"| {label} | " + " | ".join(fmt(row["stages"][key]) for row in e2e) + " |")
-    lines.append("| **compute** (model + parts) | " + " | ".join(fmt(row["compute"]) for row in e2e) + " |")
-    lines.append("| **apply** (Blender writes) | " + " | ".join(fmt(row["apply"]) for row in e2e) + " |")
+    lines.append("| **compute** (model, parts, EXR writing as chunks come) | " + " | ".join(fmt(row["compute"]) for row in e2e) + " |")
+    lines.append("| **apply** (shape keys, material) | " + " | ".join(fmt(row["apply"]) for row in e2e) + " |")
     lines.append("| **total** | " + " | ".join(fmt(row["total"]) for row in e2e) + " |")
     lines.append("| **real-time factor** (audio s / wall s) | " + " | ".join(fmt(row["rtf"], 2) for row in e2e) + " |")
     lines.append("| peak RSS of the process | " + " | ".join(gib(row["peak_rss_bytes"]) for row in e2e) + " |")
@@ -578,13 +577,12 @@ def render_markdown(report: dict) -> str:
         "",
         "Time is linear in the length (a fixed number of denoiser calls per sliding window, decoding "
         f"in batches of {report['decode_batch']} frames on the CPU). Memory: the rows above measure the "
-        "whole-clip path (`api.compute` -> `api.apply`, and `Pipeline.generate` for the core row), which "
-        "keeps every frame's offsets (float32, 4418x3) and wrinkle map (float16, 128x128x3), about "
-        "141 KB per frame, until it returns, so its peak grows with the length (slope above). The "
-        "Generate button, `api.generate` and the CLI now run the streamed path (`api.run`: "
-        "`Pipeline.generate_chunks`, EXRs written as chunks come, half-float offsets released as the "
-        "shape keys are written), whose peak is bounded apart from the shape keys Blender itself "
-        "holds (18,000 keys x 4,418 vertices = 0.95 GB at 10 minutes); it is measured end to end by "
+        "streamed path (`api.run`: `Pipeline.generate_chunks`, EXRs written as chunks come, "
+        "half-float offsets released as the shape keys are written), whose peak is bounded apart "
+        "from the shape keys Blender itself holds (18,000 keys x 4,418 vertices = 0.95 GB at 10 "
+        "minutes); the 600 s core row is the whole-clip `Pipeline.generate`, which keeps every "
+        "frame's offsets and wrinkle map (about 141 KB per frame) until it returns. The streamed "
+        "10-minute run is measured end to end by "
         "`tools/measure_long_audio.py --seconds 10 60 600` and by the 10-minute test in "
         "`tests/test_robustness_long.py` (peak RSS < 4 GiB asserted).",
         "",
@@ -770,9 +768,8 @@ def gaps(report: dict) -> list[str]:
             "previous window's output), so they cannot be batched."
         )
     out.append(
-        "- This tool times the whole-clip path (`api.compute` -> `api.apply`); the streamed path the "
-        "button uses (`api.run`) is measured for memory by `tools/measure_long_audio.py`, not yet "
-        "stage by stage here."
+        "- The 10-minute row here is core only (whole-clip `Pipeline.generate`); the streamed "
+        "add-on path at 10 minutes is measured by `tools/measure_long_audio.py`."
     )
     if not report.get("baselines"):
         out.append("- Baselines' inference cost: not measured in this run (`--baselines-dir`).")

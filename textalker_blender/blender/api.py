@@ -457,24 +457,9 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
     offsets of its parts (teeth, tongue, eyes) follow from the face-unit weights that best
     explain the head's.
     """
-    pipeline = load_pipeline(request)
-    note = ""
-    try:
-        result = _generate(pipeline, request, progress, cancel)
-    except Exception as error:
-        if not _is_gpu_out_of_memory(error) or pipeline.device.type == "cpu":
-            raise
-        # The GPU is full (another program, or a clip too long for its memory): the same run
-        # on the CPU gives the same animation, only slower.
-        _release_gpu_memory()
-        note = (
-            f"The GPU ran out of memory ({pipeline.device}); TexTalker generated on the CPU "
-            "instead (slower). Close other GPU programs or use shorter clips to use the GPU"
-        )
-        import dataclasses
-
-        pipeline = load_pipeline(dataclasses.replace(request, device="cpu"))
-        result = _generate(pipeline, request, progress, cancel)
+    result, pipeline, note = _with_cpu_fallback(
+        request, lambda pipeline: _generate(pipeline, request, progress, cancel)
+    )
     if request.output_mode == ARKIT:
         animation = arkit_output.solve(pipeline.template, result, request)
     elif request.vertex_uvs is not None:
@@ -484,11 +469,37 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
             result, part_offsets=part_motion.part_offsets(pipeline.template, result.offsets)
         )
     animation.note = note
-    if cancel is not None and cancel.is_set():  # cancelled after the Pipeline's last check
+    _raise_if_cancelled(cancel)
+    return animation
+
+
+def _with_cpu_fallback(request: GenerationRequest, run):
+    """`run(pipeline)` on the request's device -> (its value, the pipeline used, a note). When the
+    GPU is full (another program, or a clip too long for its memory) the same run is made on
+    the CPU: the same animation, only slower, and the note says so."""
+    pipeline = load_pipeline(request)
+    try:
+        return run(pipeline), pipeline, ""
+    except Exception as error:
+        if not _is_gpu_out_of_memory(error) or pipeline.device.type == "cpu":
+            raise
+        _release_gpu_memory()
+        note = (
+            f"The GPU ran out of memory ({pipeline.device}); TexTalker generated on the CPU "
+            "instead (slower). Close other GPU programs or use shorter clips to use the GPU"
+        )
+        import dataclasses
+
+        pipeline = load_pipeline(dataclasses.replace(request, device="cpu"))
+        return run(pipeline), pipeline, note
+
+
+def _raise_if_cancelled(cancel: threading.Event | None) -> None:
+    """The Pipeline checks `cancel` between its stages; a cancel after its last check still wins."""
+    if cancel is not None and cancel.is_set():
         from ..core.errors import Cancelled
 
         raise Cancelled("Generation cancelled.")
-    return animation
 
 
 def _generate(pipeline, request: GenerationRequest, progress, cancel):
@@ -546,27 +557,11 @@ def compute_streamed(request: GenerationRequest, write_maps, progress=None,
 
     A GPU out of memory part way restarts the run on the CPU (the same frames are written again).
     """
-    pipeline = load_pipeline(request)
-    note = ""
-    try:
-        animation = _stream(pipeline, request, write_maps, progress, cancel)
-    except Exception as error:
-        if not _is_gpu_out_of_memory(error) or pipeline.device.type == "cpu":
-            raise
-        _release_gpu_memory()
-        note = (
-            f"The GPU ran out of memory ({pipeline.device}); TexTalker generated on the CPU "
-            "instead (slower). Close other GPU programs or use shorter clips to use the GPU"
-        )
-        import dataclasses
-
-        pipeline = load_pipeline(dataclasses.replace(request, device="cpu"))
-        animation = _stream(pipeline, request, write_maps, progress, cancel)
+    animation, _, note = _with_cpu_fallback(
+        request, lambda pipeline: _stream(pipeline, request, write_maps, progress, cancel)
+    )
     animation.note = note
-    if cancel is not None and cancel.is_set():  # cancelled after the Pipeline's last check
-        from ..core.errors import Cancelled
-
-        raise Cancelled("Generation cancelled.")
+    _raise_if_cancelled(cancel)
     return animation
 
 

@@ -503,7 +503,10 @@ def train_ldm(
     bar.close()
     stop.restore()
     ranks_in_sync = dist.in_sync(list(params.values()))
-    save()
+    # A session that took no step (the budget was already reached) leaves the checkpoint
+    # byte-identical: stage 2's latent cache is keyed on the VQ weights' SHA-256.
+    if step > start_step or not run.has_checkpoint():
+        save()
     summary = {"step": step, "stopped": reason, "ranks_in_sync": ranks_in_sync, "steps_this_session": step - start_step,
                "seconds_this_session": time.monotonic() - started, "styles": names}
     log.write({"event": "stop", **summary}, f"LDM: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")

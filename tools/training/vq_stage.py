@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes, save_file
 
 from .common import (
     Distributed,
@@ -35,6 +35,7 @@ from .common import (
 from .data import FrameTable, EpochOrder, open_dataset, render_frames
 
 from textalker_blender.core.vq import VQAutoencoder, VQLosses  # noqa: E402
+from textalker_blender.core.weights import canonical_safetensors_bytes  # noqa: E402
 
 VQ_WEIGHTS = "vq.safetensors"
 DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
@@ -268,8 +269,10 @@ def train_vq(
             return
 
         def writer(folder: Path) -> None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}, str(folder / VQ_WEIGHTS),
-                      metadata={"config": json.dumps(dataclasses.asdict(vq_config)), "kind": kind})
+            # Canonical bytes (sorted metadata): stage 2 keys its latent cache on this file's SHA-256.
+            tensors = {k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}
+            data = safetensors_bytes(tensors, metadata={"config": json.dumps(dataclasses.asdict(vq_config)), "kind": kind})
+            (folder / VQ_WEIGHTS).write_bytes(canonical_safetensors_bytes(data))
             if losses.discriminator is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in losses.discriminator.state_dict().items()}, str(folder / DISCRIMINATOR_WEIGHTS))
 
@@ -331,7 +334,10 @@ def train_vq(
     bar.close()
     stop.restore()
     ranks_in_sync = dist.in_sync(list(vq.parameters()) + [vq.quantizer.usage] + list(losses.parameters()))
-    save()
+    # A session that took no step (the budget was already reached) leaves the checkpoint
+    # byte-identical: stage 2's latent cache is keyed on the VQ weights' SHA-256.
+    if step > start_step or not run.has_checkpoint():
+        save()
     summary = {
         "kind": kind,
         "step": step,

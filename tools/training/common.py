@@ -86,6 +86,12 @@ LDM_DEFAULTS: dict[str, Any] = {
     # log-mel augmentation of training windows (training/augment.py); off unless a config sets
     # a probability, so small test configs stay fast and exact
     "augment": {"probability": 0.0},
+    # pause splicing (training/pauses.py): windows crossing a silent gap between two utterances
+    # of a subject, so the mouth learns to rest closed in silence; off unless a config sets it
+    "pauses": {"probability": 0.0},
+    # learning rate: linear warm-up, constant, then (when start_step is set) a cosine decay to
+    # final_fraction x the rate at the run's step budget
+    "lr_decay": {"start_step": None, "final_fraction": 0.1},
 }
 
 

@@ -15,6 +15,7 @@ Run folder (`--run RUN`):
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -35,10 +36,12 @@ from .common import (
     write_json,
 )
 from .augment import augment_log_mel
+from .pauses import add_pauses
 from .data import BucketedOrder, open_dataset, to_physical
 from .vq_stage import VQ_WEIGHTS, load_trained_vq
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
+from textalker_blender.core.config import MODEL_FPS  # noqa: E402
 from textalker_blender.core.diffusion import border_discontinuity, sample_sequence  # noqa: E402
 from textalker_blender.core.model import TexTalkerModel  # noqa: E402
 from textalker_blender.core.style import StylePivots  # noqa: E402
@@ -162,6 +165,22 @@ class EMA:
             current = params[name].detach().clone()
             params[name].data.copy_(value)
             value.copy_(current)
+
+
+def learning_rate_factor(warmup: int, decay: dict, total_steps: int):
+    """LambdaLR factor: linear warm-up over `warmup` steps, 1, then from decay["start_step"]
+    (None: never) a cosine down to decay["final_fraction"] at `total_steps`."""
+    start = decay.get("start_step")
+    final = float(decay.get("final_fraction", 0.1))
+
+    def factor(step: int) -> float:
+        value = min(1.0, (step + 1) / warmup)
+        if start is not None and step >= int(start) and total_steps > int(start):
+            progress = min(1.0, (step - int(start)) / (total_steps - int(start)))
+            value *= final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return value
+
+    return factor
 
 
 def trainable_parameters(model: TexTalkerModel):
@@ -382,7 +401,7 @@ def train_ldm(
     params = dict(trainable_parameters(model))
     optimizer = torch.optim.AdamW(params.values(), lr=float(section["learning_rate"]), weight_decay=float(section["weight_decay"]))
     warmup = max(1, int(section["warmup_steps"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(warmup, section["lr_decay"], total_steps))
     ema = EMA(params.items(), float(section["ema_decay"])) if float(section["ema_decay"]) > 0 else None
     generator = torch.Generator().manual_seed(seed + 1)
     order = BucketedOrder([it["n_frames"] for it in train_items], int(section["batch_size"]), dist.world_size, dist.rank, seed, int(section["bucket_batches"]))
@@ -446,6 +465,10 @@ def train_ldm(
     window_cpu = time.process_time()
     reason = "steps reached"
     batch_size = int(section["batch_size"])
+    train_by_subject: dict[str, list[int]] = {}
+    for index, item in enumerate(train_items):
+        train_by_subject.setdefault(item["subject"], []).append(index)
+    mel_per_frame = model.audio_encoder.mel_fps / MODEL_FPS if model_config.audio_encoder == "bundled" else None
     while step < total_steps:
         reason_now = stop.should_stop()
         if dist.any(reason_now is not None):
@@ -459,6 +482,8 @@ def train_ldm(
         starts = [int(torch.randint(0, it["n_frames"] - length + 1, (1,), generator=generator)) for it in items]
         subject_rows = torch.tensor([rows[it["subject"]] for it in items], device=device)
         data_seconds += time.monotonic() - t0
+        items, starts = add_pauses(items, starts, length, train_items, train_by_subject, section["pauses"], MODEL_FPS,
+                                   mel_per_frame, generator)
         z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device, section["augment"], generator)
         loss = model.ldm_loss(z_motion, z_wrinkle, features, subject_rows, generator=generator)
         optimizer.zero_grad(set_to_none=True)

@@ -278,12 +278,9 @@ def _bundle_is_trained() -> bool:
 # Bundles measured to fail the real-speech verdict (docs/REAL_SPEECH.md). For these the test
 # still runs the checks, and reports the failure as xfail with the numbers; any other trained
 # bundle (a retrain) must pass. Remove an entry when its bundle is replaced.
-KNOWN_FAILING_BUNDLES = {
-    "92acf87bc55730eea380828facf4564256e8dd5a345c1f105fbc16aa35eff558": (
-        "silence_closed",
-        "LDM step 2955 bundle: silence_closed fails on 7 of 8 ALSA clips (mouth 3.5-5.1 mm open in "
-        "pauses; the same model stays within 3.34 mm on 98 % of synthetic test-A); see docs/REAL_SPEECH.md",
-    ),
+KNOWN_FAILING_BUNDLES: dict[str, tuple[str, str]] = {
+    # sha256 -> (the failing check, why); the step-2955 bundle (92acf87b...) failed
+    # silence_closed on 7 of 10 clips and was replaced by the pause-trained step-7600 bundle.
 }
 
 

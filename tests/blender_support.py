@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from types import SimpleNamespace
 
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="textalker-bres-"))
 
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def fresh_scene(fps: int = 30, fps_base: float = 1.0) -> bpy.types.Scene:
@@ -77,3 +79,42 @@ def write_one_second_of_sample_speech(folder):
     path = folder / "one_second.wav"
     soundfile.write(str(path), samples[int(0.3 * rate): int(1.3 * rate)], rate)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures and stand-ins shared by the add-on test modules. A module uses a fixture by importing
+# it (pytest finds fixtures in the module's namespace); an imported autouse fixture applies to
+# that module's tests.
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unregister_addon_after_module():
+    """The add-on is unregistered after the importing module's last test."""
+    yield
+    unregister_addon()
+
+
+@pytest.fixture(scope="module")
+def one_second_speech(tmp_path_factory):
+    return write_one_second_of_sample_speech(tmp_path_factory.mktemp("audio"))
+
+
+class ModalOperatorStandIn(SimpleNamespace):
+    """What TEXTALKER_OT_generate's modal()/cancel() use on `self`, so a test can drive them by
+    hand with a running job (bpy-module mode has no event loop to call them)."""
+
+    def __init__(self, job):
+        super().__init__(_job=job, _timer=None, reports=[])
+
+    def report(self, kind, message):
+        self.reports.append((kind, message))
+
+    def _finish(self, context, message):
+        from textalker_blender.blender.operators import TEXTALKER_OT_generate
+
+        TEXTALKER_OT_generate._finish(self, context, message)
+
+    def _report_success(self, job_state, summary):
+        from textalker_blender.blender.operators import TEXTALKER_OT_generate
+
+        TEXTALKER_OT_generate._report_success(self, job_state, summary)

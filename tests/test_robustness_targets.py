@@ -10,42 +10,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from robustness_support import (
+from robustness_support import (  # saved_scene, speech_file: fixtures
     files_under,
     needs_assets,
     registered_scene,
+    saved_scene,  # noqa: F401
     snapshot,
+    speech_file,  # noqa: F401
     template_head,
-    unregister_addon,
-    write_audio,
 )
 
 bpy = pytest.importorskip("bpy")
 
-from blender_support import grid_mesh_object  # noqa: E402
+from blender_support import grid_mesh_object, unregister_addon_after_module  # noqa: E402,F401
 
 from textalker_blender.blender import api, writers  # noqa: E402
 from textalker_blender.core.errors import MeshError, TexTalkerError  # noqa: E402
 
 pytestmark = [pytest.mark.blender, needs_assets]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unregister_at_end():
-    yield
-    unregister_addon()
-
-
-@pytest.fixture(scope="module")
-def speech_file(tmp_path_factory):
-    return write_audio(tmp_path_factory.mktemp("audio") / "speech.wav", seconds=0.5, rate=16000)
-
-
-@pytest.fixture
-def saved_scene(tmp_path):
-    scene = registered_scene()
-    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
-    return scene
 
 
 def _refused(tmp_path, target, speech_file, match, **options):

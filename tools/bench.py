@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-SAMPLE_SPEECH = REPO_ROOT / "textalker_blender" / "assets" / "sample_speech.wav"
+from bench_support import current_rss_bytes, keep_blender_user_files_out_of_home, peak_rss_bytes, speech_file, speech_samples  # noqa: E402
+
 SCENE_FPS = 30
 # Stages in the order a generation runs them: (key, label).
 MODEL_STAGES = [
@@ -65,30 +65,6 @@ ADDON_STAGES = [
 ]
 FULL_LOOP_STEPS = 500  # the schedule's training steps: the "no shortcut" DDIM/ancestral loop
 FACEDIFFUSER_STEPS = 1000
-
-
-def peak_rss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports kilobytes
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return peak_rss_bytes()
-
-
-def speech_file(seconds: float, folder: Path) -> Path:
-    """The bundled sample speech repeated (cut) to `seconds`, as 16-bit WAV."""
-    import numpy as np
-    import soundfile
-
-    speech, rate = soundfile.read(str(SAMPLE_SPEECH), dtype="float32")
-    path = folder / f"speech_{seconds:g}s.wav"
-    soundfile.write(str(path), np.resize(speech, int(round(seconds * rate))), rate, subtype="PCM_16")
-    return path
 
 
 def _set_threads(threads: int) -> None:
@@ -122,13 +98,7 @@ def _timed(record: dict, key: str, function):
 
 def worker_end_to_end(seconds: float, repeats: int, threads: int, steps: int | None, device: str) -> dict:
     """prepare -> compute -> apply on the template head, `repeats` times."""
-    if "BLENDER_USER_RESOURCES" not in os.environ:  # keep Blender's user files out of $HOME
-        import atexit
-        import shutil
-
-        resources_folder = tempfile.mkdtemp(prefix="textalker-bench-bres-")
-        atexit.register(shutil.rmtree, resources_folder, ignore_errors=True)
-        os.environ["BLENDER_USER_RESOURCES"] = resources_folder
+    keep_blender_user_files_out_of_home("textalker-bench-bres-")
     _set_threads(threads)
     import bpy
 
@@ -270,7 +240,6 @@ def worker_model(
     import pstats
 
     import numpy as np
-    import soundfile
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -280,11 +249,10 @@ def worker_model(
 
     pipeline = Pipeline.load(device=device)
     config = pipeline.config
-    speech, rate = soundfile.read(str(SAMPLE_SPEECH), dtype="float32")
     window_s = config.window_frames / MODEL_FPS  # one sliding window: no prefix, no seams
     if step_clip_seconds:
         window_s = min(window_s, step_clip_seconds)
-    clip = (np.resize(speech, int(round(window_s * rate))), rate)
+    clip = speech_samples(window_s)
     pipeline.generate(clip, fps=SCENE_FPS, steps=1)  # warm-up: oneDNN picks kernels per shape
 
     # Sampler steps on one window.
@@ -303,7 +271,7 @@ def worker_model(
         slope, intercept = float(ys[0] / xs[0]), 0.0
 
     # FLOPs per second of audio (FlopCounterMode counts 2 per multiply-add).
-    audio = (np.resize(speech, int(round(seconds * rate))), rate)
+    audio = speech_samples(seconds)
     with FlopCounterMode(display=False) as counter:
         result = pipeline.generate(audio, fps=SCENE_FPS)
     by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
@@ -374,15 +342,12 @@ def worker_baselines(seconds: float, repeats: int, threads: int, baselines_dir: 
     """Inference cost of the evaluation's learned baselines (tools/evaluation/baselines.py) on the
     same clip: `Baseline.predict` (audio features + generator; motion only, no texture)."""
     _set_threads(threads)
-    import numpy as np
-    import soundfile
-
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     from evaluation.baselines import LEARNED_BASELINES, load_baseline
     from textalker_blender.core.audio import load_audio
 
-    speech, rate = soundfile.read(str(SAMPLE_SPEECH), dtype="float32")
-    audio = load_audio((np.resize(speech, int(round(seconds * rate))), rate))
+    samples, rate = speech_samples(seconds)
+    audio = load_audio((samples, rate))
     n_frames = int(round(seconds * SCENE_FPS))
     rows = []
     for name, cls in LEARNED_BASELINES.items():

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,32 +38,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench_support import cpu_seconds, current_rss_bytes, keep_blender_user_files_out_of_home, peak_rss_bytes, speech_file  # noqa: E402
+
 GIB = 1024**3
 
 
-def peak_rss_bytes() -> int:
-    # Linux reports kilobytes, macOS bytes.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process (all threads): the cost without the waiting a
-    loaded machine adds to the wall time."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return peak_rss_bytes()
-
-
 class RssSampler:
-    """Samples this process's RSS in a thread and keeps the peak of each named phase."""
+    """Samples this process's RSS in a thread and keeps the peak of each named phase; also the
+    RSS when entered (`rss_before`) and the wall and CPU seconds from entering to leaving
+    (`wall_s`, `cpu_s`; `started` is the entry's `time.perf_counter()`)."""
 
     def __init__(self, interval_s: float = 0.05):
         self.interval_s = interval_s
@@ -81,7 +63,10 @@ class RssSampler:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> RssSampler:
+        self.rss_before = current_rss_bytes()
+        self._cpu_before = cpu_seconds()
         self._thread.start()
+        self.started = time.perf_counter()
         return self
 
     def enter(self, phase: str) -> None:
@@ -89,22 +74,11 @@ class RssSampler:
         self.phase = phase
 
     def __exit__(self, *exc_info) -> None:
+        self.wall_s = time.perf_counter() - self.started
+        self.cpu_s = cpu_seconds() - self._cpu_before
         self.enter("done")
         self._stop.set()
         self._thread.join()
-
-
-def speech_file(seconds: float, folder: Path) -> Path:
-    """The bundled sample speech repeated (cut) to `seconds`, as 16-bit WAV."""
-    import numpy as np
-    import soundfile
-
-    from textalker_blender.blender import catalog
-
-    speech, rate = soundfile.read(str(catalog.SAMPLE_SPEECH_PATH), dtype="float32")
-    path = folder / f"speech_{seconds:g}s.wav"
-    soundfile.write(str(path), np.resize(speech, int(round(seconds * rate))), rate, subtype="PCM_16")
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,13 +86,7 @@ def speech_file(seconds: float, folder: Path) -> Path:
 
 
 def worker_end_to_end(seconds: float, fps: float, steps: int) -> dict:
-    if "BLENDER_USER_RESOURCES" not in os.environ:  # keep Blender's user files out of $HOME
-        import atexit
-        import shutil
-
-        folder = tempfile.mkdtemp(prefix="textalker-measure-bres-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        os.environ["BLENDER_USER_RESOURCES"] = folder
+    keep_blender_user_files_out_of_home("textalker-measure-bres-")
     import bpy
 
     from textalker_blender import register
@@ -137,16 +105,13 @@ def worker_end_to_end(seconds: float, fps: float, steps: int) -> dict:
 
     def timed_apply(*args, **kwargs):  # the streamed run's last phase: the shape keys
         sampler.enter("apply")
-        phases["generate_s"] = time.perf_counter() - started
+        phases["generate_s"] = time.perf_counter() - sampler.started
         return original_apply(*args, **kwargs)
 
     with tempfile.TemporaryDirectory(prefix="textalker-measure-") as folder:
         audio = speech_file(seconds, Path(folder))
-        rss_before = current_rss_bytes()
-        cpu_before = cpu_seconds()
         with RssSampler() as sampler:
             sampler.enter("generate")
-            started = time.perf_counter()
             request = api.prepare(head, str(audio), device="cpu", steps=steps, scene=scene,
                                   output_folder=str(Path(folder) / "out"))
             api.apply = timed_apply
@@ -154,9 +119,7 @@ def worker_end_to_end(seconds: float, fps: float, steps: int) -> dict:
                 summary = api.run(request)
             finally:
                 api.apply = original_apply
-            wall = time.perf_counter() - started
-            cpu = cpu_seconds() - cpu_before
-        phases["apply_s"] = wall - phases.get("generate_s", wall)
+        phases["apply_s"] = sampler.wall_s - phases.get("generate_s", sampler.wall_s)
         n_keys = len(writers.generated_key_names(head))
         exr_files = len(list(summary.sequence_folder.glob("wrinkle_*.exr")))
         disk_bytes = sum(p.stat().st_size for p in summary.sequence_folder.glob("wrinkle_*.exr"))
@@ -170,10 +133,10 @@ def worker_end_to_end(seconds: float, fps: float, steps: int) -> dict:
         "shape_keys": n_keys,
         "exr_files": exr_files,
         "exr_disk_bytes": disk_bytes,
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu, 1),
+        "wall_s": round(sampler.wall_s, 1),
+        "cpu_s": round(sampler.cpu_s, 1),
         "phase_s": {k: round(v, 1) for k, v in phases.items()},
-        "rss_before_bytes": rss_before,
+        "rss_before_bytes": sampler.rss_before,
         "peak_rss_bytes": peak_rss_bytes(),
         "phase_peak_rss_bytes": sampler.peaks,
         "phase_end_rss_bytes": sampler.after,
@@ -192,11 +155,8 @@ def worker_core(seconds: float, fps: float, steps: int, whole_clip: bool) -> dic
     pipeline = Pipeline.load(device="cpu")
     with tempfile.TemporaryDirectory(prefix="textalker-measure-") as folder:
         audio = speech_file(seconds, Path(folder))
-        rss_before = current_rss_bytes()
-        cpu_before = cpu_seconds()
         with RssSampler() as sampler:
             sampler.enter("generate")
-            started = time.perf_counter()
             if whole_clip:
                 result = pipeline.generate(str(audio), fps=fps, steps=steps)
                 frames, kept = result.n_frames, result.offsets.nbytes + result.wrinkle_maps.nbytes
@@ -208,17 +168,15 @@ def worker_core(seconds: float, fps: float, steps: int, whole_clip: bool) -> dic
                     for chunk in stream:  # what a writer does: look at it, let it go
                         checksum += float(np.abs(chunk.offsets[:, :8]).sum())
                 frames, kept, timings = stream.n_frames, 0, stream.timings
-            wall = time.perf_counter() - started
-            cpu = cpu_seconds() - cpu_before
     estimate = resources.estimate_run(seconds, fps, pipeline.template.n_vertices, pipeline.wrinkle_resolution,
                                       whole_clip=whole_clip)
     return {
         "mode": "core_whole_clip" if whole_clip else "core",
         "frames": int(frames),
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu, 1),
+        "wall_s": round(sampler.wall_s, 1),
+        "cpu_s": round(sampler.cpu_s, 1),
         "stage_s": {k: round(v, 1) for k, v in timings.items()},
-        "rss_before_bytes": rss_before,
+        "rss_before_bytes": sampler.rss_before,
         "peak_rss_bytes": peak_rss_bytes(),
         "phase_peak_rss_bytes": sampler.peaks,
         "result_bytes": int(kept),

@@ -18,36 +18,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from training.common import load_training_config, set_threads, setup_distributed  # noqa: E402
+from training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
 from training.vq_stage import train_vq  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, required=True, help="tools/configs/*.json (ignored for the model when resuming)")
-    parser.add_argument("--data", type=Path, required=True, help="built synthetic TexTalk4D folder")
-    parser.add_argument("--run", "--run-dir", dest="run", type=Path, required=True, help="run folder (created or resumed); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous")
+    add_run_arguments(parser)
     parser.add_argument("--which", choices=("motion", "wrinkle", "joint"), required=True,
                         help="joint: the joint-codebook ablation's one VQ over both maps (docs/TRAINING.md)")
-    parser.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")
-    parser.add_argument("--max-minutes", type=float, default=None, help="checkpoint and stop after this long")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs still printed)")
+    add_session_arguments(parser)
     args = parser.parse_args(argv)
-
-    set_threads(args.threads)
-    dist = setup_distributed(args.device)
-    try:
-        config = load_training_config(args.config)
-        summary = train_vq(config, args.data, args.run, args.which, dist, steps=args.steps,
-                           max_minutes=args.max_minutes, progress_bar=not args.no_progress)
-    finally:
-        dist.close()
-    if dist.is_main:
-        print(f"stopped at step {summary['step']} ({summary['stopped']}); "
-              f"{summary['steps_this_session']} steps in {summary['seconds_this_session']:.0f} s")
-    return 0
+    return run_stage(args, lambda config, dist: train_vq(
+        config, args.data, args.run, args.which, dist, steps=args.steps,
+        max_minutes=args.max_minutes, progress_bar=not args.no_progress))
 
 
 if __name__ == "__main__":

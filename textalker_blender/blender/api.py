@@ -31,6 +31,7 @@ Example (inside Blender, or `import bpy` in Python)::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import os
 import queue
@@ -503,17 +504,21 @@ def _raise_if_cancelled(cancel: threading.Event | None) -> None:
 
 
 def _generate(pipeline, request: GenerationRequest, progress, cancel):
-    return pipeline.generate(
-        request.audio,
-        speaking_style=request.speaking_style,
-        wrinkle_style=request.wrinkle_style,
-        fps=request.fps,
-        seed=request.seed,
-        steps=request.steps,
-        vertex_uvs=request.vertex_uvs,
-        progress=progress,
-        cancel=cancel,
-    )
+    return pipeline.generate(request.audio, **_generation_options(request, progress, cancel))
+
+
+def _generation_options(request: GenerationRequest, progress, cancel) -> dict:
+    """The request's keyword arguments to `Pipeline.generate` / `generate_chunks`."""
+    return {
+        "speaking_style": request.speaking_style,
+        "wrinkle_style": request.wrinkle_style,
+        "fps": request.fps,
+        "seed": request.seed,
+        "steps": request.steps,
+        "vertex_uvs": request.vertex_uvs,
+        "progress": progress,
+        "cancel": cancel,
+    }
 
 
 def _is_gpu_out_of_memory(error: BaseException) -> bool:
@@ -566,17 +571,7 @@ def compute_streamed(request: GenerationRequest, write_maps, progress=None,
 
 
 def _stream(pipeline, request: GenerationRequest, write_maps, progress, cancel) -> Animation:
-    stream = pipeline.generate_chunks(
-        request.audio,
-        speaking_style=request.speaking_style,
-        wrinkle_style=request.wrinkle_style,
-        fps=request.fps,
-        seed=request.seed,
-        steps=request.steps,
-        vertex_uvs=request.vertex_uvs,
-        progress=progress,
-        cancel=cancel,
-    )
+    stream = pipeline.generate_chunks(request.audio, **_generation_options(request, progress, cancel))
     keeper = _ChunkKeeper(pipeline.template, request, stream)
     with stream:
         for chunk in stream:
@@ -650,7 +645,7 @@ class SequenceWriter:
         self._checked = False
 
     def write(self, first_frame: int, maps: np.ndarray, n_frames: int) -> None:
-        try:
+        with _deleted_on_failure(self.folder, self.discard):
             if not self._checked:
                 size = max(maps.shape[1], maps.shape[2])
                 resources.check_disk_space(self.folder, n_frames * resources.exr_bytes_per_frame(size))
@@ -658,12 +653,6 @@ class SequenceWriter:
             paths = writers.write_exr_sequence(maps, self.folder, first_frame=first_frame + 1)
             _check_written(paths)
             self.written = max(self.written, first_frame + len(paths))
-        except BaseException as error:
-            self.discard()
-            translated = _write_error(error, self.folder)
-            if translated is error:
-                raise
-            raise translated from error
 
     def discard(self) -> int:
         self.written = 0
@@ -773,22 +762,28 @@ def write_sequence(maps, folder: Path) -> list[Path]:
     `maps` is (T, H, W, 3), or the `ExrSequence` a streamed run already wrote there: its files
     are checked (all there, all EXR) and returned."""
     if isinstance(maps, ExrSequence):
-        try:
+        with _deleted_on_failure(folder):
             return _check_written(maps.paths)
-        except BaseException as error:
-            writers.delete_sequence_files(folder)
-            translated = _write_error(error, folder)
-            if translated is error:
-                raise
-            raise translated from error
     maps = np.asarray(maps)
     if maps.ndim == 4:
         needed = maps.shape[0] * resources.exr_bytes_per_frame(max(maps.shape[1], maps.shape[2]))
         resources.check_disk_space(folder, needed)  # the disk may have filled during compute
-    try:
+    with _deleted_on_failure(folder):
         return _check_written(writers.write_exr_sequence(maps, folder))
+
+
+@contextlib.contextmanager
+def _deleted_on_failure(folder: Path, discard=None):
+    """On any failure inside (cancel included) the EXR files written so far are deleted
+    (`discard()`, by default every sequence file in `folder`); OS-level failures are re-raised
+    as the ResourceError of `_write_error`."""
+    try:
+        yield
     except BaseException as error:
-        writers.delete_sequence_files(folder)
+        if discard is None:
+            writers.delete_sequence_files(folder)
+        else:
+            discard()
         translated = _write_error(error, folder)
         if translated is error:
             raise

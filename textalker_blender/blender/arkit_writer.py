@@ -25,9 +25,9 @@ import bpy
 import numpy as np
 
 from ..core.arkit import ARKIT_NAMES
+from .writers import TAG, ensure_key_action
 
 RECORD = "textalker_arkit"  # JSON on the object
-ACTION_TAG = "textalker_generated"  # same tag as writers.TAG: the action is ours to delete
 DRIVER_TAG = "textalker_arkit_driver"
 _LINEAR = 1  # Keyframe.interpolation enum index
 _KEYFRAME_VECTORS = ("co", "handle_left", "handle_right")
@@ -68,17 +68,6 @@ def generated_timing(obj: bpy.types.Object) -> tuple[int, int, float] | None:
 
 # --------------------------------------------------------------------------------------------
 # Actions and curves
-
-
-def _ensure_action(obj: bpy.types.Object, key: bpy.types.Key) -> tuple[bpy.types.Action, bool]:
-    """The Key's action (the user's: our curves go into it) or a new tagged one."""
-    if key.animation_data is not None and key.animation_data.action is not None:
-        return key.animation_data.action, False
-    action = bpy.data.actions.new(f"TexTalker_ARKit_{obj.name}")
-    action[ACTION_TAG] = True
-    key.animation_data_create()
-    key.animation_data.action = action
-    return action, True
 
 
 def _channelbag_curves(action: bpy.types.Action, key: bpy.types.Key):
@@ -173,7 +162,7 @@ def write_arkit_curves(
     record["keys"] = dict(key_names)
     obj[RECORD] = json.dumps(record)
 
-    action, created_action = _ensure_action(obj, key)
+    action, created_action = ensure_key_action(key, f"TexTalker_ARKit_{obj.name}")
     record["action"] = action.name
     record["created_action"] = created_action
     paths = {_value_path(name): name for name in key_names.values()}
@@ -251,7 +240,7 @@ def remove_arkit_output(obj: bpy.types.Object) -> int:
     action = bpy.data.actions.get(record.get("action", ""))
     paths = {_value_path(name) for name in record.get("keys", {}).values()}
     if key is not None and action is not None:
-        if record.get("created_action") and action.get(ACTION_TAG):
+        if record.get("created_action") and action.get(TAG):
             removed = sum(1 for _, curve in _channelbag_curves(action, key) if curve.data_path in paths)
             if key.animation_data is not None and key.animation_data.action == action:
                 key.animation_data.action = None

@@ -95,7 +95,7 @@ def write_shape_keys(
             block.data.foreach_set("co", base + flat_offsets[j])
             names.append(block.name)  # Blender appends .001 if the user owns a key of that name
 
-    action, created_action = _ensure_action(obj, key)
+    action, created_action = ensure_key_action(key, f"TexTalker_{obj.name}")
     for i, name in enumerate(names):
         frame = float(frame_start + i)
         curve = action.fcurve_ensure_for_datablock(key, f'key_blocks["{name}"].value')
@@ -119,12 +119,13 @@ def write_shape_keys(
     return names
 
 
-def _ensure_action(obj: bpy.types.Object, key: bpy.types.Key) -> tuple[bpy.types.Action, bool]:
-    """The Key's action: the user's own if it has one (our curves are added to it and removed
-    later one by one), else a new tagged action `TexTalker_<object>`."""
+def ensure_key_action(key: bpy.types.Key, new_name: str) -> tuple[bpy.types.Action, bool]:
+    """(the Key's action, whether it was created): the user's own if it has one (our curves are
+    added to it and removed later one by one), else a new action `new_name` tagged as ours.
+    Both output modes' writers use it."""
     if key.animation_data is not None and key.animation_data.action is not None:
         return key.animation_data.action, False
-    action = bpy.data.actions.new(f"TexTalker_{obj.name}")
+    action = bpy.data.actions.new(new_name)
     action[TAG] = True
     key.animation_data_create()
     key.animation_data.action = action

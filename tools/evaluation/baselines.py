@@ -197,6 +197,29 @@ class SubjectEmbedding(nn.Module):
         return torch.where(unseen, self.table.weight.mean(0, keepdim=True).expand_as(rows), rows)
 
 
+class AudioConditionedNet(nn.Module):
+    """What the three networks share: the audio front end and its projection to the network's
+    width (`front_end`, `audio_proj`), and the subject embedding (`style`). Subclasses create
+    these attributes themselves, in their own order, so their state-dict keys and their
+    initialisation (the order random numbers are drawn in) stay their own."""
+
+    def add_audio_input(self, config: BaselineConfig) -> None:
+        self.front_end = make_audio_front_end(config.audio_width)
+        self.audio_proj = nn.Linear(config.audio_width, config.width)
+
+    def batch_audio_memory(self, batch: dict) -> torch.Tensor:
+        """A training batch's audio features at the network's width, (B, T_max, width)."""
+        return self.audio_proj(padded_audio_features(self.front_end, batch["mels"], batch["lengths"]))
+
+    def audio_memory(self, mel: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """One clip's full log-mel -> its (1, n_frames, width) audio features."""
+        return self.audio_proj(self.front_end(mel[None], n_frames))
+
+    def subject_style(self, subject: int) -> torch.Tensor:
+        """(1, width) embedding of one subject row (-1: unseen subject)."""
+        return self.style(torch.tensor([subject]))
+
+
 def periodic_positions(n_frames: int, width: int, period: int, device=None) -> torch.Tensor:
     """FaceFormer's periodic positional encoding: sinusoids of (frame index mod period)."""
     positions = torch.arange(n_frames, device=device) % period
@@ -238,8 +261,42 @@ class AlignedDecoder(nn.Module):
         return self.decoder(tokens, memory, tgt_mask=self_mask, memory_mask=cross_mask)
 
 
+class AutoregressiveDecoderNet(AudioConditionedNet):
+    """FaceFormer-/CodeTalker-like: an `AlignedDecoder` (`decoder`) over one token per frame made
+    from the previous frame (frame -1 is the learned `start` token) plus the subject embedding.
+    Subclasses say how a previous frame becomes a token (`embed_frames`)."""
+
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tokens(self, previous: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """previous (B, T, C): frames -1..T-2 (frame -1 is replaced by the start token)."""
+        h = self.embed_frames(previous)
+        h = torch.cat([self.start.expand(h.shape[0], 1, -1), h[:, 1:]], dim=1)
+        return h + style[:, None]
+
+    def teacher_forced_hidden(self, memory: torch.Tensor, frames: torch.Tensor,
+                              style: torch.Tensor) -> torch.Tensor:
+        """Decoder output for every frame with the true previous frames as inputs (training)."""
+        previous = F.pad(frames, (0, 0, 1, 0))[:, :-1]
+        return self.decoder(self.tokens(previous, style), memory)
+
+    def generate_frames(self, mel: torch.Tensor, n_frames: int, subject: int, frame_size: int,
+                        next_frame) -> torch.Tensor:
+        """(1, n_frames, frame_size) frames, one at a time: `next_frame(decoder output of frames
+        0..t)` -> frame t (1, frame_size), fed back as the input of frame t + 1."""
+        memory = self.audio_memory(mel, n_frames)
+        style = self.subject_style(subject)
+        frames = torch.zeros(1, n_frames, frame_size)
+        for t in range(n_frames):
+            previous = F.pad(frames[:, :t], (0, 0, 1, 0))
+            h = self.decoder(self.tokens(previous, style), memory[:, : t + 1])
+            frames[:, t] = next_frame(h)
+        return frames
+
+
 # ---------------------------------------------------------------------------- FaceFormer-like
-class FaceFormerNet(nn.Module):
+class FaceFormerNet(AutoregressiveDecoderNet):
     """Audio features -> autoregressive transformer decoder -> per-frame PCA coefficients
     (normalised by the basis' global scale). Sizes (defaults): front end width 128, decoder width
     128, 2 layers, 4 heads, feed-forward 256, period 30; ~0.6 M parameters."""
@@ -247,26 +304,21 @@ class FaceFormerNet(nn.Module):
     def __init__(self, config: BaselineConfig, n_components: int, n_subjects: int):
         super().__init__()
         self.config = config
-        self.front_end = make_audio_front_end(config.audio_width)
-        self.audio_proj = nn.Linear(config.audio_width, config.width)
+        self.add_audio_input(config)
         self.motion_in = nn.Linear(n_components, config.width)
         self.start = nn.Parameter(torch.zeros(config.width))
         self.style = SubjectEmbedding(n_subjects, config.width)
         self.decoder = AlignedDecoder(config)
         self.motion_out = nn.Linear(config.width, n_components)
 
-    def tokens(self, previous: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """previous (B, T, K): motion of frames -1..T-2 (frame -1 is the start token)."""
-        h = self.motion_in(previous)
-        h = torch.cat([self.start.expand(h.shape[0], 1, -1), h[:, 1:]], dim=1)
-        return h + style[:, None]
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.motion_in(frames)
 
     def teacher_forced(self, memory: torch.Tensor, inputs: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        previous = F.pad(inputs, (0, 0, 1, 0))[:, :-1]
-        return self.motion_out(self.decoder(self.tokens(previous, style), memory))
+        return self.motion_out(self.teacher_forced_hidden(memory, inputs, style))
 
     def loss(self, batch: dict, generator: torch.Generator, sampling_probability: float = 0.0) -> dict:
-        memory = self.audio_proj(padded_audio_features(self.front_end, batch["mels"], batch["lengths"]))
+        memory = self.batch_audio_memory(batch)
         style = self.style(batch["subjects"])
         target = batch["motion"]
         inputs = target
@@ -283,13 +335,8 @@ class FaceFormerNet(nn.Module):
 
     @torch.no_grad()
     def generate(self, mel: torch.Tensor, n_frames: int, subject: int, generator: torch.Generator) -> torch.Tensor:
-        memory = self.audio_proj(self.front_end(mel[None], n_frames))
-        style = self.style(torch.tensor([subject]))
-        outputs = torch.zeros(1, n_frames, self.motion_out.out_features)
-        for t in range(n_frames):
-            previous = F.pad(outputs[:, :t], (0, 0, 1, 0))
-            h = self.decoder(self.tokens(previous, style), memory[:, : t + 1])
-            outputs[:, t] = self.motion_out(h[:, -1])
+        outputs = self.generate_frames(mel, n_frames, subject, self.motion_out.out_features,
+                                       lambda h: self.motion_out(h[:, -1]))
         return outputs[0]
 
 
@@ -302,6 +349,14 @@ class ResidualConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.leaky_relu(self.conv1(F.leaky_relu(x, 0.2)), 0.2))
+
+
+def residual_conv_stack(channels_in: int, width: int, channels_out: int, last_kernel: int) -> nn.Sequential:
+    """Conv (kernel 3) to `width`, two residual dilated convs (dilation 1, 2), LeakyReLU, conv
+    (kernel `last_kernel`, same length) to `channels_out`: CodeTalker-like encoder and decoder."""
+    return nn.Sequential(nn.Conv1d(channels_in, width, 3, padding=1),
+                         ResidualConv1d(width, 1), ResidualConv1d(width, 2),
+                         nn.LeakyReLU(0.2), nn.Conv1d(width, channels_out, last_kernel, padding=last_kernel // 2))
 
 
 class MotionVQVAE(nn.Module):
@@ -318,14 +373,9 @@ class MotionVQVAE(nn.Module):
         super().__init__()
         self.parts, self.code_dim = config.code_parts, config.code_dim
         latent = config.code_parts * config.code_dim
-        w = config.vq_width
-        self.encoder = nn.Sequential(nn.Conv1d(n_components, w, 3, padding=1),
-                                     ResidualConv1d(w, 1), ResidualConv1d(w, 2),
-                                     nn.LeakyReLU(0.2), nn.Conv1d(w, latent, 1))
+        self.encoder = residual_conv_stack(n_components, config.vq_width, latent, last_kernel=1)
         self.quantizer = VectorQuantizer(config.codebook_size, config.code_dim)
-        self.decoder = nn.Sequential(nn.Conv1d(latent, w, 3, padding=1),
-                                     ResidualConv1d(w, 1), ResidualConv1d(w, 2),
-                                     nn.LeakyReLU(0.2), nn.Conv1d(w, n_components, 3, padding=1))
+        self.decoder = residual_conv_stack(latent, config.vq_width, n_components, last_kernel=3)
 
     @property
     def latent_dim(self) -> int:
@@ -357,7 +407,7 @@ class MotionVQVAE(nn.Module):
         return self.decoder(latent.transpose(1, 2)).transpose(1, 2)
 
 
-class CodeTalkerNet(nn.Module):
+class CodeTalkerNet(AutoregressiveDecoderNet):
     """Stage 1 `vqvae` (above; conv width 128, 8 codes of 16 per frame from 256 codes); stage 2
     an autoregressive transformer (same decoder as the FaceFormer-like, width 128, 2 layers) that
     regresses each frame's latent features from audio and the previous frames' quantised
@@ -370,8 +420,7 @@ class CodeTalkerNet(nn.Module):
         self.config = config
         self.vqvae = MotionVQVAE(config, n_components)
         latent = self.vqvae.latent_dim
-        self.front_end = make_audio_front_end(config.audio_width)
-        self.audio_proj = nn.Linear(config.audio_width, config.width)
+        self.add_audio_input(config)
         self.feature_in = nn.Linear(latent, config.width)
         self.start = nn.Parameter(torch.zeros(config.width))
         self.style = SubjectEmbedding(n_subjects, config.width)
@@ -394,20 +443,17 @@ class CodeTalkerNet(nn.Module):
         return {"loss": loss, "reconstruction": reconstruction.detach(),
                 "perplexity": out.perplexity.detach()}
 
-    def tokens(self, previous: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        h = self.feature_in(previous)
-        h = torch.cat([self.start.expand(h.shape[0], 1, -1), h[:, 1:]], dim=1)
-        return h + style[:, None]
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.feature_in(frames)
 
     def predictor_loss(self, batch: dict, generator: torch.Generator) -> dict:
         self.vqvae.eval()  # frozen: no usage updates, no revival
         target = batch["motion"]
         with torch.no_grad():
             features = self.vqvae.quantize(self.vqvae.encode(target)).quantized
-        memory = self.audio_proj(padded_audio_features(self.front_end, batch["mels"], batch["lengths"]))
+        memory = self.batch_audio_memory(batch)
         style = self.style(batch["subjects"])
-        previous = F.pad(features, (0, 0, 1, 0))[:, :-1]
-        predicted = self.feature_out(self.decoder(self.tokens(previous, style), memory))
+        predicted = self.feature_out(self.teacher_forced_hidden(memory, features, style))
         feature_loss = masked_mse(predicted, features, batch["mask"])
         motion = self.vqvae.decode(self.vqvae.quantize(predicted).quantized)
         motion_loss = masked_mse(motion, target, batch["mask"])
@@ -416,19 +462,16 @@ class CodeTalkerNet(nn.Module):
 
     @torch.no_grad()
     def generate(self, mel: torch.Tensor, n_frames: int, subject: int, generator: torch.Generator) -> torch.Tensor:
-        memory = self.audio_proj(self.front_end(mel[None], n_frames))
-        style = self.style(torch.tensor([subject]))
-        features = torch.zeros(1, n_frames, self.vqvae.latent_dim)
-        for t in range(n_frames):
-            previous = F.pad(features[:, :t], (0, 0, 1, 0))
-            h = self.decoder(self.tokens(previous, style), memory[:, : t + 1])
-            step = self.feature_out(h[:, -1:])
-            features[:, t] = self.vqvae.quantize(step).quantized[:, 0]
+        # As in CodeTalker, each frame's features are quantised before they are fed back.
+        features = self.generate_frames(
+            mel, n_frames, subject, self.vqvae.latent_dim,
+            lambda h: self.vqvae.quantize(self.feature_out(h[:, -1:])).quantized[:, 0],
+        )
         return self.vqvae.decode(features)[0]
 
 
 # ---------------------------------------------------------------------------- FaceDiffuser-like
-class FaceDiffuserNet(nn.Module):
+class FaceDiffuserNet(AudioConditionedNet):
     """DDPM over whole sequences of per-component standardised PCA coefficients (1000 steps,
     cosine betas), predicting the clean sample x0 like FaceDiffuser; denoiser: noisy motion +
     audio features + step embedding + subject embedding -> 2-layer GRU (width 128) -> x0."""
@@ -436,8 +479,7 @@ class FaceDiffuserNet(nn.Module):
     def __init__(self, config: BaselineConfig, n_components: int, n_subjects: int):
         super().__init__()
         self.config = config
-        self.front_end = make_audio_front_end(config.audio_width)
-        self.audio_proj = nn.Linear(config.audio_width, config.width)
+        self.add_audio_input(config)
         self.motion_in = nn.Linear(n_components, config.width)
         self.time_mlp = nn.Sequential(nn.Linear(config.width, config.width), nn.SiLU(),
                                       nn.Linear(config.width, config.width))
@@ -455,7 +497,7 @@ class FaceDiffuserNet(nn.Module):
 
     def loss(self, batch: dict, generator: torch.Generator) -> dict:
         x0 = batch["motion"]
-        memory = self.audio_proj(padded_audio_features(self.front_end, batch["mels"], batch["lengths"]))
+        memory = self.batch_audio_memory(batch)
         style = self.style(batch["subjects"])
         t = torch.randint(0, self.schedule.n_steps, (x0.shape[0],), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
@@ -473,8 +515,8 @@ class FaceDiffuserNet(nn.Module):
                  steps: int | None = None) -> torch.Tensor:
         """Ancestral DDPM sampling; with fewer steps than trained, the chain is respaced
         (Nichol & Dhariwal): betas recomputed between the kept steps' alpha-bars."""
-        memory = self.audio_proj(self.front_end(mel[None], n_frames))
-        style = self.style(torch.tensor([subject]))
+        memory = self.audio_memory(mel, n_frames)
+        style = self.subject_style(subject)
         k = self.motion_out.out_features
         x = torch.randn((1, n_frames, k), generator=generator)
         chain = self.timesteps(steps or self.config.sampling_steps)

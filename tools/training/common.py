@@ -385,3 +385,37 @@ def dataset_fingerprint(root: str | Path) -> str:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(int(threads))
+
+
+# ---------------------------------------------------------------------------- stage scripts
+def add_run_arguments(parser) -> None:
+    """--config, --data and --run: what tools/train_vq.py and tools/train_ldm.py start with."""
+    parser.add_argument("--config", type=Path, required=True, help="tools/configs/*.json (ignored for the model when resuming)")
+    parser.add_argument("--data", type=Path, required=True, help="built synthetic TexTalk4D folder")
+    parser.add_argument("--run", "--run-dir", dest="run", type=Path, required=True,
+                        help="run folder (created or resumed); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous")
+
+
+def add_session_arguments(parser) -> None:
+    """--steps, --max-minutes, --device, --threads and --no-progress of both stage scripts."""
+    parser.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="checkpoint and stop after this long")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs still printed)")
+
+
+def run_stage(args, train) -> int:
+    """A stage script's session: threads and (under torchrun) the process group from `args`,
+    then `train(config, dist) -> summary` on the --config file; the main process prints where
+    it stopped. Returns the exit status."""
+    set_threads(args.threads)
+    dist = setup_distributed(args.device)
+    try:
+        summary = train(load_training_config(args.config), dist)
+    finally:
+        dist.close()
+    if dist.is_main:
+        print(f"stopped at step {summary['step']} ({summary['stopped']}); "
+              f"{summary['steps_this_session']} steps in {summary['seconds_this_session']:.0f} s")
+    return 0

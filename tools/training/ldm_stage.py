@@ -528,8 +528,8 @@ def train_ldm(
     bar.close()
     stop.restore()
     ranks_in_sync = dist.in_sync(list(params.values()))
-    # A session that took no step (the budget was already reached) leaves the checkpoint
-    # byte-identical: stage 2's latent cache is keyed on the VQ weights' SHA-256.
+    # A session that took no step (the budget was already reached) leaves the finished
+    # checkpoint as it was, like the VQ stage: re-running retrain.sh only re-exports.
     if step > start_step or not run.has_checkpoint():
         save()
     summary = {"step": step, "stopped": reason, "ranks_in_sync": ranks_in_sync, "steps_this_session": step - start_step,

@@ -89,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="test-A utterances of the sweep, evenly spaced")
     parser.add_argument("--no-full-chain", action="store_true",
                         help="leave the full-chain row (all diffusion timesteps) out of the sweep")
+    parser.add_argument("--skip-vq-reconstruction", action="store_true",
+                        help="leave out the sweep's row of the ground truth through the bundle's VQs")
     parser.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
                         help="an ablation bundle to evaluate like TexTalker (repeatable)")
     parser.add_argument("--ablation-splits", default="test-A", help="comma-separated splits for ablations")
@@ -299,6 +301,47 @@ class TexTalkerPredictor:
         return Prediction(offsets, ratio, diffusion_seconds=result.timings.get("diffusion", 0.0))
 
 
+class VQReconstructionPredictor:
+    """The bundle's own autoencoders applied to the ground truth: each frame's motion and wrinkle
+    maps encoded to their codes and decoded the way generation decodes (same batches, vertex
+    sampler, clamps). No audio and no diffusion: the error a perfect latent diffusion model would
+    still make, i.e. what the VQ stages alone allow. A diagnostic row, not a baseline: the done-when
+    sweep reports it next to the step counts."""
+
+    def __init__(self, pipe, data_root: Path, split: str):
+        from synthetic_textalk4d import SyntheticTextalk4D
+
+        from textalker_blender.core.pipeline import DECODE_BATCH
+
+        self.pipe = pipe
+        # Maps at the bundle's own resolutions (the evaluation's readers only render offsets).
+        self.dataset = SyntheticTextalk4D(data_root, split, template=pipe.template, maps=False,
+                                          motion_resolution=pipe.motion_resolution,
+                                          wrinkle_resolution=pipe.wrinkle_resolution)
+        self.batch = DECODE_BATCH
+
+    def __call__(self, sample, fps: float) -> Prediction:
+        import torch
+
+        from training.data import to_physical
+
+        _, motion, wrinkle = self.dataset.render(sample.subject, sample.weights)
+        sampler, movable = self.pipe._sampler(None)
+        model, timings = self.pipe.model, {}
+        offsets, ratios = [], []
+        with torch.inference_mode():
+            for start in range(0, len(motion), self.batch):
+                stop = start + self.batch
+                z_f = (model.motion_vq.encode(torch.from_numpy(to_physical("motion", motion[start:stop])))
+                       if model.motion_vq is not None else None)
+                z_w = (model.wrinkle_vq.encode(torch.from_numpy(to_physical("wrinkle", wrinkle[start:stop])))
+                       if model.wrinkle_vq is not None else None)
+                batch_offsets, batch_ratio = self.pipe._decode_batch(z_f, z_w, sampler, movable, timings)
+                offsets.append(batch_offsets)
+                ratios.append(batch_ratio.astype(np.float32))
+        return Prediction(np.concatenate(offsets), np.concatenate(ratios))
+
+
 def generates(pipe, metadata: dict) -> tuple[bool, bool]:
     """(makes motion, makes texture) of a bundle: the config's modalities (core.config), or an
     `outputs` metadata entry (JSON list of "motion" / "wrinkle")."""
@@ -497,24 +540,29 @@ def score_split(split, dataset, indices, methods, template, masks, mask_texels, 
 
 
 def sampler_sweep(pipe, styles, dataset, indices, steps_list, seed, masks, mask_texels, albedo,
-                  progress) -> list[dict]:
+                  progress, reconstruction=None) -> list[dict]:
     """TexTalker at several sampler step counts on the same utterances: LVE, MVE, FDD, PSNR (no
-    SSIM: it costs more than generation) and wall time per second of audio."""
-    motion = {steps: MotionScores(*masks) for steps in steps_list}
-    texture = {steps: TextureScores(mask_texels) for steps in steps_list}
-    seconds = {steps: 0.0 for steps in steps_list}
-    diffusion = {steps: 0.0 for steps in steps_list}
+    SSIM: it costs more than generation) and wall time per second of audio. With `reconstruction`
+    (a VQReconstructionPredictor) a last row (steps "vq") scores the ground truth passed through
+    the bundle's autoencoders on the same utterances."""
+    settings = [*steps_list, *(["vq"] if reconstruction is not None else [])]
+    motion = {steps: MotionScores(*masks) for steps in settings}
+    texture = {steps: TextureScores(mask_texels) for steps in settings}
+    seconds = {steps: 0.0 for steps in settings}
+    diffusion = {steps: 0.0 for steps in settings}
     predictors = {steps: TexTalkerPredictor(pipe, styles, seed, steps) for steps in steps_list}
+    if reconstruction is not None:
+        predictors["vq"] = reconstruction
     audio_seconds = 0.0
-    frames = sum(len(dataset.weights(i)) for i in indices) * len(steps_list)
-    with progress.bar(frames, f"sampler sweep {','.join(map(str, steps_list))} steps") as bar:
+    frames = sum(len(dataset.weights(i)) for i in indices) * len(settings)
+    with progress.bar(frames, f"sampler sweep {','.join(map(str, settings))} steps") as bar:
         for index in indices:
             sample = dataset.load(index)
             truth_offsets, _, truth_ratio = dataset.render(sample.subject, sample.weights)
             if sample.subject not in albedo:
                 albedo[sample.subject] = dataset.neutral_albedo(sample.subject, truth_ratio.shape[1])
             audio_seconds += len(sample.audio) / sample.sample_rate
-            for steps in steps_list:
+            for steps in settings:
                 started = time.perf_counter()
                 prediction = predictors[steps](sample, dataset.fps)
                 seconds[steps] += time.perf_counter() - started
@@ -525,7 +573,7 @@ def sampler_sweep(pipe, styles, dataset, indices, steps_list, seed, masks, mask_
                     texture[steps].add(prediction.ratio, truth_ratio, albedo[sample.subject], with_ssim=False)
                 bar.update(sample.n_frames)
     rows = []
-    for steps in steps_list:
+    for steps in settings:
         row = {"steps": steps, "full_chain": steps == pipe.config.diffusion_steps,
                "s_per_audio_s": seconds[steps] / audio_seconds, "diffusion_s_per_audio_s": diffusion[steps] / audio_seconds}
         row.update({k: v for k, v in motion[steps].summary().items()
@@ -594,7 +642,8 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
         ablation_styles = StyleChooser(ablation_pipe, train_subjects)
         config = ablation_pipe.config
         ablation_methods.append(Method(name, "ablation", a_motion, a_texture,
-                                       f"{getattr(config, 'ablation', None) or 'full'}; style mode {config.style_mode}",
+                                       f"{getattr(config, 'ablation', None) or 'full'}; style mode {config.style_mode}; "
+                                       f"DDIM {config.sampling_steps} steps",
                                        TexTalkerPredictor(ablation_pipe, ablation_styles, args.seed, None)))
         ablation_info[name] = {"path": str(path), "sha256": ablation_pipe.weights_sha256, "verified": ablation_verified,
                                "trained": ablation_pipe.trained, "ablation": getattr(config, "ablation", None),
@@ -650,8 +699,10 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
                 progress, estimate_hook if not estimate else None)
         sweep = []
         if sweep_indices:
+            bound = (VQReconstructionPredictor(pipe, args.data, "test-A")
+                     if pipe.model.config.joint_codebook_vq is None and not args.skip_vq_reconstruction else None)
             sweep = sampler_sweep(pipe, styles, datasets["test-A"], sweep_indices, sweep_steps, args.seed, masks,
-                                  mask_texels, albedo, progress)
+                                  mask_texels, albedo, progress, reconstruction=bound)
         style_choices = dict(styles.choices)
         for info in ablation_info.values():
             info["style_choices"] = dict(info.pop("styles").choices)

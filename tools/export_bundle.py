@@ -4,8 +4,10 @@
     .venv/bin/python tools/export_bundle.py --run runs/bundled/ldm \
         --out textalker_blender/assets/textalker_bundled.safetensors
 
-Uses the run's EMA weights unless --no-ema. The file is marked trained=true and carries the
-dataset fingerprint, the model config and the training provenance in its metadata.
+Uses the run's EMA weights unless --no-ema. `--motion-decoder RUN` swaps in the motion decoder
+refined by tools/refine_decoder.py (stage 1b) from the same motion VQ. The file is marked
+trained=true and carries the dataset fingerprint, the model config and the training provenance in
+its metadata.
 """
 
 from __future__ import annotations
@@ -24,10 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="LDM run folder")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write")
     parser.add_argument("--no-ema", action="store_true", help="export the raw (non-EMA) weights")
+    parser.add_argument("--motion-decoder", type=Path, default=None,
+                        help="stage-1b run of tools/refine_decoder.py whose refined motion decoder the bundle gets")
+    parser.add_argument("--sampling-steps", type=int, default=None,
+                        help="default DDIM steps of the bundle (default: the run's config)")
     parser.add_argument("--no-manifest", action="store_true", help="do not update manifest.json")
     args = parser.parse_args(argv)
-    result = export_bundle(args.run, args.out, use_ema=not args.no_ema, update_manifest=not args.no_manifest)
-    print(f"wrote {result['out']} from {result['source']} (LDM step {result['ldm_step']})")
+    result = export_bundle(args.run, args.out, use_ema=not args.no_ema, update_manifest=not args.no_manifest,
+                           motion_decoder=args.motion_decoder, sampling_steps=args.sampling_steps)
+    refined = result["motion_decoder_refine_step"]
+    print(f"wrote {result['out']} from {result['source']} (LDM step {result['ldm_step']}"
+          + (f", motion decoder refined {refined} steps)" if refined is not None else ")"))
     print(f"sha256 {result['sha256']}")
     print("styles: " + "; ".join(result["styles"]))
     return 0

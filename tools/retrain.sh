@@ -4,8 +4,9 @@
 #   bash tools/retrain.sh [RUNS_DIR]        (default RUNS_DIR: runs/bundled, git-ignored)
 #
 # Sets up .venv, builds the synthetic TexTalk4D if it is missing, trains both VQ autoencoders
-# side by side (one thread each), then the latent diffusion model, then writes the add-on's
-# weights file and its manifest entry. Every stage resumes from its checkpoint, so the same
+# side by side (one thread each), then (when the config's "refine" section asks for steps) refines
+# the motion decoder for vertex accuracy, then the latent diffusion model, then writes the add-on's
+# weights file (with the refined motion decoder) and its manifest entry. Every stage resumes from its checkpoint, so the same
 # command continues an interrupted run (a finished stage is skipped in seconds).
 #
 # Environment knobs:
@@ -58,6 +59,19 @@ if ! stage_done "$RUNS/motion" vq || ! stage_done "$RUNS/wrinkle" vq; then
     exit 0
 fi
 
+refine_steps=$("$PY" -c 'import json, sys; print(int(json.load(open(sys.argv[1])).get("refine", {}).get("steps", 0)))' "$CONFIG")
+decoder_args=()
+if [ "$refine_steps" -gt 0 ]; then
+    echo "== stage 1b: motion decoder refined on vertex offsets (encoder and codebook frozen)"
+    OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/refine_decoder.py --config "$CONFIG" --data "$DATA" \
+        --run "$RUNS/motion_refine" --motion-vq "$RUNS/motion" --max-minutes "$MAX_MINUTES" --no-progress
+    if ! stage_done "$RUNS/motion_refine" refine; then
+        echo "stage 1b stopped before its step budget (time limit); run the same command again to continue"
+        exit 0
+    fi
+    decoder_args=(--motion-decoder "$RUNS/motion_refine")
+fi
+
 echo "== stage 2: audio front end + latent diffusion model"
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/train_ldm.py --config "$CONFIG" --data "$DATA" \
     --run "$RUNS/ldm" --motion-vq "$RUNS/motion" --wrinkle-vq "$RUNS/wrinkle" \
@@ -69,5 +83,5 @@ if ! stage_done "$RUNS/ldm" ldm; then
 fi
 
 echo "== export: $EXPORT_TO (+ assets/manifest.json)"
-"$PY" tools/export_bundle.py --run "$RUNS/ldm" --out "$EXPORT_TO"
+"$PY" tools/export_bundle.py --run "$RUNS/ldm" --out "$EXPORT_TO" "${decoder_args[@]}"
 echo "done: evaluate with  $PY tools/evaluate.py --data $DATA --weights $EXPORT_TO"

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="an LDM run on the same VQs whose latent cache is hard-linked (skips encoding)")
     parser.add_argument("--ldm-steps", type=int, default=None, help="LDM steps of every run (default: each config's)")
     parser.add_argument("--joint-vq-steps", type=int, default=None, help="steps of the joint-codebook VQ (default: its config's)")
+    parser.add_argument("--motion-decoder", type=Path, default=None,
+                        help="stage-1b run refining --motion-vq's decoder (tools/refine_decoder.py): exported into "
+                             "every ablation that decodes motion with that VQ, as in the bundle")
     parser.add_argument("--only", default=",".join(ABLATION_NAMES), help=f"comma-separated subset of {','.join(ABLATION_NAMES)}")
     parser.add_argument("--max-minutes", type=float, default=None, help="time limit per training stage (resumable)")
     parser.add_argument("--ema", choices=("auto", "yes", "no"), default="auto",
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ldm_steps=args.ldm_steps, joint_vq_steps=args.joint_vq_steps,
                                 cache_from=args.cache_from, max_minutes=args.max_minutes,
                                 progress_bar=not args.no_progress,
-                                use_ema={"auto": None, "yes": True, "no": False}[args.ema])
+                                use_ema={"auto": None, "yes": True, "no": False}[args.ema],
+                                motion_decoder=args.motion_decoder)
         result["wall_s_this_session"] = round(time.monotonic() - started, 1)
         summaries[name] = result
         write_json(summary_path, summaries)

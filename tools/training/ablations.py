@@ -172,13 +172,17 @@ def train_ablation(
     export: bool = True,
     config_path: str | Path | None = None,
     use_ema: bool | None = None,
+    motion_decoder: str | Path | None = None,
 ) -> dict:
     """Train (or resume) one ablation into `runs_root/<name>/` and export
     `runs_root/<name>.safetensors`. The joint-codebook one first trains its VQ
     (`runs_root/joint_codebook/joint_vq`); the others reuse the given (bundled) VQ runs and,
     with `cache_from` (an LDM run folder on the same VQs), its latent cache. `config_path`
     replaces the ablation's config file (tests use tiny sizes). `use_ema` None: export the EMA
-    weights only if the run is long enough for them (`ema_is_reliable`), else the raw weights."""
+    weights only if the run is long enough for them (`ema_is_reliable`), else the raw weights.
+    `motion_decoder`: a stage-1b refinement of `motion_run`'s decoder, exported into every
+    ablation that decodes motion with that VQ (not the joint codebook, which has its own VQ), so
+    the ablations and the bundle read vertices from the same decoder."""
     from .export import export_bundle
     from .ldm_stage import train_ldm
     from .vq_stage import train_vq
@@ -210,7 +214,10 @@ def train_ablation(
     if export and dist.is_main and ldm_summary["stopped"] == "steps reached":
         if use_ema is None:
             use_ema = ema_is_reliable(ldm_summary["step"], float(load_training_config(config_path).ldm["ema_decay"]))
-        summary["export"] = export_bundle(ldm_run, runs_root / f"{name}.safetensors", use_ema=use_ema, update_manifest=True)
+        generates_motion = load_training_config(config_path).model.generates_motion
+        refined = motion_decoder if (vq_runs[1] is not None and generates_motion) else None
+        summary["export"] = export_bundle(ldm_run, runs_root / f"{name}.safetensors", use_ema=use_ema,
+                                          update_manifest=True, motion_decoder=refined)
         summary["export"]["ema"] = bool(use_ema)
     validation = [r for r in read_log(ldm_run / "log.jsonl") if r.get("event") == "validation"]
     if validation:

@@ -49,9 +49,10 @@ class TrainingConfig:
     vq: dict[str, Any] = field(default_factory=dict)
     ldm: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # the file's content, for the record
+    refine: dict[str, Any] = field(default_factory=dict)  # stage 1b: motion decoder refinement
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.to_dict(), "vq": self.vq, "ldm": self.ldm}
+        return {"model": self.model.to_dict(), "vq": self.vq, "ldm": self.ldm, "refine": self.refine}
 
 
 VQ_DEFAULTS: dict[str, Any] = {
@@ -94,6 +95,22 @@ LDM_DEFAULTS: dict[str, Any] = {
     "lr_decay": {"start_step": None, "final_fraction": 0.1},
 }
 
+# Stage 1b (training/refine_stage.py): the motion VQ's decoder fine-tuned on vertex offsets in
+# mm (lips and upper face weighted up) plus stage 1's map loss; encoder and codebook frozen.
+REFINE_DEFAULTS: dict[str, Any] = {
+    "batch_size": 16,
+    "learning_rate": 1e-4,
+    "steps": 0,  # 0: no refinement (the bundle keeps stage 1's decoder)
+    "lip_weight": 6.0,
+    "upper_face_weight": 4.0,
+    "map_weight": 1.0,
+    "checkpoint_every": 250,
+    "log_every": 25,
+    "validate_every": 500,
+    "validation_frames": 256,
+    "seed": 0,
+}
+
 
 def _merge(base: dict, overrides: dict) -> dict:
     merged = copy.deepcopy(base)
@@ -120,13 +137,13 @@ def training_config_from_dict(data: dict[str, Any]) -> TrainingConfig:
     else:  # a full ModelConfig dict (as written into a run folder)
         model = ModelConfig.from_dict(model_section)
     sections = {}
-    for name, defaults in (("vq", VQ_DEFAULTS), ("ldm", LDM_DEFAULTS)):
+    for name, defaults in (("vq", VQ_DEFAULTS), ("ldm", LDM_DEFAULTS), ("refine", REFINE_DEFAULTS)):
         given = dict(data.get(name, {}))
         unknown = set(given) - set(defaults)
         if unknown:
             raise ValueError(f"unknown keys in config section {name!r}: {sorted(unknown)}")
         sections[name] = {**defaults, **given}
-    return TrainingConfig(model, sections["vq"], sections["ldm"], data)
+    return TrainingConfig(model, sections["vq"], sections["ldm"], data, sections["refine"])
 
 
 # ---------------------------------------------------------------------------- distributed

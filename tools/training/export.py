@@ -4,7 +4,9 @@ The LDM run's checkpoint already holds the whole model in the bundle format (bot
 front end, the denoiser with its latent normalisation, the style pivots and their names); export
 picks the EMA weights (unless told otherwise), marks the file trained, records the dataset and
 the training provenance in the metadata, writes it via `core.weights.save_weights` and records
-its SHA-256 in the manifest.json next to it.
+its SHA-256 in the manifest.json next to it. With `motion_decoder` (a stage-1b run of
+tools/refine_decoder.py) the motion VQ's decoder is replaced by the refined one, after checking
+that the refinement started from this bundle's motion VQ (same encoder, codebook, normalisation).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from textalker_blender.core.model import TexTalkerModel  # noqa: E402
 from textalker_blender.core.weights import load_weights, save_weights  # noqa: E402
 
 
-def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, update_manifest: bool = True) -> dict:
+def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, update_manifest: bool = True,
+                  motion_decoder: str | Path | None = None, sampling_steps: int | None = None) -> dict:
     run = RunFolder(run_path)
     if not run.has_checkpoint():
         raise FileNotFoundError(f"{run.path} has no LDM checkpoint to export")
@@ -29,8 +32,27 @@ def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, u
     recorded = run.read_recorded()
     progress = json.loads((run.checkpoint / "progress.json").read_text())
     dataset = recorded.get("dataset") or weights.metadata.get("dataset", "unknown")
+    refined = None
+    if motion_decoder is not None:
+        from .refine_stage import load_refined_motion_vq, same_codes
+
+        if model.motion_vq is None:
+            raise ValueError(f"{run.path} is a joint-codebook model: it has no motion VQ to refine")
+        refined_vq, refined = load_refined_motion_vq(motion_decoder)
+        if not same_codes(model.motion_vq, refined_vq):
+            raise ValueError(f"{motion_decoder} refined another motion VQ than the one {run.path} was trained on "
+                             "(encoder, codebook or normalisation differ)")
+        model.motion_vq.decoder.load_state_dict(refined_vq.decoder.state_dict())
+    if sampling_steps is not None:
+        # The add-on's default DDIM step count (a user can still pick another per run); chosen
+        # after training from the sampler sweep of tools/evaluate.py, so it is set at export.
+        model.config.sampling_steps = int(sampling_steps)
+        model.config.validate()
     metadata = model.metadata(trained=True, dataset=dataset)
     training = json.loads(weights.metadata.get("training", "{}"))
+    if refined is not None:
+        training["motion_decoder_refine_step"] = refined["step"]
+        training["motion_decoder_run"] = Path(motion_decoder).name
     training.update({
         "ldm_step": progress["step"],
         "weights": source.name,
@@ -41,4 +63,5 @@ def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, u
     metadata["training"] = json.dumps(training, sort_keys=True)
     digest = save_weights(out, model.weight_tensors(), metadata, update_manifest=update_manifest)
     return {"out": str(out), "sha256": digest, "source": str(source), "styles": model.pivots.names,
-            "dataset": dataset, "ldm_step": progress["step"]}
+            "dataset": dataset, "ldm_step": progress["step"],
+            "motion_decoder_refine_step": None if refined is None else refined["step"]}

@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Stage 1b of TexTalker training: refine the motion VQ's decoder for vertex accuracy, resumable.
+
+    .venv/bin/python tools/refine_decoder.py --config tools/configs/bundled.json \
+        --data data/synthetic_textalk4d --run runs/bundled/motion_refine --motion-vq runs/bundled/motion
+
+Only the decoder learns (encoder, codebook and normalisation stay bit-identical), so stage 2's
+latents keep their meaning and `tools/export_bundle.py --motion-decoder RUN` puts the refined
+decoder into a bundle trained on the stage-1 VQ. The loss is the L1 error of the vertex offsets
+read from the decoded map (mm; lips and upper face weighted up, config section "refine") plus
+stage 1's map loss. Run it again with the same --run to resume; torchrun works as for the other
+stages. See docs/TRAINING.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
+from training.refine_stage import refine_motion_decoder  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser)
+    parser.add_argument("--motion-vq", type=Path, required=True, help="the trained motion VQ run (stage 1)")
+    add_session_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_stage(args, lambda config, dist: refine_motion_decoder(
+        config, args.data, args.run, args.motion_vq, dist, steps=args.steps,
+        max_minutes=args.max_minutes, progress_bar=not args.no_progress))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""Stage 1b: refine the motion VQ's decoder for vertex accuracy (encoder and codebook frozen).
+
+Stage 1 trains the motion autoencoder with an L1 loss over all texels of the normalised map, so
+every texel counts the same: the lips, whose error LVE measures as a per-frame maximum, get no
+more weight than the cheeks, and the map-space error says nothing about how the vertices read
+from it. This stage fine-tunes only the decoder on what the add-on finally outputs: the vertex
+offsets sampled from the decoded map with the template's own UV sampler, with an L1 loss in
+millimetres weighted up on the lips and the upper face, plus stage 1's map loss so the map stays
+a good map. The encoder, the codebook and the normalisation are left bit-identical, so the codes
+the latent diffusion model learned (stage 2) keep their meaning: the refined decoder can be
+swapped into a bundle at export (`tools/export_bundle.py --motion-decoder RUN`) without
+retraining stage 2, and stage 2's latent cache stays valid.
+
+Run folder (`--run RUN`): `config.json` (resolved config, the source motion VQ run and its
+SHA-256), `checkpoint/vq.safetensors` (the whole motion VQ with the refined decoder),
+`checkpoint/state.pt` (optimiser, RNG), `progress.json`, and `log.jsonl` (losses per logged step;
+per validation the vertex errors on test-A frames: mean face error, mean per-frame maximum
+squared lip error, mean upper-face error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save as safetensors_bytes
+
+from .common import (
+    Distributed,
+    JsonlLog,
+    RunFolder,
+    StopFlag,
+    TrainingConfig,
+    capture_rng,
+    format_metrics,
+    restore_rng,
+)
+from .data import EpochOrder, FrameTable, open_dataset, to_physical
+from .vq_stage import VQ_WEIGHTS, load_trained_vq
+
+from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
+from textalker_blender.core.weights import canonical_safetensors_bytes, sha256_file  # noqa: E402
+
+def frozen_tensor_names(vq: VQAutoencoder) -> list[str]:
+    """State-dict names of everything but the decoder (encoder, codebook, normalisation)."""
+    return [name for name in vq.state_dict() if not name.startswith("decoder.")]
+
+
+def same_codes(a: VQAutoencoder, b: VQAutoencoder) -> bool:
+    """True when two motion VQs give every map the same code (all non-decoder tensors equal)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    names = frozen_tensor_names(a)
+    # Codebook usage statistics are bookkeeping for dead-code revival, not part of the mapping.
+    names = [n for n in names if not n.endswith(".usage")]
+    return set(names) <= set(sb) and all(torch.equal(sa[n].cpu(), sb[n].cpu()) for n in names)
+
+
+@dataclasses.dataclass
+class VertexLoss:
+    """Weighted L1 of vertex offsets in millimetres; the weights sum to 1 over the vertices."""
+
+    sampler: object  # core.uv.UVSampler of the motion maps at the template's vertices
+    movable: np.ndarray  # (V,) bool: vertices on moving triangles (the rest are held at zero)
+    weights: torch.Tensor  # (V,)
+
+    @classmethod
+    def for_template(cls, template, resolution: int, lip_weight: float, upper_face_weight: float) -> VertexLoss:
+        movable = np.asarray(template.motion_vertices, bool)
+        weights = np.zeros(template.n_vertices, np.float32)
+        weights[np.asarray(template.face_mask, bool) & movable] = 1.0
+        weights[np.asarray(template.upper_face_mask, bool) & movable] = upper_face_weight
+        weights[np.asarray(template.lip_mask, bool) & movable] = lip_weight
+        return cls(template.uv_sampler(resolution), movable, torch.from_numpy(weights / weights.sum()))
+
+    def vertices(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) physical motion maps -> (B, V, 3) offsets, zero where nothing moves."""
+        offsets = self.sampler.sample(maps)
+        return offsets * torch.from_numpy(self.movable).to(offsets.dtype).to(offsets.device)[:, None]
+
+    def __call__(self, maps: torch.Tensor, truth_offsets: torch.Tensor) -> torch.Tensor:
+        error_mm = (self.vertices(maps) - truth_offsets).norm(dim=-1) * 1000.0
+        return (error_mm * self.weights.to(error_mm.device)).sum(dim=-1).mean()
+
+
+def render_offsets_and_maps(dataset, utterances: np.ndarray, frames: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth vertex offsets (B, V, 3) and motion maps (B, H, W, 3), metres, batch order."""
+    subjects = np.array([dataset.entries[int(u)]["subject"] for u in utterances])
+    offsets_out, maps_out = None, None
+    for subject in dict.fromkeys(subjects.tolist()):
+        rows = np.nonzero(subjects == subject)[0]
+        stacked = np.stack([weights[int(utterances[r])][int(frames[r])] for r in rows])
+        offsets, motion, _ = dataset.render(subject, stacked)
+        motion = to_physical("motion", motion)
+        if offsets_out is None:
+            offsets_out = np.empty((len(utterances), *offsets.shape[1:]), np.float32)
+            maps_out = np.empty((len(utterances), *motion.shape[1:]), np.float32)
+        offsets_out[rows] = offsets
+        maps_out[rows] = motion
+    return offsets_out, maps_out
+
+
+@torch.no_grad()
+def vertex_errors(vq: VQAutoencoder, loss: VertexLoss, template, maps: np.ndarray, offsets: np.ndarray,
+                  batch: int = 64) -> dict:
+    """Validation in vertex space: mean face error (mm), mean over frames of the maximum squared
+    lip error (mm^2, LVE's per-frame term) and mean upper-face error (mm)."""
+    was_training = vq.training
+    vq.eval()
+    face = np.asarray(template.face_mask, bool)
+    lips = np.asarray(template.lip_mask, bool)
+    upper = np.asarray(template.upper_face_mask, bool)
+    sums = {"val_face_mm": 0.0, "val_lip_max_sq_mm2": 0.0, "val_upper_face_mm": 0.0}
+    for start in range(0, len(maps), batch):
+        target = torch.from_numpy(maps[start : start + batch]).to(vq.map_offset.device)
+        decoded = loss.vertices(vq.decode(vq.encode(target))).cpu().numpy()
+        error = np.linalg.norm(decoded - offsets[start : start + batch], axis=-1) * 1000.0
+        sums["val_face_mm"] += float(error[:, face].mean(axis=1).sum())
+        sums["val_lip_max_sq_mm2"] += float((error[:, lips] ** 2).max(axis=1).sum())
+        sums["val_upper_face_mm"] += float(error[:, upper].mean(axis=1).sum())
+    vq.train(was_training)
+    return {key: value / max(len(maps), 1) for key, value in sums.items()}
+
+
+def refine_motion_decoder(
+    config: TrainingConfig,
+    data_root: str | Path,
+    run_path: str | Path,
+    motion_run: str | Path,
+    dist: Distributed,
+    steps: int | None = None,
+    max_minutes: float | None = None,
+    progress_bar: bool = True,
+) -> dict:
+    """Refine (or resume refining) the decoder of the motion VQ in `motion_run`; returns a
+    summary dict. Stops at `steps` total steps, on SIGTERM/SIGINT or after `max_minutes`, always
+    writing a checkpoint first."""
+    from tqdm import tqdm
+
+    motion_run = Path(motion_run)
+    source_vq, source_info = load_trained_vq(motion_run, dist.device)
+    if source_info["kind"] != "motion":
+        raise ValueError(f"{motion_run} trains the {source_info['kind']} VQ; the refinement is for the motion VQ")
+    source_sha = sha256_file(motion_run / "checkpoint" / VQ_WEIGHTS)
+    run = RunFolder(run_path)
+    extra = {"stage": "refine", "data": str(Path(data_root).resolve()), "motion_vq_run": str(motion_run.resolve()),
+             "motion_vq_sha256": source_sha, "motion_vq_step": source_info["step"]}
+    if dist.is_main:
+        # The run refines the motion VQ it started from: its model config is that VQ's.
+        config = dataclasses.replace(config, model=source_info["config"].model)
+        config = run.prepare(config, extra)
+    dist.barrier()
+    if not dist.is_main:
+        config = run.prepare(config, {})
+    recorded = run.read_recorded()
+    if recorded.get("motion_vq_sha256") not in (None, source_sha):
+        raise ValueError(f"{run.path} refines another motion VQ checkpoint than {motion_run} holds now "
+                         "(its SHA-256 changed); use a new run folder")
+    section = config.refine
+    total_steps = int(steps if steps is not None else section["steps"])
+    seed = int(section["seed"])
+
+    train_set = open_dataset(data_root, "train", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)
+    template = train_set.template
+    table = FrameTable.build(train_set)
+    vertex_loss = VertexLoss.for_template(template, config.model.motion_vq.resolution,
+                                          float(section["lip_weight"]), float(section["upper_face_weight"]))
+
+    vq = source_vq
+    for name, parameter in vq.named_parameters():
+        parameter.requires_grad_(name.startswith("decoder."))
+    decoder_parameters = list(vq.decoder.parameters())
+    opt = torch.optim.Adam(decoder_parameters, lr=float(section["learning_rate"]), betas=(0.5, 0.9))
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = EpochOrder(len(table), int(section["batch_size"]), dist.world_size, dist.rank, seed)
+    step = 0
+    elapsed_before = 0.0
+    if run.has_checkpoint():
+        refined = load_file(str(run.checkpoint / VQ_WEIGHTS), device=str(dist.device))
+        vq.load_state_dict(refined)
+        state, progress = run.load_state()
+        opt.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"][min(dist.rank, len(state["rng"]) - 1)], generator)
+        order.load_state(progress["order"])
+        step = int(progress["step"])
+        elapsed_before = float(progress.get("elapsed_s", 0.0))
+    reference = load_trained_vq(motion_run, "cpu")[0]
+    if not same_codes(reference, vq):
+        raise ValueError(f"{run.path}: the checkpoint's encoder/codebook differ from {motion_run}'s")
+
+    validation = None
+    if dist.is_main and int(section["validation_frames"]) > 0:
+        try:
+            val_set = open_dataset(data_root, "test-A", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)
+        except ValueError:
+            val_set = None
+        if val_set is not None and len(val_set):
+            val_table = FrameTable.build(val_set)
+            rows = val_table.evenly_spaced(int(section["validation_frames"]))
+            validation = render_offsets_and_maps(val_set, val_table.utterances[rows], val_table.frames[rows], val_table.weights)
+
+    log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
+    stop = StopFlag(max_minutes)
+    start_step = step
+    started = time.monotonic()
+    bar = tqdm(total=total_steps, initial=step, desc="refine motion decoder", unit="step",
+               disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
+    log.write({"event": "start", "step": step, "world_size": dist.world_size, "total_steps": total_steps},
+              f"refine motion decoder: step {step} -> {total_steps}, {dist.world_size} process(es), {len(table)} training frames")
+    if validation is not None and step == 0:
+        errors = vertex_errors(vq, vertex_loss, template, validation[1], validation[0])
+        log.write({"event": "validation", "step": 0, **errors}, "step 0  validation (stage 1 decoder)  " + format_metrics(errors, list(errors)))
+    window_time = time.monotonic()
+    accum: dict[str, float] = {}
+    accum_count = 0
+    reason = "steps reached"
+    map_weight = float(section["map_weight"])
+
+    def save() -> None:
+        rng_states = [capture_rng(generator)]
+        if dist.enabled:
+            gathered: list = [None] * dist.world_size
+            torch.distributed.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if not dist.is_main:
+            dist.barrier()
+            return
+
+        def writer(folder: Path) -> None:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}
+            metadata = {"config": json.dumps(dataclasses.asdict(vq.config)), "kind": "motion",
+                        "refined_from": source_sha}
+            (folder / VQ_WEIGHTS).write_bytes(canonical_safetensors_bytes(safetensors_bytes(tensors, metadata=metadata)))
+
+        progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started,
+                    "world_size": dist.world_size}
+        run.save_checkpoint({}, writer, {"optimizer": opt.state_dict(), "rng": rng_states}, progress)
+        dist.barrier()
+
+    vq.train()
+    vq.encoder.eval()  # frozen: no normalisation statistics may drift
+    vq.quantizer.eval()  # and no codebook-usage update (revival bookkeeping of stage 1)
+    while step < total_steps:
+        reason_now = stop.should_stop()
+        if dist.any(reason_now is not None):
+            reason = reason_now or "stop requested on another rank"
+            break
+        indices = order.next()
+        offsets, maps = render_offsets_and_maps(train_set, table.utterances[indices], table.frames[indices], table.weights)
+        maps_t = torch.from_numpy(maps).to(dist.device)
+        with torch.no_grad():
+            codes = vq.quantizer(vq.encoder(vq.normalize(maps_t))).quantized
+        decoded_normalized = vq.decoder(codes)
+        vertex = vertex_loss(vq.denormalize(decoded_normalized), torch.from_numpy(offsets).to(dist.device))
+        map_l1 = (decoded_normalized - vq.normalize(maps_t)).abs().mean()
+        loss = vertex + map_weight * map_l1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dist.average_gradients(decoder_parameters)
+        opt.step()
+        step += 1
+        accum["vertex_mm"] = accum.get("vertex_mm", 0.0) + vertex.item()
+        accum["map_l1"] = accum.get("map_l1", 0.0) + map_l1.item()
+        accum_count += 1
+        bar.update(1)
+        if step % int(section["log_every"]) == 0 or step == total_steps:
+            now = time.monotonic()
+            record = {key: value / accum_count for key, value in accum.items()}
+            record.update(event="train", step=step, epoch=order.epoch,
+                          steps_per_s=accum_count / max(now - window_time, 1e-9))
+            bar.set_postfix(vertex=f"{record['vertex_mm']:.3f}")
+            log.write(record, f"step {step}  " + format_metrics(record, ["vertex_mm", "map_l1", "steps_per_s"]))
+            accum, accum_count, window_time = {}, 0, now
+        if validation is not None and (step % int(section["validate_every"]) == 0 or step == total_steps):
+            errors = vertex_errors(vq, vertex_loss, template, validation[1], validation[0])
+            vq.encoder.eval()
+            vq.quantizer.eval()
+            log.write({"event": "validation", "step": step, **errors}, f"step {step}  validation  " + format_metrics(errors, list(errors)))
+        if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
+            save()
+    bar.close()
+    stop.restore()
+    if step > start_step or not run.has_checkpoint():
+        save()
+    summary = {"step": step, "stopped": reason, "steps_this_session": step - start_step,
+               "seconds_this_session": time.monotonic() - started}
+    log.write({"event": "stop", **summary}, f"refine motion decoder: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
+    return summary
+
+
+def load_refined_motion_vq(run_path: str | Path, device="cpu") -> tuple[VQAutoencoder, dict]:
+    """The refined motion VQ of a refinement run (for export)."""
+    run = RunFolder(run_path)
+    if not run.has_checkpoint():
+        raise FileNotFoundError(f"{run.path} has no refinement checkpoint")
+    recorded = run.read_recorded()
+    if recorded.get("stage") != "refine":
+        raise ValueError(f"{run.path} is not a decoder-refinement run (tools/refine_decoder.py)")
+    from .common import training_config_from_dict
+
+    config = training_config_from_dict(recorded)
+    vq = VQAutoencoder(config.model.motion_vq)
+    vq.load_state_dict(load_file(str(run.checkpoint / VQ_WEIGHTS), device="cpu"))
+    progress = json.loads((run.checkpoint / "progress.json").read_text())
+    return vq.to(device).eval(), {"step": progress["step"], "source_sha256": recorded.get("motion_vq_sha256"),
+                                  "motion_vq_run": recorded.get("motion_vq_run")}

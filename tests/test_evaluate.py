@@ -32,6 +32,7 @@ from evaluation.metrics import (  # noqa: E402
     torchmetrics_ssim_map,
     upper_face_dynamics,
 )
+from evaluation.report import _ablation_section as ablation_section  # noqa: E402
 from evaluation.report import done_when_checks, render_markdown  # noqa: E402
 
 torch.set_num_threads(1)
@@ -172,6 +173,29 @@ def test_done_when_verdicts_follow_the_numbers():
     assert worse["test-A: TexTalker beats every baseline on LVE (mm², lower is better)"] is False
     missing = {c["check"]: c["result"] for c in done_when_checks(_results(1.0, ["CodeTalker-like"]))}
     assert missing["test-A: TexTalker beats every baseline on LVE (mm², lower is better)"] is False
+
+
+def test_ablation_verdicts_compare_with_the_same_budget_reference_when_there_is_one():
+    results = _results(1.0)
+    split = results["splits"]["test-A"]
+    ablation = dict(kind="ablation", motion=True, texture=False, fdd_mm2=0.8, mve_mm=1.0, ssim=None, psnr_db=None,
+                    note="", s_per_audio_s=0.1)
+    # the shipped bundle (LVE 1.0) beats motion-only (1.2); the same-budget reference (1.4) does not
+    split["reference"] = {**ablation, "lve_mm2": 1.4, "mve_mm": 1.1, "texture": True, "psnr_db": 40.0, "ssim": 0.99}
+    split["motion_only"] = {**ablation, "lve_mm2": 1.2, "mve_mm": 1.05}
+    info = {"motion": True, "texture": False, "sha256": "0" * 64, "verified": True, "trained": True}
+    results["ablations"]["evaluated"] = {"reference": {**info, "ablation": None, "texture": True},
+                                         "motion_only": {**info, "ablation": "motion_only"}}
+    checks = {c["check"]: c["result"] for c in done_when_checks(results)}
+    assert checks == {**{k: v for k, v in checks.items() if "ablation" not in k},
+                      "test-A: the same-budget joint model (reference) beats the ablation motion_only (motion_only)": False}
+    text = "\n".join(ablation_section(results))
+    assert "Where the joint model does not win" in text and "Why motion-only may win here" in text
+    # without a reference the shipped bundle is compared, and the check says it is not like with like
+    del results["ablations"]["evaluated"]["reference"]
+    checks = {c["check"]: c["result"] for c in done_when_checks(results)}
+    assert checks["test-A: the joint model (the shipped bundle: NOT the ablations' training budget) beats the "
+                  "ablation motion_only (motion_only)"] is True
 
 
 # ------------------------------------------------------------------------------------------------

@@ -138,10 +138,16 @@ def done_when_checks(results: dict) -> list[dict]:
     ablations = results.get("ablations", {}).get("evaluated", {})
     ablation_split = (results.get("ablations", {}).get("splits") or ["test-A"])[0]
     methods = results.get("splits", {}).get(ablation_split, {})
-    ours = methods.get(TEXTALKER, {})
+    # Like with like: an evaluated full-model bundle trained with the ablations' budget (config
+    # ablation None, e.g. train_ablations.py's "reference") is the joint model of the comparison;
+    # only without one is the shipped, longer-trained bundle compared, and the check says so.
+    reference = same_budget_reference(results)
+    ours = methods.get(reference, {}) if reference else methods.get(TEXTALKER, {})
+    joint_label = (f"the same-budget joint model ({reference})" if reference
+                   else "the joint model (the shipped bundle: NOT the ablations' training budget)")
     for name, info in ablations.items():
         entry = methods.get(name)
-        if entry is None:
+        if entry is None or name == reference:
             continue
         kind = info.get("ablation") or name
         keys = [k for k, flag in (("lve_mm2", info.get("motion")), ("mve_mm", info.get("motion")),
@@ -152,12 +158,19 @@ def done_when_checks(results: dict) -> list[dict]:
             if verdict is not None:
                 verdicts.append(verdict)
                 parts.append(f"{key} ours {number(ours.get(key), 5)} vs {number(entry.get(key), 5)}")
-        checks.append({"check": f"{ablation_split}: the joint model beats the ablation {name} ({kind})",
+        checks.append({"check": f"{ablation_split}: {joint_label} beats the ablation {name} ({kind})",
                        "result": all(verdicts) if verdicts else None, "detail": "; ".join(parts) or "—"})
     if not ablations:
         checks.append({"check": "the joint model beats motion-only and wrinkle-only (paper's ablation)",
                        "result": None, "detail": "ablation bundles not evaluated (not yet trained)"})
     return checks
+
+
+def same_budget_reference(results: dict) -> str | None:
+    """Name of the evaluated ablation bundle that is the full model (no ablation switch), if any."""
+    evaluated = results.get("ablations", {}).get("evaluated", {})
+    names = [name for name, info in evaluated.items() if not info.get("ablation")]
+    return names[0] if names else None
 
 
 def _training_record(model: dict) -> str:
@@ -370,6 +383,25 @@ def _ablation_section(results: dict) -> list[str]:
                  "yes" if info.get("verified") else "no (not in a manifest)", str(info.get("trained")).lower()]
                 for name, info in evaluated.items()]
         lines += _table(["bundle", "config ablation", "SHA-256", "manifest-verified", "trained"], rows) + [""]
+        reference = same_budget_reference(results)
+        failed = [c for c in done_when_checks(results)
+                  if c["check"].startswith(f"{split}: the same-budget") and c["result"] is False]
+        if reference:
+            lines += [f"The ablation verdicts in the done-when table compare each ablation with `{reference}`, the full "
+                      "model trained with the same step budget and sampler; the shipped bundle (row *Full*) was trained "
+                      "longer and is shown for scale only.", ""]
+        if failed:
+            lines += ["**Where the joint model does not win.** " + "; ".join(
+                c["check"].split(" beats the ablation ")[1] + ": " + c["detail"] for c in failed) + ".", ""]
+        if any("(motion_only)" in c["check"] for c in failed):
+            lines += ["Why motion-only may win here: two facts of this set-up bear on it. (1) The synthetic dataset computes each frame's wrinkle map from the "
+                "surface strain of that frame's motion and the subject's wrinkle style (docs/DATASET.md), so the texture carries no "
+                "information that the motion and the style lack: the paper's argument for modelling both together (wrinkles as evidence of "
+                "expression, measured independently on real scans) has nothing to work with here. (2) With the same "
+                "denoiser width and step budget, the motion-only model fits 256 latent dimensions where the joint "
+                "model fits 512, which may matter at a short budget (not measured separately). The paper's ordering is "
+                "therefore not reproduced on this data; whether it appears with a longer budget or real scans is "
+                "not measured.", ""]
     # an ablation counts as evaluated under its display name or its config kind (core.config)
     kinds = {n for n in evaluated} | {str(info.get("ablation")) for info in evaluated.values()}
     missing = [n for n in ABLATION_NAMES if not kinds & {n, ABLATION_KINDS[n]}]

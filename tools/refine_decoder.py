@@ -8,8 +8,9 @@ Only the decoder learns (encoder, codebook and normalisation stay bit-identical)
 latents keep their meaning and `tools/export_bundle.py --motion-decoder RUN` puts the refined
 decoder into a bundle trained on the stage-1 VQ. The loss is the L1 error of the vertex offsets
 read from the decoded map (mm; lips and upper face weighted up, config section "refine") plus
-stage 1's map loss. Run it again with the same --run to resume; torchrun works as for the other
-stages. See docs/TRAINING.md.
+stage 1's map loss. Run it again with the same --run to resume. Under torchrun the ranks average
+their decoder gradients as in the other stages (that path is not covered by a test for this
+stage). See docs/TRAINING.md.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@
 # Sets up .venv, builds the synthetic TexTalk4D if it is missing, trains both VQ autoencoders
 # side by side (one thread each), then (when the config's "refine" section asks for steps) refines
 # the motion decoder for vertex accuracy, then the latent diffusion model, then writes the add-on's
-# weights file (with the refined motion decoder) and its manifest entry. Every stage resumes from its checkpoint, so the same
-# command continues an interrupted run (a finished stage is skipped in seconds).
+# weights file (with the refined motion decoder) and its manifest entry. Every stage resumes from
+# its checkpoint, so the same command continues an interrupted run (a finished stage is skipped in
+# seconds).
 #
 # Environment knobs:
 #   CONFIG=tools/configs/bundled.json   training config (tools/configs/paper.json: paper size)

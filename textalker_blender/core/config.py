@@ -24,7 +24,8 @@ in a few seconds on 2 CPU cores:
   front end of 4 dilated 1-D convolutions (kernel 5, dilations 1, 2, 4, 8: receptive field 0.61 s)
   to width 256, interpolated linearly to MODEL_FPS;
 - denoiser: width 256, 4 layers, 4 heads, feed-forward 512; 500 DDPM steps (cosine betas);
-  DDIM with 6 steps at inference by default.
+  DDIM with 6 steps at inference by default (the shipped weights carry 2: tools/configs/bundled.json
+  overrides it after the sampler sweep of tools/evaluate.py).
 Both presets use sliding windows of Tw=90 frames with a Tp=10 frame prefix.
 """
 

@@ -305,8 +305,8 @@ class VQReconstructionPredictor:
     """The bundle's own autoencoders applied to the ground truth: each frame's motion and wrinkle
     maps encoded to their codes and decoded the way generation decodes (same batches, vertex
     sampler, clamps). No audio and no diffusion: the error a perfect latent diffusion model would
-    still make, i.e. what the VQ stages alone allow. A diagnostic row, not a baseline: the done-when
-    sweep reports it next to the step counts."""
+    still make, i.e. what the VQ stages alone allow. A diagnostic, not a baseline: the sampler
+    sweep reports it as its last row ("VQ bound"), and the done-when check never uses it."""
 
     def __init__(self, pipe, data_root: Path, split: str):
         from synthetic_textalk4d import SyntheticTextalk4D

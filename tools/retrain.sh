@@ -5,8 +5,9 @@
 #
 # Sets up .venv, builds the synthetic TexTalk4D if it is missing, trains both VQ autoencoders
 # side by side (one thread each), then (when the config's "refine" section asks for steps) refines
-# the motion decoder for vertex accuracy, then the latent diffusion model, then writes the add-on's
-# weights file (with the refined motion decoder) and its manifest entry. Every stage resumes from
+# the motion VQ for vertex accuracy (stage 1b: the decoder alone, or with "train_encoder" the whole
+# VQ, blinks oversampled), then the latent diffusion model on the final motion VQ, then writes the
+# add-on's weights file and its manifest entry. Every stage resumes from
 # its checkpoint, so the same command continues an interrupted run (a finished stage is skipped in
 # seconds).
 #
@@ -61,21 +62,27 @@ if ! stage_done "$RUNS/motion" vq || ! stage_done "$RUNS/wrinkle" vq; then
 fi
 
 refine_steps=$("$PY" -c 'import json, sys; print(int(json.load(open(sys.argv[1])).get("refine", {}).get("steps", 0)))' "$CONFIG")
+refine_encoder=$("$PY" -c 'import json, sys; print(int(bool(json.load(open(sys.argv[1])).get("refine", {}).get("train_encoder", False))))' "$CONFIG")
 decoder_args=()
+motion_vq="$RUNS/motion"
 if [ "$refine_steps" -gt 0 ]; then
-    echo "== stage 1b: motion decoder refined on vertex offsets (encoder and codebook frozen)"
+    echo "== stage 1b: motion VQ refined on vertex offsets"
     OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/refine_decoder.py --config "$CONFIG" --data "$DATA" \
         --run "$RUNS/motion_refine" --motion-vq "$RUNS/motion" --max-minutes "$MAX_MINUTES" --no-progress
     if ! stage_done "$RUNS/motion_refine" refine; then
         echo "stage 1b stopped before its step budget (time limit); run the same command again to continue"
         exit 0
     fi
-    decoder_args=(--motion-decoder "$RUNS/motion_refine")
+    if [ "$refine_encoder" = 1 ]; then
+        motion_vq="$RUNS/motion_refine"  # new codes: stage 2 learns them
+    else
+        decoder_args=(--motion-decoder "$RUNS/motion_refine")  # same codes: decoder swapped in at export
+    fi
 fi
 
 echo "== stage 2: audio front end + latent diffusion model"
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/train_ldm.py --config "$CONFIG" --data "$DATA" \
-    --run "$RUNS/ldm" --motion-vq "$RUNS/motion" --wrinkle-vq "$RUNS/wrinkle" \
+    --run "$RUNS/ldm" --motion-vq "$motion_vq" --wrinkle-vq "$RUNS/wrinkle" \
     --max-minutes "$MAX_MINUTES" --no-progress
 
 if ! stage_done "$RUNS/ldm" ldm; then

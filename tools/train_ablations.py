@@ -38,15 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="built synthetic TexTalk4D folder")
     parser.add_argument("--runs", type=Path, required=True, help="folder for the runs and the exported bundles")
-    parser.add_argument("--motion-vq", type=Path, required=True, help="motion VQ run shared by the ablations")
+    parser.add_argument("--motion-vq", type=Path, required=True,
+                        help="motion VQ run shared by the ablations (stage 1, or a stage-1b run that refined the encoder too)")
     parser.add_argument("--wrinkle-vq", type=Path, required=True, help="wrinkle VQ run shared by the ablations")
     parser.add_argument("--cache-from", type=Path, default=None,
                         help="an LDM run on the same VQs whose latent cache is hard-linked (skips encoding)")
     parser.add_argument("--ldm-steps", type=int, default=None, help="LDM steps of every run (default: each config's)")
     parser.add_argument("--joint-vq-steps", type=int, default=None, help="steps of the joint-codebook VQ (default: its config's)")
     parser.add_argument("--motion-decoder", type=Path, default=None,
-                        help="stage-1b run refining --motion-vq's decoder (tools/refine_decoder.py): exported into "
-                             "every ablation that decodes motion with that VQ, as in the bundle")
+                        help="decoder-only stage-1b run refining --motion-vq's decoder (tools/refine_decoder.py): exported "
+                             "into every ablation that decodes motion with that VQ, as in the bundle")
     parser.add_argument("--only", default=",".join(ABLATION_NAMES), help=f"comma-separated subset of {','.join(ABLATION_NAMES)}")
     parser.add_argument("--max-minutes", type=float, default=None, help="time limit per training stage (resumable)")
     parser.add_argument("--ema", choices=("auto", "yes", "no"), default="auto",

@@ -30,12 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wrinkle-vq", type=Path, default=None,
                         help="run folder of the wrinkle VQ (required unless --motion-vq is a joint-codebook VQ run)")
     parser.add_argument("--hubert-dir", type=Path, default=None, help="local HuBERT checkpoint (paper config)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="warm start: weights file (export or RUN/checkpoint/ema.safetensors) whose denoiser and "
+                             "audio front end this new run starts from (e.g. after the motion VQ was refined)")
     add_session_arguments(parser)
     args = parser.parse_args(argv)
     return run_stage(args, lambda config, dist: train_ldm(
         config, args.data, args.run, args.motion_vq, args.wrinkle_vq, dist,
         steps=args.steps, max_minutes=args.max_minutes,
-        hubert_dir=args.hubert_dir, progress_bar=not args.no_progress))
+        hubert_dir=args.hubert_dir, progress_bar=not args.no_progress, init_from=args.init_from))
 
 
 if __name__ == "__main__":

@@ -95,8 +95,10 @@ LDM_DEFAULTS: dict[str, Any] = {
     "lr_decay": {"start_step": None, "final_fraction": 0.1},
 }
 
-# Stage 1b (training/refine_stage.py): the motion VQ's decoder fine-tuned on vertex offsets in
-# mm (lips and upper face weighted up) plus stage 1's map loss; encoder and codebook frozen.
+# Stage 1b (training/refine_stage.py): the motion VQ fine-tuned on vertex offsets in mm (lips
+# and upper face weighted up) plus stage 1's map loss. By default only the decoder learns
+# (encoder and codebook frozen, stage 2's latents stay valid); with "train_encoder" the encoder
+# and codebook learn too and stage 2 trains on the refined VQ.
 REFINE_DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
     "learning_rate": 1e-4,
@@ -104,6 +106,16 @@ REFINE_DEFAULTS: dict[str, Any] = {
     "lip_weight": 6.0,
     "upper_face_weight": 4.0,
     "map_weight": 1.0,
+    "train_encoder": False,
+    # Rare events the map loss of stage 1 learns to ignore (a blink closes the eyelids on ~3 % of
+    # the synthetic frames): this fraction of every batch is drawn from frames where one of these
+    # units exceeds the threshold.
+    "oversample_units": [],
+    "oversample_threshold": 0.3,
+    "oversample_fraction": 0.0,
+    "revive_every": 25,  # dead-code revival, as stage 1 (only with train_encoder)
+    # Cosine from start_step down to final_fraction of the rate at the last step (as stage 2's).
+    "lr_decay": {"start_step": None, "final_fraction": 0.1},
     "checkpoint_every": 250,
     "log_every": 25,
     "validate_every": 500,
@@ -277,6 +289,17 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def gather_rng_states(generator: torch.Generator, dist: Distributed) -> list[dict[str, Any]]:
+    """Every rank's RNG state (`capture_rng`), in rank order, for the checkpoint (one entry
+    without DDP). Under DDP this is a collective: every rank must call it."""
+    state = capture_rng(generator)
+    if not dist.enabled:
+        return [state]
+    gathered: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:

@@ -39,6 +39,9 @@ def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, u
         if model.motion_vq is None:
             raise ValueError(f"{run.path} is a joint-codebook model: it has no motion VQ to refine")
         refined_vq, refined = load_refined_motion_vq(motion_decoder)
+        if refined["train_encoder"]:
+            raise ValueError(f"{motion_decoder} refined the encoder and codebook too: its codes differ from the ones "
+                             f"{run.path} learned; train stage 2 on it (train_ldm.py --motion-vq {motion_decoder}) instead")
         if not same_codes(model.motion_vq, refined_vq):
             raise ValueError(f"{motion_decoder} refined another motion VQ than the one {run.path} was trained on "
                              "(encoder, codebook or normalisation differ)")

@@ -29,9 +29,9 @@ from .common import (
     StopFlag,
     TOOLS_DIR,
     TrainingConfig,
-    capture_rng,
     dataset_fingerprint,
     format_metrics,
+    gather_rng_states,
     restore_rng,
     write_json,
 )
@@ -267,6 +267,20 @@ def load_model_file(path: Path, model: TexTalkerModel) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def initialise_from(model: TexTalkerModel, params: dict, path: Path) -> None:
+    """Copy the trainable tensors (denoiser, bundled audio front end) of the weights file at
+    `path` into `model`; every one must be there with the same shape."""
+    tensors = load_weights(path, verify=False).tensors
+    missing = [name for name in params if name not in tensors]
+    mismatched = [name for name, p in params.items() if name in tensors and tuple(tensors[name].shape) != tuple(p.shape)]
+    if missing or mismatched:
+        raise ValueError(f"--init-from {path}: not a warm start for this model config "
+                         f"({len(missing)} tensors missing, {len(mismatched)} of another shape, e.g. {(missing + mismatched)[:3]})")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name].to(p.device, p.dtype))
+
+
 def train_ldm(
     config: TrainingConfig,
     data_root: str | Path,
@@ -278,7 +292,12 @@ def train_ldm(
     max_minutes: float | None = None,
     hubert_dir: str | Path | None = None,
     progress_bar: bool = True,
+    init_from: str | Path | None = None,
 ) -> dict:
+    """Train (or resume) stage 2. `init_from`: a model weights file (an export, or a run's
+    checkpoint/ema.safetensors) whose denoiser and audio front end start this run instead of
+    random weights (a warm start after the VQ changed; the latent normalisation and the pivots
+    are always computed from this run's latents). Used only when the run has no checkpoint yet."""
     from tqdm import tqdm
 
     run = RunFolder(run_path)
@@ -303,6 +322,9 @@ def train_ldm(
     extra = {"stage": "ldm", "data": str(Path(data_root).resolve()), "motion_vq_run": str(Path(motion_run).resolve()),
              "wrinkle_vq_run": str(Path(wrinkle_run).resolve()) if wrinkle_run is not None else None,
              "dataset": dataset_fingerprint(data_root)}
+    if init_from is not None:
+        extra["init_from"] = str(Path(init_from).resolve())
+        extra["init_from_sha256"] = sha256_file(Path(init_from))
     if dist.is_main:
         config = run.prepare(config, extra)
     dist.barrier()
@@ -399,6 +421,8 @@ def train_ldm(
                                    torch.cat([it["z_wrinkle"] for it in train_items]).to(device), all_subject_rows.to(device))
 
     params = dict(trainable_parameters(model))
+    if init_from is not None and not run.has_checkpoint():
+        initialise_from(model, params, Path(init_from))
     optimizer = torch.optim.AdamW(params.values(), lr=float(section["learning_rate"]), weight_decay=float(section["weight_decay"]))
     warmup = max(1, int(section["warmup_steps"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(warmup, section["lr_decay"], total_steps))
@@ -424,11 +448,7 @@ def train_ldm(
             print(f"note: checkpoint written by {progress.get('world_size')} process(es), resumed with {dist.world_size}")
 
     def save() -> None:
-        rng_states = [capture_rng(generator)]
-        if dist.enabled:
-            gathered: list = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
+        rng_states = gather_rng_states(generator, dist)
         if not dist.is_main:
             dist.barrier()
             return

@@ -1,4 +1,4 @@
-"""Stage 1b: refine the motion VQ's decoder for vertex accuracy (encoder and codebook frozen).
+"""Stage 1b: refine the motion VQ for vertex accuracy (by default the decoder alone).
 
 Stage 1 trains the motion autoencoder with an L1 loss over all texels of the normalised map, so
 every texel counts the same: the lips, whose error LVE measures as a per-frame maximum, get no
@@ -10,6 +10,14 @@ a good map. The encoder, the codebook and the normalisation are left bit-identic
 the latent diffusion model learned (stage 2) keep their meaning: the refined decoder can be
 swapped into a bundle at export (`tools/export_bundle.py --motion-decoder RUN`) without
 retraining stage 2, and stage 2's latent cache stays valid.
+
+With `refine.train_encoder` the encoder and the codebook learn too (codebook and commitment
+losses and dead-code revival as in stage 1), and `refine.oversample_units` fills a fraction of
+every batch with frames where those units are active. This is for what the decoder alone cannot
+fix: stage 1's encoder does not encode blinks at all (they close the eyelids on ~3 % of the
+synthetic frames, and a map L1 over all texels barely notices them), so no decoder can bring them
+back. The codes change, so stage 2 must then be trained on this run (`train_ldm.py --motion-vq
+RUN`: the run folder is also a motion VQ run), not swapped in at export.
 
 Run folder (`--run RUN`): `config.json` (resolved config, the source motion VQ run and its
 SHA-256), `checkpoint/vq.safetensors` (the whole motion VQ with the refined decoder),
@@ -35,11 +43,12 @@ from .common import (
     RunFolder,
     StopFlag,
     TrainingConfig,
-    capture_rng,
     format_metrics,
+    gather_rng_states,
     restore_rng,
 )
 from .data import EpochOrder, FrameTable, open_dataset, to_physical
+from .ldm_stage import learning_rate_factor
 from .vq_stage import VQ_WEIGHTS, load_trained_vq
 
 from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
@@ -84,6 +93,39 @@ class VertexLoss:
     def __call__(self, maps: torch.Tensor, truth_offsets: torch.Tensor) -> torch.Tensor:
         error_mm = (self.vertices(maps) - truth_offsets).norm(dim=-1) * 1000.0
         return (error_mm * self.weights.to(error_mm.device)).sum(dim=-1).mean()
+
+
+def oversampling_rows(dataset, table: FrameTable, section: dict) -> np.ndarray:
+    """Rows of `table` whose frame has one of `section["oversample_units"]` above the threshold."""
+    names = list(section["oversample_units"])
+    unknown = [name for name in names if name not in dataset.unit_names]
+    if unknown:  # checked even while the fraction is 0, so a typo shows before it matters
+        raise ValueError(f"refine.oversample_units: unknown face units {unknown}")
+    if not names or float(section["oversample_fraction"]) <= 0:
+        return np.zeros(0, np.int64)
+    columns = [dataset.unit_names.index(name) for name in names]
+    threshold = float(section["oversample_threshold"])
+    active = np.array([table.weights[int(u)][int(f)][columns].max() > threshold
+                       for u, f in zip(table.utterances, table.frames)], bool)
+    rows = np.nonzero(active)[0]
+    if not len(rows):
+        raise ValueError(f"refine.oversample_units {names}: no training frame exceeds {threshold}")
+    return rows
+
+
+def batch_indices(order: EpochOrder, rare_rows: np.ndarray, rare_per_batch: int,
+                  generator: torch.Generator) -> np.ndarray:
+    """This rank's rows of the frame table for the next step: the epoch order's next batch with
+    its first `rare_per_batch` rows replaced by rows of `rare_rows` (`oversampling_rows`), drawn
+    with replacement with `generator` (the checkpointed one, so a resumed run draws the same
+    frames). With `rare_per_batch` 0 the generator is not touched."""
+    indices = np.asarray(order.next())
+    if not rare_per_batch:
+        return indices
+    picks = torch.randint(len(rare_rows), (min(rare_per_batch, len(indices)),), generator=generator).numpy()
+    indices = indices.copy()
+    indices[: len(picks)] = rare_rows[picks]
+    return indices
 
 
 def render_offsets_and_maps(dataset, utterances: np.ndarray, frames: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +188,11 @@ def refine_motion_decoder(
         raise ValueError(f"{motion_run} trains the {source_info['kind']} VQ; the refinement is for the motion VQ")
     source_sha = sha256_file(motion_run / "checkpoint" / VQ_WEIGHTS)
     run = RunFolder(run_path)
-    extra = {"stage": "refine", "data": str(Path(data_root).resolve()), "motion_vq_run": str(motion_run.resolve()),
-             "motion_vq_sha256": source_sha, "motion_vq_step": source_info["step"]}
+    # "kind": a refinement run is also a motion VQ run (load_trained_vq), which stage 2 trains on
+    # when the encoder was refined too.
+    extra = {"stage": "refine", "kind": "motion", "data": str(Path(data_root).resolve()),
+             "motion_vq_run": str(motion_run.resolve()), "motion_vq_sha256": source_sha,
+             "motion_vq_step": source_info["step"]}
     if dist.is_main:
         # The run refines the motion VQ it started from: its model config is that VQ's.
         config = dataclasses.replace(config, model=source_info["config"].model)
@@ -169,11 +214,16 @@ def refine_motion_decoder(
     vertex_loss = VertexLoss.for_template(template, config.model.motion_vq.resolution,
                                           float(section["lip_weight"]), float(section["upper_face_weight"]))
 
+    train_encoder = bool(section["train_encoder"])
+    rare_rows = oversampling_rows(train_set, table, section)
+    rare_per_batch = int(round(float(section["oversample_fraction"]) * int(section["batch_size"]))) if len(rare_rows) else 0
     vq = source_vq
     for name, parameter in vq.named_parameters():
-        parameter.requires_grad_(name.startswith("decoder."))
-    decoder_parameters = list(vq.decoder.parameters())
-    opt = torch.optim.Adam(decoder_parameters, lr=float(section["learning_rate"]), betas=(0.5, 0.9))
+        parameter.requires_grad_(train_encoder or name.startswith("decoder."))
+    trained_parameters = [parameter for parameter in vq.parameters() if parameter.requires_grad]
+    base_learning_rate = float(section["learning_rate"])
+    learning_rate = learning_rate_factor(1, section["lr_decay"], total_steps)
+    opt = torch.optim.Adam(trained_parameters, lr=base_learning_rate, betas=(0.5, 0.9))
     generator = torch.Generator().manual_seed(seed + 1)
     order = EpochOrder(len(table), int(section["batch_size"]), dist.world_size, dist.rank, seed)
     step = 0
@@ -188,7 +238,7 @@ def refine_motion_decoder(
         step = int(progress["step"])
         elapsed_before = float(progress.get("elapsed_s", 0.0))
     reference = load_trained_vq(motion_run, "cpu")[0]
-    if not same_codes(reference, vq):
+    if not train_encoder and not same_codes(reference, vq):
         raise ValueError(f"{run.path}: the checkpoint's encoder/codebook differ from {motion_run}'s")
 
     validation = None
@@ -208,8 +258,11 @@ def refine_motion_decoder(
     started = time.monotonic()
     bar = tqdm(total=total_steps, initial=step, desc="refine motion decoder", unit="step",
                disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
-    log.write({"event": "start", "step": step, "world_size": dist.world_size, "total_steps": total_steps},
-              f"refine motion decoder: step {step} -> {total_steps}, {dist.world_size} process(es), {len(table)} training frames")
+    what = "motion VQ (encoder, codebook, decoder)" if train_encoder else "motion decoder"
+    log.write({"event": "start", "step": step, "world_size": dist.world_size, "total_steps": total_steps,
+               "train_encoder": train_encoder, "oversampled_frames": int(len(rare_rows)), "oversampled_per_batch": rare_per_batch},
+              f"refine {what}: step {step} -> {total_steps}, {dist.world_size} process(es), {len(table)} training frames"
+              + (f", {rare_per_batch} of every {section['batch_size']} from the {len(rare_rows)} frames with {'/'.join(section['oversample_units'])}" if rare_per_batch else ""))
     if validation is not None and step == 0:
         errors = vertex_errors(vq, vertex_loss, template, validation[1], validation[0])
         log.write({"event": "validation", "step": 0, **errors}, "step 0  validation (stage 1 decoder)  " + format_metrics(errors, list(errors)))
@@ -220,11 +273,7 @@ def refine_motion_decoder(
     map_weight = float(section["map_weight"])
 
     def save() -> None:
-        rng_states = [capture_rng(generator)]
-        if dist.enabled:
-            gathered: list = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
+        rng_states = gather_rng_states(generator, dist)
         if not dist.is_main:
             dist.barrier()
             return
@@ -232,7 +281,7 @@ def refine_motion_decoder(
         def writer(folder: Path) -> None:
             tensors = {k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}
             metadata = {"config": json.dumps(dataclasses.asdict(vq.config)), "kind": "motion",
-                        "refined_from": source_sha}
+                        "refined_from": source_sha, "refined_encoder": "true" if train_encoder else "false"}
             (folder / VQ_WEIGHTS).write_bytes(canonical_safetensors_bytes(safetensors_bytes(tensors, metadata=metadata)))
 
         progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started,
@@ -240,44 +289,65 @@ def refine_motion_decoder(
         run.save_checkpoint({}, writer, {"optimizer": opt.state_dict(), "rng": rng_states}, progress)
         dist.barrier()
 
-    vq.train()
-    vq.encoder.eval()  # frozen: no normalisation statistics may drift
-    vq.quantizer.eval()  # and no codebook-usage update (revival bookkeeping of stage 1)
+    def train_mode() -> None:
+        vq.train()
+        if not train_encoder:
+            vq.encoder.eval()  # frozen: no normalisation statistics may drift
+            vq.quantizer.eval()  # and no codebook-usage update (revival bookkeeping of stage 1)
+
+    train_mode()
     while step < total_steps:
         reason_now = stop.should_stop()
         if dist.any(reason_now is not None):
             reason = reason_now or "stop requested on another rank"
             break
-        indices = order.next()
+        indices = batch_indices(order, rare_rows, rare_per_batch, generator)
         offsets, maps = render_offsets_and_maps(train_set, table.utterances[indices], table.frames[indices], table.weights)
         maps_t = torch.from_numpy(maps).to(dist.device)
-        with torch.no_grad():
-            codes = vq.quantizer(vq.encoder(vq.normalize(maps_t))).quantized
-        decoded_normalized = vq.decoder(codes)
+        with torch.set_grad_enabled(train_encoder):
+            quantized = vq.quantizer(vq.encoder(vq.normalize(maps_t)))
+        decoded_normalized = vq.decoder(quantized.quantized)
         vertex = vertex_loss(vq.denormalize(decoded_normalized), torch.from_numpy(offsets).to(dist.device))
         map_l1 = (decoded_normalized - vq.normalize(maps_t)).abs().mean()
         loss = vertex + map_weight * map_l1
+        if train_encoder:
+            vq_config = vq.config
+            loss = loss + float(vq_config.codebook_weight) * quantized.codebook_loss \
+                + float(vq_config.commitment_beta) * quantized.commitment_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        dist.average_gradients(decoder_parameters)
+        dist.average_gradients(trained_parameters)
+        # Set from the config every step (not restored with the optimiser state), so the
+        # schedule of a resumed run is the config's.
+        for group in opt.param_groups:
+            group["lr"] = base_learning_rate * learning_rate(step)
         opt.step()
         step += 1
+        if train_encoder and int(section["revive_every"]) > 0 and step % int(section["revive_every"]) == 0:
+            # Every rank revives from its own batch; rank 0's codebook is what gets saved
+            # (stage 1 does the same).
+            accum["revived"] = accum.get("revived", 0.0) + vq.quantizer.revive_dead_codes(generator=generator)
         accum["vertex_mm"] = accum.get("vertex_mm", 0.0) + vertex.item()
         accum["map_l1"] = accum.get("map_l1", 0.0) + map_l1.item()
+        if train_encoder:
+            accum["perplexity"] = accum.get("perplexity", 0.0) + float(quantized.perplexity)
         accum_count += 1
         bar.update(1)
         if step % int(section["log_every"]) == 0 or step == total_steps:
             now = time.monotonic()
             record = {key: value / accum_count for key, value in accum.items()}
+            if "revived" in accum:
+                record["revived"] = accum["revived"]
+            if train_encoder:
+                record["dead_codes"] = int(vq.quantizer.dead_codes().sum())
             record.update(event="train", step=step, epoch=order.epoch,
                           steps_per_s=accum_count / max(now - window_time, 1e-9))
             bar.set_postfix(vertex=f"{record['vertex_mm']:.3f}")
-            log.write(record, f"step {step}  " + format_metrics(record, ["vertex_mm", "map_l1", "steps_per_s"]))
+            log.write(record, f"step {step}  " + format_metrics(record, ["vertex_mm", "map_l1", "perplexity", "dead_codes", "revived", "steps_per_s"]))
             accum, accum_count, window_time = {}, 0, now
         if validation is not None and (step % int(section["validate_every"]) == 0 or step == total_steps):
             errors = vertex_errors(vq, vertex_loss, template, validation[1], validation[0])
-            vq.encoder.eval()
-            vq.quantizer.eval()
+            train_mode()
             log.write({"event": "validation", "step": step, **errors}, f"step {step}  validation  " + format_metrics(errors, list(errors)))
         if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
             save()
@@ -287,7 +357,7 @@ def refine_motion_decoder(
         save()
     summary = {"step": step, "stopped": reason, "steps_this_session": step - start_step,
                "seconds_this_session": time.monotonic() - started}
-    log.write({"event": "stop", **summary}, f"refine motion decoder: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
+    log.write({"event": "stop", **summary}, f"refine {what}: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
     return summary
 
 
@@ -306,4 +376,5 @@ def load_refined_motion_vq(run_path: str | Path, device="cpu") -> tuple[VQAutoen
     vq.load_state_dict(load_file(str(run.checkpoint / VQ_WEIGHTS), device="cpu"))
     progress = json.loads((run.checkpoint / "progress.json").read_text())
     return vq.to(device).eval(), {"step": progress["step"], "source_sha256": recorded.get("motion_vq_sha256"),
+                                  "train_encoder": bool(config.refine.get("train_encoder", False)),
                                   "motion_vq_run": recorded.get("motion_vq_run")}

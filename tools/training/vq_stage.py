@@ -27,8 +27,8 @@ from .common import (
     RunFolder,
     StopFlag,
     TrainingConfig,
-    capture_rng,
     format_metrics,
+    gather_rng_states,
     restore_rng,
     write_json,
 )
@@ -259,11 +259,7 @@ def train_vq(
     reason = "steps reached"
 
     def save() -> None:
-        rng_states = [capture_rng(generator)]
-        if dist.enabled:
-            gathered: list = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
+        rng_states = gather_rng_states(generator, dist)
         if not dist.is_main:
             dist.barrier()
             return

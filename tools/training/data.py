@@ -41,21 +41,28 @@ def to_physical(kind: str, maps: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(maps, LOG_RATIO_FLOOR)).astype(np.float32)
 
 
-def render_frames(dataset, kind: str, utterances: np.ndarray, frames: np.ndarray, weights) -> np.ndarray:
-    """Maps (B, H, W, 3) in physical units for (utterance index, frame) pairs, batch order kept.
+def render_batch(dataset, utterances: np.ndarray, frames: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertex offsets (B, V, 3), motion maps and wrinkle maps (B, H, W, 3) as the reader renders
+    them, for (utterance index, frame) pairs, batch order kept.
 
     Frames of the same subject are rendered together (the reader's per-subject geometry)."""
     subjects = np.array([dataset.entries[int(u)]["subject"] for u in utterances])
-    out = None
+    outputs: list[np.ndarray] | None = None
     for subject in dict.fromkeys(subjects.tolist()):
         rows = np.nonzero(subjects == subject)[0]
         stacked = np.stack([weights[int(utterances[r])][int(frames[r])] for r in rows])
-        _, motion, wrinkle = dataset.render(subject, stacked)
-        maps = to_physical(kind, motion if kind == "motion" else wrinkle)
-        if out is None:
-            out = np.empty((len(utterances), *maps.shape[1:]), np.float32)
-        out[rows] = maps
-    return out
+        rendered = dataset.render(subject, stacked)
+        if outputs is None:
+            outputs = [np.empty((len(utterances), *part.shape[1:]), np.float32) for part in rendered]
+        for out, part in zip(outputs, rendered):
+            out[rows] = part
+    return tuple(outputs)
+
+
+def render_frames(dataset, kind: str, utterances: np.ndarray, frames: np.ndarray, weights) -> np.ndarray:
+    """Maps (B, H, W, 3) of `kind` ("motion" or "wrinkle") in physical units, batch order kept."""
+    _, motion, wrinkle = render_batch(dataset, utterances, frames, weights)
+    return to_physical(kind, motion if kind == "motion" else wrinkle)
 
 
 @dataclass

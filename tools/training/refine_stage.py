@@ -47,7 +47,7 @@ from .common import (
     gather_rng_states,
     restore_rng,
 )
-from .data import EpochOrder, FrameTable, open_dataset, to_physical
+from .data import EpochOrder, FrameTable, open_dataset, render_batch, to_physical
 from .ldm_stage import learning_rate_factor
 from .vq_stage import VQ_WEIGHTS, load_trained_vq
 
@@ -130,19 +130,8 @@ def batch_indices(order: EpochOrder, rare_rows: np.ndarray, rare_per_batch: int,
 
 def render_offsets_and_maps(dataset, utterances: np.ndarray, frames: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth vertex offsets (B, V, 3) and motion maps (B, H, W, 3), metres, batch order."""
-    subjects = np.array([dataset.entries[int(u)]["subject"] for u in utterances])
-    offsets_out, maps_out = None, None
-    for subject in dict.fromkeys(subjects.tolist()):
-        rows = np.nonzero(subjects == subject)[0]
-        stacked = np.stack([weights[int(utterances[r])][int(frames[r])] for r in rows])
-        offsets, motion, _ = dataset.render(subject, stacked)
-        motion = to_physical("motion", motion)
-        if offsets_out is None:
-            offsets_out = np.empty((len(utterances), *offsets.shape[1:]), np.float32)
-            maps_out = np.empty((len(utterances), *motion.shape[1:]), np.float32)
-        offsets_out[rows] = offsets
-        maps_out[rows] = motion
-    return offsets_out, maps_out
+    offsets, motion, _ = render_batch(dataset, utterances, frames, weights)
+    return offsets, to_physical("motion", motion)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from training.ldm_stage import learning_rate_factor  # noqa: E402
+from training.common import learning_rate_factor  # noqa: E402
 from training.pauses import add_pauses, splice_with_pause  # noqa: E402
 
 MEL_PER_FRAME = 100 / 30

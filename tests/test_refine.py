@@ -600,3 +600,16 @@ def test_retrain_trains_stage_2_on_a_train_encoder_refinement(dataset, runs, ldm
     assert any(not torch.equal(refined_tensors[k], stage_1[k]) for k in encoder)
     for key in ("quantizer.codebook.weight",) + tuple(k for k in refined_tensors if k.startswith("decoder.")):
         assert torch.equal(bundle.tensors["motion_vq." + key], refined_tensors[key]), key
+
+
+def test_refinement_follows_the_configured_learning_rate_decay(dataset, motion_vq, tmp_path):
+    """`refine.lr_decay`: the logged rate is the base rate until `start_step`, then decays (cosine);
+    it is set from the config every step, so a resumed session follows the same schedule."""
+    config = refine_config(validation_frames=0, lr_decay={"start_step": 2, "final_fraction": 0.1})
+    run = tmp_path / "decay"
+    refine_motion_decoder(config, dataset, run, motion_vq, CPU, steps=2, progress_bar=False)
+    refine_motion_decoder(config, dataset, run, motion_vq, CPU, progress_bar=False)  # resumed: steps 3, 4
+    rates = [r["lr"] for r in read_log(run / "log.jsonl") if r["event"] == "train"]
+    base = TINY_REFINE["learning_rate"]
+    assert rates[:3] == pytest.approx([base] * 3)
+    assert rates[3] == pytest.approx(base * 0.55)  # halfway through the cosine from 1 to 0.1

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Stage 1b of TexTalker training: refine the motion VQ's decoder for vertex accuracy, resumable.
+"""Stage 1b of TexTalker training: refine the motion VQ for vertex accuracy, resumable.
 
     .venv/bin/python tools/refine_decoder.py --config tools/configs/bundled.json \
         --data data/synthetic_textalk4d --run runs/bundled/motion_refine --motion-vq runs/bundled/motion
 
-Only the decoder learns (encoder, codebook and normalisation stay bit-identical), so stage 2's
-latents keep their meaning and `tools/export_bundle.py --motion-decoder RUN` puts the refined
-decoder into a bundle trained on the stage-1 VQ. The loss is the L1 error of the vertex offsets
+By default only the decoder learns (encoder, codebook and normalisation stay bit-identical), so
+stage 2's latents keep their meaning and `tools/export_bundle.py --motion-decoder RUN` puts the
+refined decoder into a bundle trained on the stage-1 VQ. With `refine.train_encoder` (as in
+bundled.json) the whole VQ learns, with `refine.oversample_units` frames (blinks) oversampled;
+the codes change, so stage 2 then trains on this run (`train_ldm.py --motion-vq RUN`). The loss is the L1 error of the vertex offsets
 read from the decoded map (mm; lips and upper face weighted up, config section "refine") plus
 stage 1's map loss. Run it again with the same --run to resume. Under torchrun the ranks average
-their decoder gradients as in the other stages (that path is not covered by a test for this
+their gradients as in the other stages (that path is not covered by a test for this
 stage). See docs/TRAINING.md.
 """
 

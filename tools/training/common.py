@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -289,6 +290,22 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def learning_rate_factor(warmup: int, decay: dict, total_steps: int):
+    """LambdaLR factor: linear warm-up over `warmup` steps, 1, then from decay["start_step"]
+    (None: never) a cosine down to decay["final_fraction"] at `total_steps`."""
+    start = decay.get("start_step")
+    final = float(decay.get("final_fraction", 0.1))
+
+    def factor(step: int) -> float:
+        value = min(1.0, (step + 1) / warmup)
+        if start is not None and step >= int(start) and total_steps > int(start):
+            progress = min(1.0, (step - int(start)) / (total_steps - int(start)))
+            value *= final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return value
+
+    return factor
 
 
 def gather_rng_states(generator: torch.Generator, dist: Distributed) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ Run folder (`--run RUN`):
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from .common import (
     dataset_fingerprint,
     format_metrics,
     gather_rng_states,
+    learning_rate_factor,
     restore_rng,
     write_json,
 )
@@ -165,22 +165,6 @@ class EMA:
             current = params[name].detach().clone()
             params[name].data.copy_(value)
             value.copy_(current)
-
-
-def learning_rate_factor(warmup: int, decay: dict, total_steps: int):
-    """LambdaLR factor: linear warm-up over `warmup` steps, 1, then from decay["start_step"]
-    (None: never) a cosine down to decay["final_fraction"] at `total_steps`."""
-    start = decay.get("start_step")
-    final = float(decay.get("final_fraction", 0.1))
-
-    def factor(step: int) -> float:
-        value = min(1.0, (step + 1) / warmup)
-        if start is not None and step >= int(start) and total_steps > int(start):
-            progress = min(1.0, (step - int(start)) / (total_steps - int(start)))
-            value *= final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return value
-
-    return factor
 
 
 def trainable_parameters(model: TexTalkerModel):

@@ -45,10 +45,10 @@ from .common import (
     TrainingConfig,
     format_metrics,
     gather_rng_states,
+    learning_rate_factor,
     restore_rng,
 )
 from .data import EpochOrder, FrameTable, open_dataset, render_batch, to_physical
-from .ldm_stage import learning_rate_factor
 from .vq_stage import VQ_WEIGHTS, load_trained_vq
 
 from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
@@ -329,7 +329,7 @@ def refine_motion_decoder(
                 record["revived"] = accum["revived"]
             if train_encoder:
                 record["dead_codes"] = int(vq.quantizer.dead_codes().sum())
-            record.update(event="train", step=step, epoch=order.epoch,
+            record.update(event="train", step=step, epoch=order.epoch, lr=opt.param_groups[0]["lr"],
                           steps_per_s=accum_count / max(now - window_time, 1e-9))
             bar.set_postfix(vertex=f"{record['vertex_mm']:.3f}")
             log.write(record, f"step {step}  " + format_metrics(record, ["vertex_mm", "map_l1", "perplexity", "dead_codes", "revived", "steps_per_s"]))

@@ -733,7 +733,7 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
                   "preset": pipe.config.name, "trained": pipe.trained, "steps": steps,
                   "diffusion_steps": pipe.config.diffusion_steps, "model_fps": MODEL_FPS,
                   "dataset": metadata.get("dataset"), "training": metadata.get("training"),
-                  "styles": len(pipe.styles)},
+                  "styles": len(pipe.styles), "blink_condition": bool(pipe.config.blink_condition)},
         "seeds": {"diffusion": args.seed, "learned_baselines": args.seed},
         "splits": splits,
         "sizes": sizes,

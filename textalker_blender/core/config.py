@@ -48,6 +48,9 @@ MODALITIES = ("motion+wrinkle", "motion", "wrinkle")
 # Ablation fields: left out of `to_dict()` while at their default, so configs and weights files
 # of the full model serialise exactly as before these fields existed.
 _ABLATION_DEFAULTS: dict[str, Any] = {"modalities": "motion+wrinkle", "joint_codebook_vq": None}
+# Fields added after weights were shipped: left out of the JSON at their default, so the
+# metadata of earlier weights (and their SHA-256) stays what it was.
+_OMITTED_AT_DEFAULT: dict[str, Any] = {**_ABLATION_DEFAULTS, "blink_condition": False}
 
 
 @dataclass
@@ -137,6 +140,11 @@ class ModelConfig:
     # steps better but an under-trained network let the per-frame noise of x_t through as jitter
     # in few-step samples, where direct x0 prediction stayed smooth.
     x0_skip: bool = False
+    # Blink timing as a per-frame input of the denoiser (core/blinks.py). Blinks do not follow
+    # the audio, so a model conditioned on audio alone can only average them away; with this
+    # flag it is told when the eyes close (training: the eyelid closure measured in the data;
+    # generation: a track sampled at the speaking style's blink rate) and draws the blink itself.
+    blink_condition: bool = False
     # Style
     style_mode: str = "pivot"  # "pivot" | "onehot"
     num_styles: int = 8  # one-hot table size (only used when style_mode == "onehot")
@@ -287,7 +295,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key, default in _ABLATION_DEFAULTS.items():
+        for key, default in _OMITTED_AT_DEFAULT.items():
             if data[key] == default:
                 del data[key]
         return data

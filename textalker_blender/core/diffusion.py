@@ -146,6 +146,18 @@ class LatentDenoiser(nn.Module):
             self.anchor_proj = nn.Linear(self.latent_dim, width)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.audio_proj = nn.Sequential(nn.LayerNorm(audio_dim), nn.Linear(audio_dim, width))
+        if config.blink_condition:
+            # Two paths for the eyelid closure track: `blink_out` adds closure x a direction to
+            # the predicted x0 (training sets it to the least-squares direction of the data,
+            # `set_blink_direction`: in model space a blink is a large, consistent step that a
+            # zero-initialised input took thousands of steps to learn), and `blink_proj` tells
+            # every frame's token, so the network can shape the rest (brows, skin, timing) itself.
+            # Both start at zero, so an untrained model ignores the track.
+            self.blink_proj = nn.Linear(1, width)
+            nn.init.zeros_(self.blink_proj.weight)
+            nn.init.zeros_(self.blink_proj.bias)
+            self.blink_out = nn.Linear(1, self.latent_dim, bias=False)
+            nn.init.zeros_(self.blink_out.weight)
         if config.style_mode == "onehot":
             self.speaking_embedding = nn.Embedding(config.num_styles, width)
             self.wrinkle_embedding = nn.Embedding(config.num_styles, width)
@@ -172,10 +184,12 @@ class LatentDenoiser(nn.Module):
         prefix_mask: torch.Tensor | None = None,
         speaking_style: torch.Tensor | None = None,
         wrinkle_style: torch.Tensor | None = None,
+        blink: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict x0 (B, T, Dz) from x_t (B, T, Dz), steps t (B,), audio (B, T, C).
 
-        `prefix_mask` (B, T) bool marks frames whose x_t is already the clean prefix.
+        `prefix_mask` (B, T) bool marks frames whose x_t is already the clean prefix. `blink`
+        (B, T) is the eyelid closure track of a `blink_condition` model (None: no blinks).
         """
         batch, n_frames, _ = x_t.shape
         device = x_t.device
@@ -198,6 +212,8 @@ class LatentDenoiser(nn.Module):
                 raise ValueError("one-hot style mode needs speaking_style and wrinkle_style ids")
             h = h + self.speaking_embedding(speaking_style.to(device))[:, None]
             h = h + self.wrinkle_embedding(wrinkle_style.to(device))[:, None]
+        if self.config.blink_condition and blink is not None:
+            h = h + self.blink_proj(blink.to(device, h.dtype)[..., None])
         memory = self.audio_proj(audio)
         out = self.decoder(
             h,
@@ -206,13 +222,27 @@ class LatentDenoiser(nn.Module):
             memory_mask=alignment_mask(n_frames, audio.shape[1], device),
         )
         prediction = self.output_proj(out)
-        if not self.config.x0_skip:
-            return prediction
-        # Model space has unit variance, so E[x0 | x_t] ~ sqrt(abar) x_t with residual standard
-        # deviation sqrt(1 - abar): the network only predicts the normalised residual. At low
-        # noise this makes x0 ~ x_t trivial to output, which few-step DDIM relies on.
-        abar = self.alphas_cumprod[t].reshape(-1, 1, 1)
-        return abar.sqrt() * x_t + (1 - abar).sqrt() * prediction
+        if self.config.x0_skip:
+            # Model space has unit variance, so E[x0 | x_t] ~ sqrt(abar) x_t with residual standard
+            # deviation sqrt(1 - abar): the network only predicts the normalised residual. At low
+            # noise this makes x0 ~ x_t trivial to output, which few-step DDIM relies on.
+            abar = self.alphas_cumprod[t].reshape(-1, 1, 1)
+            prediction = abar.sqrt() * x_t + (1 - abar).sqrt() * prediction
+        if self.config.blink_condition and blink is not None:
+            prediction = prediction + self.blink_out(blink.to(device, prediction.dtype)[..., None])
+        return prediction
+
+    @torch.no_grad()
+    def set_blink_direction(self, x0: torch.Tensor, blink: torch.Tensor) -> torch.Tensor:
+        """Set `blink_out` to the per-dimension least-squares slope of model-space latents x0
+        (N, Dz) on their eyelid closure (N,); returns it. A blink-conditioned model only."""
+        centred = blink.to(x0.dtype) - blink.to(x0.dtype).mean()
+        variance = (centred * centred).sum()
+        if variance <= 0:
+            raise ValueError("the training data has no blinks: the blink direction is undefined")
+        direction = (centred[:, None] * (x0 - x0.mean(dim=0))).sum(dim=0) / variance
+        self.blink_out.weight.copy_(direction[:, None])
+        return direction
 
 
 # ---------------------------------------------------------------------------- training
@@ -238,10 +268,12 @@ def diffusion_loss(
     speaking_style: torch.Tensor | None = None,
     wrinkle_style: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    blink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between predicted and true x0 over the non-prefix frames of each window.
 
-    `x0` (B, T, Dz) in model space; `audio` (B, T, C) features of the same frames.
+    `x0` (B, T, Dz) in model space; `audio` (B, T, C) features of the same frames; `blink`
+    (B, T) their eyelid closure (blink-conditioned models).
     """
     batch, n_frames, _ = x0.shape
     device = x0.device
@@ -252,7 +284,7 @@ def diffusion_loss(
     x_t = schedule.q_sample(x0, t, noise)
     prefix = torch.arange(n_frames, device=device)[None] < prefix_lengths.to(device)[:, None]
     x_in = torch.where(prefix[..., None], x0, x_t)
-    prediction = denoiser(x_in, t, audio, prefix, speaking_style, wrinkle_style)
+    prediction = denoiser(x_in, t, audio, prefix, speaking_style, wrinkle_style, blink)
     weight = (~prefix).to(x0.dtype)[..., None]
     return ((prediction - x0) ** 2 * weight).sum() / (weight.sum() * x0.shape[-1]).clamp_min(1)
 
@@ -297,8 +329,10 @@ def sample_sequence(
     wrinkle_style: int | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    blink: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Generate model-space x0 (T, Dz) for audio features (T, C) with sliding windows + DDIM.
+    """Generate model-space x0 (T, Dz) for audio features (T, C) with sliding windows + DDIM;
+    `blink` (T,): eyelid closure track of a blink-conditioned model (None: no blinks).
 
     `generator` is a CPU torch.Generator: the noise is drawn on the CPU and moved to the device,
     so a seed gives the same noise on every device.
@@ -318,6 +352,7 @@ def sample_sequence(
     calls = 0
     for window in windows:
         audio_window = audio[window.start : window.stop][None]
+        blink_window = None if blink is None else blink[window.start : window.stop][None].to(device)
         prefix_mask = torch.zeros(1, window.length, dtype=torch.bool, device=device)
         prefix_mask[:, : window.prefix] = True
         prefix_values = output[window.start : window.start + window.prefix]
@@ -326,7 +361,8 @@ def sample_sequence(
             if cancel is not None and cancel.is_set():
                 raise Cancelled("Generation cancelled.")
             x[0, : window.prefix] = prefix_values
-            x0 = denoiser(x, torch.tensor([t], device=device), audio_window, prefix_mask, **styles)
+            x0 = denoiser(x, torch.tensor([t], device=device), audio_window, prefix_mask, **styles,
+                          blink=blink_window)
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             x = schedule.ddim_step(x, x0, t, t_prev)
             calls += 1

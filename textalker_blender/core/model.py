@@ -28,6 +28,7 @@ from .config import ModelConfig
 from .diffusion import DDPMSchedule, LatentDenoiser, sample_sequence
 from .errors import WeightsError
 from .features import AudioEncoder, build_audio_encoder
+from .blinks import DEFAULT_STATISTICS, BlinkStatistics, sample_blink_track
 from .style import StylePivots
 from .vq import VQAutoencoder
 from .weights import WeightsFile, save_weights
@@ -60,6 +61,34 @@ class TexTalkerModel(nn.Module):
         self.denoiser = LatentDenoiser(config)
         self.schedule = DDPMSchedule(config.diffusion_steps, config.beta_schedule)
         self.set_pivots(pivots)
+        # Blink rate and duration per style (core/blinks.py), measured on the training data;
+        # None for a model without blink input.
+        self.style_blinks: list[BlinkStatistics] | None = None
+
+    # ------------------------------------------------------------------ blinks
+    def blink_statistics_for(self, speaking: int) -> BlinkStatistics:
+        """The speaking style's measured blinks; the mean over styles for a style without its
+        own (an averaged or added style), the defaults for weights without statistics."""
+        table = self.style_blinks or []
+        if 0 <= speaking < len(table):
+            return table[speaking]
+        if table:
+            return BlinkStatistics(float(np.mean([b.rate_per_min for b in table])),
+                                   float(np.mean([b.duration_s for b in table])))
+        return DEFAULT_STATISTICS
+
+    def blink_track(self, n_frames: int, fps: float, speaking: int, seed: int,
+                    rate_per_min: float | None = None, salt: int = 0) -> torch.Tensor | None:
+        """Eyelid closure track (n_frames,) for generation, or None for a model without blink
+        input. `rate_per_min` None: the speaking style's own rate; 0: no blinks. `salt` (e.g. a
+        hash of the audio) varies the timing between clips generated with the same seed."""
+        if not self.config.blink_condition:
+            return None
+        measured = self.blink_statistics_for(speaking)
+        rate = measured.rate_per_min if rate_per_min is None else float(rate_per_min)
+        # Its own stream, so the diffusion noise of a seed is the same with and without blinks.
+        rng = np.random.default_rng([abs(int(seed)), int(int(seed) < 0), int(salt) & (2**64 - 1), 0xB1])
+        return torch.from_numpy(sample_blink_track(n_frames, fps, rate, measured.duration_s, rng))
 
     # ------------------------------------------------------------------ styles
     def set_pivots(self, pivots: StylePivots) -> None:
@@ -135,10 +164,12 @@ class TexTalkerModel(nn.Module):
         subjects: torch.Tensor,
         prefix_lengths: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        blink: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Diffusion loss of a batch of windows: latents (B, T, Dz_f), (B, T, Dz_w) from the VQ
         encoders, audio features (B, T, C) (from `audio_encoder.window_features` for the bundled
-        encoder, so its front end trains jointly), subject style rows (B,)."""
+        encoder, so its front end trains jointly), subject style rows (B,), eyelid closure
+        (B, T) of a blink-conditioned model."""
         joint = torch.cat([z_motion, z_wrinkle], dim=-1)[..., self.config.modelled_latent_slice]
         offsets = joint - self._batch_pivots(subjects, subjects)[:, None]
         x0 = (offsets - self.denoiser.latent_center) / self.denoiser.latent_scale
@@ -154,6 +185,7 @@ class TexTalkerModel(nn.Module):
             speaking_style=subjects if onehot else None,
             wrinkle_style=subjects if onehot else None,
             generator=generator,
+            blink=blink,
         )
 
     # ------------------------------------------------------------------ inference
@@ -167,8 +199,10 @@ class TexTalkerModel(nn.Module):
         generator: torch.Generator,
         progress: Callable[[float], None] | None = None,
         cancel: threading.Event | None = None,
+        blink: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Audio features (T, C) -> latents z_f (T, Dz_f), z_w (T, Dz_w) (None: not modelled)."""
+        """Audio features (T, C) -> latents z_f (T, Dz_f), z_w (T, Dz_w) (None: not modelled).
+        `blink` (T,): eyelid closure track for a blink-conditioned model (`blink_track`)."""
         onehot = self.config.style_mode == "onehot"
         x0 = sample_sequence(
             self.denoiser,
@@ -180,6 +214,7 @@ class TexTalkerModel(nn.Module):
             wrinkle_style=wrinkle if onehot else None,
             progress=progress,
             cancel=cancel,
+            blink=blink,
         )
         z_motion, z_wrinkle = self.from_model_space(x0, speaking, wrinkle)
         if self.config.quantize_sampled_latents:
@@ -252,6 +287,8 @@ class TexTalkerModel(nn.Module):
             "trained": "true" if trained else "false",
             "dataset": dataset,
         }
+        if self.style_blinks is not None:
+            metadata["style_blinks"] = json.dumps([b.to_dict() for b in self.style_blinks])
         if self.config.ablation is not None:
             # Spelled out for readers that do not parse the config (the evaluator prints '-'
             # for texture metrics of a bundle that generates no texture). Absent for the full
@@ -312,6 +349,11 @@ class TexTalkerModel(nn.Module):
                 f"{weights.path.name} does not fit its config (missing {missing[:5]}, "
                 f"unexpected {list(result.unexpected_keys)[:5]})."
             )
+        if "style_blinks" in metadata:
+            try:
+                model.style_blinks = [BlinkStatistics.from_dict(b) for b in json.loads(metadata["style_blinks"])]
+            except (ValueError, TypeError, KeyError) as exc:
+                raise WeightsError(f"{weights.path.name} has unreadable blink statistics: {exc}") from exc
         model.trained = metadata.get("trained") == "true"
         return model.eval()
 

@@ -23,6 +23,7 @@ whatever the chunk size.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from .audio import AudioSource, load_audio
+from .blinks import MAX_RATE_PER_MIN as MAX_BLINK_RATE_PER_MIN
 from .config import MODEL_FPS, SAMPLE_RATE
 from .errors import Cancelled, DeviceError, WeightsError
 from .model import TexTalkerModel
@@ -312,11 +314,13 @@ class Pipeline:
         vertex_uvs: np.ndarray | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        blink_rate: float | None = None,
     ) -> GenerationResult:
         """The whole clip at once: `generate_chunks` gathered into two arrays (so both APIs give
         the same numbers; the arrays are the only per-frame memory)."""
         stream = self.generate_chunks(
-            audio, speaking_style, wrinkle_style, fps, seed, steps, vertex_uvs, progress, cancel
+            audio, speaking_style, wrinkle_style, fps, seed, steps, vertex_uvs, progress, cancel,
+            blink_rate=blink_rate,
         )
         offsets = np.empty((stream.n_frames, stream.n_points, 3), np.float32)
         ratio = np.empty((stream.n_frames, *stream.map_shape), np.float16)
@@ -338,6 +342,7 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         chunk_frames: int | None = None,
+        blink_rate: float | None = None,
     ) -> GenerationStream:
         """Streamed generation for long clips: same arguments and numbers as `generate`.
 
@@ -346,6 +351,9 @@ class Pipeline:
         frames chunk by chunk (`chunk_frames` frames at `fps` each, default CHUNK_FRAMES) as the
         consumer asks for them. Memory then stays constant in the clip's length as long as the
         consumer writes each chunk away (shape keys, EXR files) instead of keeping it.
+
+        `blink_rate`: blinks per minute for a blink-conditioned model (core/blinks.py); None
+        uses the speaking style's measured rate, 0 gives no blinks. Ignored by other models.
         """
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 1.0 <= fps <= 1000.0):
             raise ValueError(f"fps must be between 1 and 1000, not {fps!r}")
@@ -355,6 +363,10 @@ class Pipeline:
         steps = int(self.config.sampling_steps if steps is None else steps)
         if not 1 <= steps <= self.config.diffusion_steps:
             raise ValueError(f"steps must be in 1..{self.config.diffusion_steps}, not {steps}")
+        if blink_rate is not None and not (
+            isinstance(blink_rate, (int, float)) and 0.0 <= blink_rate <= MAX_BLINK_RATE_PER_MIN
+        ):
+            raise ValueError(f"blink_rate must be between 0 and {MAX_BLINK_RATE_PER_MIN:g} per minute, not {blink_rate!r}")
         pivots = self.model.pivots
         try:
             speaking = pivots.index(speaking_style)
@@ -371,6 +383,9 @@ class Pipeline:
             mark = time.perf_counter()
             samples = load_audio(audio, SAMPLE_RATE, max_duration_s=MAX_AUDIO_SECONDS)
             duration = samples.size / SAMPLE_RATE
+            # Blink timing depends on the seed *and* the audio: a batch of clips generated with
+            # one seed does not blink at the same moments in every clip.
+            audio_key = int.from_bytes(hashlib.blake2b(samples.tobytes(), digest_size=8).digest(), "little")
             mark = _lap(timings, "audio", mark)
             tracker.finish_stage("audio")
 
@@ -381,6 +396,7 @@ class Pipeline:
             tracker.finish_stage("features")
 
             generator = torch.Generator().manual_seed(int(seed))
+            blink = self.model.blink_track(n_model, MODEL_FPS, speaking, int(seed), blink_rate, salt=audio_key)
             z_motion, z_wrinkle = self.model.generate_latents(
                 features,
                 speaking,
@@ -389,6 +405,7 @@ class Pipeline:
                 generator,
                 progress=lambda f: tracker.stage("diffusion", f),
                 cancel=cancel,
+                blink=blink,
             )
             del features
             _lap(timings, "diffusion", mark)

@@ -235,6 +235,11 @@ def render_markdown(results: dict) -> str:
         ["training record", _training_record(model)],
         ["sampler", f"DDIM {model['steps']} steps (eta 0) of a {model['diffusion_steps']}-step schedule, "
                     f"{dataset['fps']} fps"],
+        ["blinks", "a blink track per utterance, sampled at the speaking style's blink rate measured on the training "
+                   "data (unseen subject: the mean over styles) from the diffusion seed; the model draws the blinks "
+                   "it is told about (`core/blinks.py`, `ModelConfig.blink_condition`). No blink timing comes from "
+                   "the ground truth" if model.get("blink_condition") else
+                   "no blink input: blinks come only from what the denoiser learned from the audio"],
         ["dataset", f"`{dataset['name']}` format {dataset['format_version']}, seed {dataset['seed']}, "
                     f"fingerprint `{dataset['fingerprint']}` (SHA-256 of meta.json, utterances.json, subjects/*.json)"],
         ["test sets", size_text],

@@ -41,6 +41,7 @@ from .data import BucketedOrder, open_dataset, to_physical
 from .vq_stage import VQ_WEIGHTS, load_trained_vq
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
+from textalker_blender.core.blinks import blink_statistics, eyelid_closure  # noqa: E402
 from textalker_blender.core.config import MODEL_FPS  # noqa: E402
 from textalker_blender.core.diffusion import border_discontinuity, sample_sequence  # noqa: E402
 from textalker_blender.core.model import TexTalkerModel  # noqa: E402
@@ -49,6 +50,8 @@ from textalker_blender.core.weights import load_weights, save_weights, sha256_fi
 
 MODEL_WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
+# Parameters a warm start may lack (see initialise_from).
+BLINK_PARAMETER_PREFIXES = ("denoiser.blink_proj.", "denoiser.blink_out.")
 
 
 # ---------------------------------------------------------------------------- style names
@@ -129,19 +132,35 @@ def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: D
             log(f"encoded {n + 1}/{len(todo)} utterances of {folder.name} ({rate:.0f} frames/s)")
 
 
-def load_split_cache(dataset, folder: Path) -> list[dict]:
+def load_split_cache(dataset, folder: Path, blink: bool = False) -> list[dict]:
+    """The split's cached latents and audio; with `blink`, also each utterance's eyelid closure
+    (core/blinks.py), measured from its ground-truth offsets (cheap: ~8 s for the training set,
+    so it is not cached)."""
     items = []
-    for entry in dataset.entries:
+    for index, entry in enumerate(dataset.entries):
         with np.load(folder / f"{entry['id']}.npz") as data:
-            items.append({
+            item = {
                 "id": entry["id"],
                 "subject": entry["subject"],
                 "z_motion": torch.from_numpy(data["z_motion"]),
                 "z_wrinkle": torch.from_numpy(data["z_wrinkle"]),
                 "audio": torch.from_numpy(data["audio"]),
                 "n_frames": int(data["z_motion"].shape[0]),
-            })
+            }
+        if blink:
+            offsets = dataset.geometry(entry["subject"]).offsets(dataset.weights(index))
+            item["blink"] = torch.from_numpy(eyelid_closure(dataset.template, offsets))
+            if len(item["blink"]) != item["n_frames"]:
+                raise ValueError(f"{entry['id']}: {len(item['blink'])} frames of motion but {item['n_frames']} cached latents")
+        items.append(item)
     return items
+
+
+def window_blink(items: list[dict], starts: list[int], length: int, device) -> torch.Tensor | None:
+    """Eyelid closure (B, length) of the windows, or None when the items carry none."""
+    if not items or "blink" not in items[0]:
+        return None
+    return torch.stack([it["blink"][s : s + length] for it, s in zip(items, starts)]).to(device)
 
 
 # ---------------------------------------------------------------------------- training
@@ -203,7 +222,8 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
         length = min(config.window_frames, item["n_frames"])
         zm, zw, feats = window_batch(model, [item], [0], length, device)
         subjects = torch.tensor([rows[item["subject"]]], device=device)
-        losses.append(float(model.ldm_loss(zm, zw, feats, subjects, generator=generator)))
+        blink = window_blink([item], [0], length, device)
+        losses.append(float(model.ldm_loss(zm, zw, feats, subjects, generator=generator, blink=blink)))
     result = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
     long_items = [it for it in items if it["n_frames"] > config.window_frames][:3]
     seams, truth_seams = [], []
@@ -215,7 +235,8 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
             feats = item["audio"][:n].to(device)
         row = rows[item["subject"]]
         styles = {"speaking_style": row, "wrinkle_style": row} if config.style_mode == "onehot" else {}
-        x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps, torch.Generator().manual_seed(7), **styles)
+        x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps, torch.Generator().manual_seed(7), **styles,
+                             blink=item.get("blink"))
         seams.append(border_discontinuity(x0.cpu(), config.window_frames, config.prefix_frames))
         truth = model.to_model_space(item["z_motion"].to(device), item["z_wrinkle"].to(device), row, row)
         truth_seams.append(border_discontinuity(truth.cpu(), config.window_frames, config.prefix_frames))
@@ -253,16 +274,33 @@ def load_model_file(path: Path, model: TexTalkerModel) -> None:
 
 def initialise_from(model: TexTalkerModel, params: dict, path: Path) -> None:
     """Copy the trainable tensors (denoiser, bundled audio front end) of the weights file at
-    `path` into `model`; every one must be there with the same shape."""
+    `path` into `model`; every one must be there with the same shape, except the blink
+    parameters of a blink-conditioned model (a warm start from a model without blink input):
+    they keep their initialisation (`fit_blink_direction` then sets the output direction)."""
     tensors = load_weights(path, verify=False).tensors
-    missing = [name for name in params if name not in tensors]
+    missing = [name for name in params if name not in tensors and not name.startswith(BLINK_PARAMETER_PREFIXES)]
     mismatched = [name for name, p in params.items() if name in tensors and tuple(tensors[name].shape) != tuple(p.shape)]
     if missing or mismatched:
         raise ValueError(f"--init-from {path}: not a warm start for this model config "
                          f"({len(missing)} tensors missing, {len(mismatched)} of another shape, e.g. {(missing + mismatched)[:3]})")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(tensors[name].to(p.device, p.dtype))
+            if name in tensors:
+                p.copy_(tensors[name].to(p.device, p.dtype))
+
+
+@torch.no_grad()
+def fit_blink_direction(model: TexTalkerModel, items: list[dict], rows: dict, log=None) -> None:
+    """Start the denoiser's blink output at the least-squares direction of the training latents
+    (model space) on their eyelid closure (core/diffusion.py, `set_blink_direction`)."""
+    x0 = torch.cat([model.to_model_space(it["z_motion"], it["z_wrinkle"], rows[it["subject"]], rows[it["subject"]])
+                    for it in items])
+    closure = torch.cat([it["blink"] for it in items])
+    direction = model.denoiser.set_blink_direction(x0.to(model.denoiser.blink_out.weight.device), closure.to(x0.device))
+    if log is not None:
+        log.write({"event": "blink_direction", "norm": float(direction.norm()), "frames": int(len(closure)),
+                   "closed_fraction": float((closure > 0.5).float().mean())},
+                  f"LDM: blink direction fitted on {len(closure)} frames (norm {float(direction.norm()):.1f})")
 
 
 def train_ldm(
@@ -375,8 +413,9 @@ def train_ldm(
         log.write({"event": "stop", **summary}, f"LDM: stopped while encoding ({reason}); run again to resume")
         return summary
     dist.barrier()
-    train_items = load_split_cache(train_set, cache / "train")
-    val_items = load_split_cache(val_set, cache / "test-A") if val_set is not None else []
+    blink = model_config.blink_condition
+    train_items = load_split_cache(train_set, cache / "train", blink)
+    val_items = load_split_cache(val_set, cache / "test-A", blink) if val_set is not None else []
 
     # ---- style pivots: one per training subject, in subject-index order
     subjects = sorted({it["subject"] for it in train_items}, key=lambda s: train_set.subjects[s].index)
@@ -393,6 +432,9 @@ def train_ldm(
 
     torch.manual_seed(seed)  # same initial weights on every rank
     model = TexTalkerModel(model_config, pivots).to(device)
+    if blink:
+        model.style_blinks = [blink_statistics([it["blink"].numpy() for it in train_items if it["subject"] == s], MODEL_FPS)
+                              for s in subjects]
     if joint:
         model.joint_vq.load_state_dict(motion_vq.state_dict())
     else:
@@ -407,6 +449,8 @@ def train_ldm(
     params = dict(trainable_parameters(model))
     if init_from is not None and not run.has_checkpoint():
         initialise_from(model, params, Path(init_from))
+    if blink and not run.has_checkpoint():
+        fit_blink_direction(model, train_items, rows, log)
     optimizer = torch.optim.AdamW(params.values(), lr=float(section["learning_rate"]), weight_decay=float(section["weight_decay"]))
     warmup = max(1, int(section["warmup_steps"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(warmup, section["lr_decay"], total_steps))
@@ -489,7 +533,8 @@ def train_ldm(
         items, starts = add_pauses(items, starts, length, train_items, train_by_subject, section["pauses"], MODEL_FPS,
                                    mel_per_frame, generator)
         z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device, section["augment"], generator)
-        loss = model.ldm_loss(z_motion, z_wrinkle, features, subject_rows, generator=generator)
+        loss = model.ldm_loss(z_motion, z_wrinkle, features, subject_rows, generator=generator,
+                              blink=window_blink(items, starts, length, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(params.values())

@@ -37,7 +37,7 @@ def splice_with_pause(first: dict, second: dict, gap_frames: int, mel_per_frame:
                       generator: torch.Generator) -> dict:
     """One cache item: `first`, `gap_frames` frames of silence at rest, then `second`.
 
-    Items hold "z_motion"/"z_wrinkle" (frames, D) and "audio": a log-mel (n_mels, M) at
+    Items hold "z_motion"/"z_wrinkle" (frames, D), optionally "blink" (frames,), and "audio": a log-mel (n_mels, M) at
     `mel_per_frame` columns per frame, or, with `mel_per_frame` None, per-frame features
     (frames, C) (HuBERT cache), whose gap repeats the first utterance's last frame."""
     n_first = int(first["n_frames"])
@@ -51,6 +51,9 @@ def splice_with_pause(first: dict, second: dict, gap_frames: int, mel_per_frame:
         "z_motion": torch.cat([first["z_motion"][:n_first], held(first["z_motion"]), second["z_motion"]]),
         "z_wrinkle": torch.cat([first["z_wrinkle"][:n_first], held(first["z_wrinkle"]), second["z_wrinkle"]]),
     }
+    if "blink" in first:
+        # The eyelids hold with the rest of the face (the target repeats the last frame).
+        spliced["blink"] = torch.cat([first["blink"][:n_first], held(first["blink"]), second["blink"]])
     if mel_per_frame is None:
         audio = first["audio"]
         spliced["audio"] = torch.cat([audio[:n_first], audio[n_first - 1 : n_first].expand(gap_frames, -1), second["audio"]])

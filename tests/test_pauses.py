@@ -71,6 +71,48 @@ def test_add_pauses_replaces_windows_by_ones_crossing_a_gap_of_the_same_subject(
     assert unchanged[0][0] is pool[0] and unchanged[1] == [3]
 
 
+def with_blink(item: dict, seed: int) -> dict:
+    return {**item, "blink": torch.rand(item["n_frames"], generator=torch.Generator().manual_seed(seed))}
+
+
+def test_splice_carries_the_blink_track_and_holds_the_last_closure_in_the_gap():
+    first, second = with_blink(utterance("S00", 60, 1.0), 1), with_blink(utterance("S00", 45, 2.0), 2)
+    first["blink"][-1] = 0.75  # eyes half closed at the end of the first utterance
+    for mel_per_frame in (MEL_PER_FRAME, None):
+        if mel_per_frame is None:
+            first["audio"], second["audio"] = torch.randn(60, 3), torch.randn(45, 3)
+        spliced = splice_with_pause(first, second, 30, mel_per_frame, torch.Generator().manual_seed(0))
+        blink = spliced["blink"]
+        assert blink.shape == (spliced["n_frames"],) == (60 + 30 + 45,)
+        assert torch.equal(blink[:60], first["blink"])
+        assert torch.equal(blink[60:90], torch.full((30,), 0.75))
+        assert torch.equal(blink[90:], second["blink"])
+    # Items without a track give a spliced item without one.
+    assert "blink" not in splice_with_pause(utterance("S00", 10, 1.0), utterance("S00", 5, 2.0), 3, MEL_PER_FRAME,
+                                            torch.Generator())
+
+
+def test_add_pauses_keeps_blink_tracks_aligned_with_the_latents():
+    from training.ldm_stage import window_blink
+
+    pool = [with_blink(utterance("S00", 60, 1.0), 1), with_blink(utterance("S00", 80, 3.0), 3)]
+    generator = torch.Generator().manual_seed(5)
+    items, starts = add_pauses([pool[0]], [3], 50, pool, {"S00": [0, 1]},
+                               {"probability": 1.0, "min_seconds": 0.5, "max_seconds": 1.0}, 30, MEL_PER_FRAME, generator)
+    item = items[0]
+    assert item is not pool[0] and item["blink"].shape == (item["n_frames"],)
+    # Where the latents are the first utterance's, so is the track; in the gap both hold.
+    held = (item["z_motion"][60:] == pool[0]["z_motion"][-1]).all(dim=1).long()
+    gap = int(held.cumprod(0).sum())
+    assert gap >= 15
+    assert torch.equal(item["blink"][:60], pool[0]["blink"])
+    assert bool((item["blink"][60 : 60 + gap] == pool[0]["blink"][-1]).all())
+    second = next(p for p in pool if torch.equal(item["z_motion"][60 + gap :], p["z_motion"]))
+    assert torch.equal(item["blink"][60 + gap :], second["blink"])
+    window = window_blink(items, starts, 50, "cpu")
+    assert torch.equal(window[0], item["blink"][starts[0] : starts[0] + 50])
+
+
 def test_learning_rate_warms_up_holds_then_decays_by_cosine_to_the_final_fraction():
     constant = learning_rate_factor(10, {"start_step": None}, 100)
     assert constant(0) == pytest.approx(0.1) and constant(9) == 1.0 and constant(99) == 1.0

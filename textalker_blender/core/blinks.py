@@ -119,6 +119,8 @@ def sample_blink_track(n_frames: int, fps: float, rate_per_min: float, duration_
     time. Each blink closes to a depth of 0.85-1."""
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, not {n_frames}")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, not {fps}")
     if not 0.0 <= rate_per_min <= MAX_RATE_PER_MIN:
         raise ValueError(f"blink rate must be between 0 and {MAX_RATE_PER_MIN:g} per minute, not {rate_per_min}")
     if duration_s <= 0:

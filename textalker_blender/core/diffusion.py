@@ -239,7 +239,8 @@ class LatentDenoiser(nn.Module):
         centred = blink.to(x0.dtype) - blink.to(x0.dtype).mean()
         variance = (centred * centred).sum()
         if variance <= 0:
-            raise ValueError("the training data has no blinks: the blink direction is undefined")
+            raise ValueError("the training data has no blinks, so a blink input cannot be learned: "
+                             "set the model's blink_condition to false in the config")
         direction = (centred[:, None] * (x0 - x0.mean(dim=0))).sum(dim=0) / variance
         self.blink_out.weight.copy_(direction[:, None])
         return direction

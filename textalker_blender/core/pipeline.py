@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -364,7 +365,8 @@ class Pipeline:
         if not 1 <= steps <= self.config.diffusion_steps:
             raise ValueError(f"steps must be in 1..{self.config.diffusion_steps}, not {steps}")
         if blink_rate is not None and not (
-            isinstance(blink_rate, (int, float)) and 0.0 <= blink_rate <= MAX_BLINK_RATE_PER_MIN
+            isinstance(blink_rate, numbers.Real) and not isinstance(blink_rate, bool)
+            and 0.0 <= blink_rate <= MAX_BLINK_RATE_PER_MIN
         ):
             raise ValueError(f"blink_rate must be between 0 and {MAX_BLINK_RATE_PER_MIN:g} per minute, not {blink_rate!r}")
         pivots = self.model.pivots

@@ -103,7 +103,26 @@ def test_panel_says_why_generate_is_disabled_without_a_mesh():
     labels = [entry[1] for entry in log if entry[0] == "label"]
     assert api.blocking_reason(bpy.context) in labels
     advanced = _draw(panel.TEXTALKER_PT_advanced, bpy.context)
-    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed"]
+    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks"]
+    bpy.context.scene.textalker.blinks = "CUSTOM"  # the rate shows only for the custom choice
+    advanced = _draw(panel.TEXTALKER_PT_advanced, bpy.context)
+    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "blink_rate"]
+
+
+def test_blink_settings_default_to_the_styles_rate():
+    settings = registered_scene().textalker
+    assert settings.blinks == "STYLE" and settings.blink_rate == pytest.approx(15.0)
+    assert api.blink_rate_setting(settings) is None
+    rna = settings.bl_rna.properties
+    assert [(i.identifier, i.name) for i in rna["blinks"].enum_items] == [
+        ("STYLE", "Style's rate"), ("CUSTOM", "Custom rate"), ("OFF", "No blinks")
+    ]
+    rate = rna["blink_rate"]
+    assert (rate.default, rate.hard_min, rate.soft_max, rate.hard_max) == (15, 0, 40, 120)
+    settings.blinks, settings.blink_rate = "CUSTOM", 500.0  # clamped to the hard maximum
+    assert api.blink_rate_setting(settings) == pytest.approx(120.0)
+    settings.blinks = "OFF"
+    assert api.blink_rate_setting(settings) == 0.0
 
 
 @needs_assets
@@ -278,6 +297,9 @@ def test_errors_leave_the_scene_unchanged(tmp_path, one_second_speech):
         api.generate(wrong_layout, one_second_speech)
     with pytest.raises(TexTalkerError, match="not found"):
         api.generate(head, tmp_path / "missing.wav")
+    for rate in (-1, 120.5, float("nan"), "often"):
+        with pytest.raises(TexTalkerError, match="blink rate must be between 0 and 120"):
+            api.generate(head, one_second_speech, steps=1, blink_rate=rate)
     not_audio = tmp_path / "not_audio.wav"
     not_audio.write_bytes(b"this is not a wav file" * 100)
     with pytest.raises(TexTalkerError):
@@ -295,6 +317,59 @@ def test_errors_leave_the_scene_unchanged(tmp_path, one_second_speech):
         bpy.ops.textalker.generate()
     assert _snapshot(scene) == before
     assert not (tmp_path / "textalker").exists()
+
+
+def _write_blink_weights(folder):
+    """Untrained bundled-size weights whose denoiser takes a blink track, style 0 measured at 40
+    blinks per minute. The blink input layer starts at zero (the track would change nothing), so
+    it is filled with random numbers here."""
+    import torch
+
+    from textalker_blender.core.blinks import BlinkStatistics
+    from textalker_blender.core.config import ModelConfig
+    from tools.make_untrained_weights import WEIGHTS_NAME, build_untrained_model, template_layouts
+
+    config = ModelConfig.bundled()
+    config.blink_condition = True
+    config.uv_layouts = template_layouts(None)
+    model = build_untrained_model(seed=0, n_styles=4, config=config)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        model.denoiser.blink_proj.weight.normal_(0.0, 1.0, generator=generator)
+    model.style_blinks = [BlinkStatistics(rate, 0.2) for rate in (40.0, 10.0, 20.0, 30.0)]
+    path = folder / WEIGHTS_NAME
+    model.save(path, trained=False, dataset="none (test weights with blink input)")
+    return path
+
+
+@needs_assets
+def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
+    import dataclasses
+
+    scene = registered_scene()
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    _add_head_and_strip(scene, one_second_speech, frame_start=1)
+    settings = scene.textalker
+    settings.steps, settings.blink_rate = 1, 40.0
+    requests = {}
+    for choice in ("STYLE", "CUSTOM", "OFF"):
+        settings.blinks = choice
+        requests[choice] = api.request_from_context(bpy.context)
+    assert requests["STYLE"].blink_rate is None
+    assert requests["CUSTOM"].blink_rate == 40.0
+    assert requests["OFF"].blink_rate == 0.0
+    for request in requests.values():  # what Pipeline.generate / generate_chunks are given
+        assert api._generation_options(request, None, None)["blink_rate"] == request.blink_rate
+
+    weights = _write_blink_weights(tmp_path / "weights")
+    offsets = {
+        choice: api.compute(dataclasses.replace(request, weights=str(weights))).result.offsets
+        for choice, request in requests.items()
+    }
+    assert np.abs(offsets["STYLE"]).max() > 0
+    # The style's own rate is style 0's measured 40 per minute: the same blinks as the custom 40.
+    np.testing.assert_array_equal(offsets["STYLE"], offsets["CUSTOM"])
+    assert not np.array_equal(offsets["STYLE"], offsets["OFF"])
 
 
 def _key_deltas(obj, name):
@@ -443,7 +518,8 @@ def test_cli_generates_into_a_saved_blend(tmp_path, one_second_speech, capsys):
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     fresh_scene()
 
-    assert cli.main(["--blend", str(blend), "--object", head_name, "--steps", "1", "--seed", "2"]) == 0
+    assert cli.main(["--blend", str(blend), "--object", head_name, "--steps", "1", "--seed", "2",
+                     "--blink-rate", "0"]) == 0
     assert '"frames": 30' in capsys.readouterr().out
     fresh_scene()
     bpy.ops.wm.open_mainfile(filepath=str(blend))
@@ -455,6 +531,11 @@ def test_cli_generates_into_a_saved_blend(tmp_path, one_second_speech, capsys):
 
     assert cli.main(["--blend", str(blend), "--object", "Nobody", "--no-save"]) == 1
     assert "No object named 'Nobody'" in capsys.readouterr().err
+    assert cli.parse_args(["--blink-rate", "12.5"]).blink_rate == 12.5
+    assert cli.parse_args([]).blink_rate is None  # the style's own rate
+    bad_rate = ["--blend", str(blend), "--object", head_name, "--blink-rate", "-1", "--no-save"]
+    assert cli.main(bad_rate) == 1
+    assert "blink rate must be between 0 and 120" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fps,fps_base,sound_offset", [(25, 1.0, 0.25), (30, 1.001, 0.0), (60, 1.0, -0.1)])

@@ -83,6 +83,8 @@ def test_generates_npz_with_consistent_shapes_and_metadata(wav, tmp_path, bundle
         assert str(result["speaking_style"]) == styles[0]
         assert str(result["wrinkle_style"]) == styles[1]
         assert int(result["seed"]) == 3 and int(result["steps"]) == 2
+        assert np.isnan(float(result["blink_rate"]))  # not given: the speaking style's own rate
+        assert bool(result["blink_input"]) == config.blink_condition
         assert str(result["weights_sha256"]) == sha256_file(DEFAULT_WEIGHTS)
         assert bool(result["trained"]) == (bundled_metadata["trained"] == "true")
         assert str(result["device"]) == "cpu"
@@ -111,6 +113,49 @@ def test_user_errors_exit_1_with_a_message_and_no_traceback(wav, tmp_path):
     assert not (tmp_path / "r.npz").exists()
     usage = run_cli(wav)  # no --out: argparse's usage error
     assert usage.returncode == 2 and "--out" in usage.stderr
+    for rate in ("-1", "120.5", "nan", "often"):
+        bad_rate = run_cli(wav, "--out", tmp_path / "r.npz", "--blink-rate", rate, "--quiet")
+        assert bad_rate.returncode == 2, rate
+        assert "the blink rate must be between 0 and 120 blinks per minute" in bad_rate.stderr
+        assert "Traceback" not in bad_rate.stderr
+    assert not (tmp_path / "r.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def blink_weights(tmp_path_factory) -> Path:
+    """Untrained bundled-size weights whose denoiser takes a blink track (its input layer, zero
+    at initialisation, filled with random numbers so that the track changes the motion)."""
+    import torch
+
+    from textalker_blender.core.blinks import BlinkStatistics
+    from tools.make_untrained_weights import WEIGHTS_NAME, build_untrained_model, template_layouts
+
+    config = ModelConfig.bundled()
+    config.blink_condition = True
+    config.uv_layouts = template_layouts(None)
+    model = build_untrained_model(seed=0, n_styles=4, config=config)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        model.denoiser.blink_proj.weight.normal_(0.0, 1.0, generator=generator)
+    model.style_blinks = [BlinkStatistics(rate, 0.2) for rate in (40.0, 10.0, 20.0, 30.0)]
+    path = tmp_path_factory.mktemp("blink_weights") / WEIGHTS_NAME
+    model.save(path, trained=False, dataset="none (test weights with blink input)")
+    return path
+
+
+def test_blink_rate_is_used_and_recorded(wav, tmp_path, blink_weights):
+    results = {}
+    for rate in ("0", "120"):
+        out = tmp_path / f"blinks_{rate}.npz"
+        done = run_cli(wav, "--out", out, "--weights", blink_weights, "--blink-rate", rate,
+                       "--steps", "1", "--seed", "1", "--device", "cpu", "--quiet")
+        assert done.returncode == 0, done.stderr
+        with np.load(out) as result:
+            assert float(result["blink_rate"]) == float(rate)
+            assert bool(result["blink_input"]) is True
+            results[rate] = result["offsets"]
+    assert np.abs(results["0"]).max() > 0
+    assert not np.array_equal(results["0"], results["120"])  # blinks change the motion
 
 
 @pytest.mark.parametrize("preset", ["bundled", "paper"])

@@ -24,7 +24,8 @@ Example (inside Blender, or `import bpy` in Python)::
 
     from textalker_blender.blender import api
     summary = api.generate(bpy.data.objects["Head"], "/path/speech.wav",
-                           speaking_style=0, wrinkle_style=2, device="cpu", steps=6, seed=1)
+                           speaking_style=0, wrinkle_style=2, device="cpu", steps=6, seed=1,
+                           blink_rate=20.0)
     print(summary.n_frames, summary.sequence_folder)
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import inspect
+import math
 import os
 import queue
 import tempfile
@@ -47,6 +49,7 @@ import bpy
 import numpy as np
 
 from ..core import mesh_match, part_motion, resources
+from ..core.blinks import MAX_RATE_PER_MIN as MAX_BLINK_RATE_PER_MIN
 from ..core.frame_store import FrameStore
 from ..core.errors import MeshError, ResourceError, TexTalkerError
 from . import arkit_output, catalog, writers
@@ -87,6 +90,8 @@ class GenerationRequest:
     output_mode: str = SHAPE_KEYS
     arkit: arkit_output.ArkitPlan | None = None  # ARKit mode: which keys, where to export
     write_wrinkles: bool = True  # False: the mesh lacks the template UV layout (ARKit mode only)
+    # Blinks per minute for weights with blink input; None: the speaking style's own rate, 0: none.
+    blink_rate: float | None = None
 
 
 @dataclass
@@ -365,6 +370,7 @@ def prepare(
     weights: str | None = None,
     output_mode: str = SHAPE_KEYS,
     arkit_export: str | None = None,
+    blink_rate: float | None = None,
 ) -> GenerationRequest:
     """Checks the inputs and gathers them; changes nothing. Raises TexTalkerError."""
     scene = scene or bpy.context.scene
@@ -380,6 +386,7 @@ def prepare(
         raise TexTalkerError(f"Unknown output mode '{output_mode}': use one of {', '.join(OUTPUT_MODES)}")
     if arkit_export and output_mode != ARKIT:
         raise TexTalkerError("The ARKit export needs the output mode 'ARKit curves'")
+    blink_rate = check_blink_rate(blink_rate)
     mesh = obj.data
     uv_layer = next((layer.name for layer in mesh.uv_layers if layer.active_render), None)
     template = _template()
@@ -434,7 +441,25 @@ def prepare(
         output_mode=output_mode,
         arkit=arkit_plan,
         write_wrinkles=arkit_plan.write_wrinkles if arkit_plan is not None else True,
+        blink_rate=blink_rate,
     )
+
+
+def check_blink_rate(blink_rate) -> float | None:
+    """`blink_rate` as a float (None stays None: the speaking style's own rate); TexTalkerError
+    unless it is a number of blinks per minute in 0..MAX_BLINK_RATE_PER_MIN."""
+    if blink_rate is None:
+        return None
+    try:
+        rate = float(blink_rate)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not (math.isfinite(rate) and 0.0 <= rate <= MAX_BLINK_RATE_PER_MIN):
+        raise TexTalkerError(
+            f"The blink rate must be between 0 and {MAX_BLINK_RATE_PER_MIN:g} blinks per minute, "
+            f"not {blink_rate!r}"
+        )
+    return rate
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,6 +540,7 @@ def _generation_options(request: GenerationRequest, progress, cancel) -> dict:
         "fps": request.fps,
         "seed": request.seed,
         "steps": request.steps,
+        "blink_rate": request.blink_rate,
         "vertex_uvs": request.vertex_uvs,
         "progress": progress,
         "cancel": cancel,
@@ -839,6 +865,7 @@ def generate(
     progress=None,
     output_mode: str = SHAPE_KEYS,
     arkit_export: str | None = None,
+    blink_rate: float | None = None,
 ) -> GenerationSummary:
     """Animates `obj` from `audio` (a path, a sound strip, or (samples, rate)); synchronous.
 
@@ -850,10 +877,13 @@ def generate(
     template head, or on the mesh's own ARKit-named shape keys; see docs/ARKIT.md).
     `arkit_export`: ARKit mode only, a .csv or .json path the weights are written to when the
     run succeeds.
+    `blink_rate`: blinks per minute (0..120) for weights with blink input; None (the default)
+    blinks at the rate measured for the speaking style, 0 gives no blinks. Weights without blink
+    input ignore it.
     """
     request = prepare(
         obj, audio, speaking_style, wrinkle_style, device, steps, seed, scene, output_folder, weights,
-        output_mode, arkit_export,
+        output_mode, arkit_export, blink_rate,
     )
     return run(request, progress=progress)
 
@@ -969,7 +999,17 @@ def request_from_context(context) -> GenerationRequest:
         scene=context.scene,  # its fps and timeline drive the keys, wherever the strip lives
         output_mode=settings.output_mode,
         arkit_export=settings.arkit_export_path if settings.output_mode == ARKIT else None,
+        blink_rate=blink_rate_setting(settings),
     )
+
+
+def blink_rate_setting(settings) -> float | None:
+    """The panel's blink choice as `blink_rate`: the style's rate (None), the custom rate, or 0."""
+    if settings.blinks == "CUSTOM":
+        return float(settings.blink_rate)
+    if settings.blinks == "OFF":
+        return 0.0
+    return None
 
 
 def _style_id(key: str) -> int | str:

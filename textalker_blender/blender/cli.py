@@ -12,9 +12,11 @@ With bpy as a Python module, from a checkout::
 
 `--output-mode arkit` writes 52 ARKit curves (on the template head or the mesh's own ARKit-named
 shape keys, docs/ARKIT.md) instead of one shape key per frame; `--arkit-export FILE.csv|.json`
-also writes the weights. Without `--audio` the scene's sound strip is used (`--strip NAME` when there are several). The
-.blend is saved in place (`--save OTHER.blend` to save elsewhere, `--no-save` not to save), and a
-JSON summary is printed. Exit status 1 with the message on a user error (bad audio, wrong mesh).
+also writes the weights. `--blink-rate R` sets the blinks per minute of weights with blink input
+(default: the speaking style's own rate; 0: no blinks). Without `--audio` the scene's sound strip
+is used (`--strip NAME` when there are several). The .blend is saved in place (`--save
+OTHER.blend` to save elsewhere, `--no-save` not to save), and a JSON summary is printed. Exit
+status 1 with the message on a user error (bad audio, wrong mesh, a blink rate outside 0-120).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--blink-rate", type=float, default=None, metavar="R",
+        help="blinks per minute, 0-120 (default: the speaking style's own rate; 0: no blinks)",
+    )
     parser.add_argument(
         "--output-folder", help="base folder of the wrinkle maps (default: beside the .blend)"
     )
@@ -93,6 +99,7 @@ def run(args) -> api.GenerationSummary:
         device=args.device,
         steps=args.steps,
         seed=args.seed,
+        blink_rate=args.blink_rate,
         scene=scene,
         output_folder=args.output_folder,
         output_mode=args.output_mode.replace("-", "_").upper(),

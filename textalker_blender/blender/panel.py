@@ -84,6 +84,9 @@ class TEXTALKER_PT_advanced(bpy.types.Panel):
         settings = context.scene.textalker
         self.layout.prop(settings, "steps")
         self.layout.prop(settings, "seed")
+        self.layout.prop(settings, "blinks")
+        if settings.blinks == "CUSTOM":
+            self.layout.prop(settings, "blink_rate")
 
 
 CLASSES = (TEXTALKER_PT_main, TEXTALKER_PT_advanced)

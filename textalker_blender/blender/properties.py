@@ -12,6 +12,7 @@ from bpy.props import (
     StringProperty,
 )
 
+from ..core.blinks import DEFAULT_RATE_PER_MIN, MAX_RATE_PER_MIN
 from . import catalog
 from .preferences import DEVICE_ITEMS
 
@@ -76,6 +77,22 @@ class TexTalkerSettings(bpy.types.PropertyGroup):
         description="Denoising steps of the diffusion sampler (0: the model's default)",
     )
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the sampler")
+    blinks: EnumProperty(
+        name="Blinks",
+        items=[
+            ("STYLE", "Style's rate", "Blink at the rate measured for the chosen speaking style", 0),
+            ("CUSTOM", "Custom rate", "Blink at the rate set below (blinks per minute)", 1),
+            ("OFF", "No blinks", "Keep the eyes open", 2),
+        ],
+        default="STYLE",
+        description="How often the eyes blink (weights trained without blink input ignore this)",
+    )
+    blink_rate: FloatProperty(
+        name="Blink Rate", default=DEFAULT_RATE_PER_MIN, min=0.0, soft_max=40.0,
+        max=MAX_RATE_PER_MIN,
+        description="Blinks per minute, used with the custom rate (people blink about 15 times a "
+        "minute while talking)",
+    )
     output_mode: EnumProperty(
         name="Output",
         items=[

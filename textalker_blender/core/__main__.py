@@ -2,14 +2,18 @@
 
     python -m textalker_blender.core speech.wav --out result.npz [--weights FILE]
         [--speaking-style ID|KEY] [--wrinkle-style ID|KEY] [--fps 30] [--seed 0] [--steps N]
-        [--device auto|cpu|cuda] [--hubert-dir DIR]
+        [--blink-rate R] [--device auto|cpu|cuda] [--hubert-dir DIR]
     python -m textalker_blender.core --list-styles [--weights FILE]
     python -m textalker_blender.core --describe bundled|paper|WEIGHTS_FILE [--seconds 10]
 
 The .npz holds `offsets` float32 (T, V, 3) metres, `wrinkle_maps` float16 (T, H, W, 3) albedo
 ratio (image row order), `fps`, and the run's metadata as 0-d arrays (strings are unicode arrays,
-so `np.load` needs no pickle): speaking/wrinkle style key and name, seed, steps, weights path and
-SHA-256, trained flag, model config name, device, duration.
+so `np.load` needs no pickle): speaking/wrinkle style key and name, seed, steps, blink rate
+(NaN: the speaking style's own rate), whether the weights take blinks (`blink_input`), weights
+path and SHA-256, trained flag, model config name, device, duration.
+
+`--blink-rate R`: blinks per minute (0-120) for weights with blink input; by default the rate
+measured for the speaking style, 0 for no blinks. Weights without blink input ignore it.
 
 `--describe` prints, as a Markdown table, the shape of every tensor from audio samples to the
 per-vertex offsets for a config, measured by running the real modules (on PyTorch's "meta" device
@@ -47,6 +51,21 @@ def _positive_fps(value: str) -> float:
     return fps
 
 
+def _blink_rate(value: str) -> float:
+    from .blinks import MAX_RATE_PER_MIN
+
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not (math.isfinite(rate) and 0.0 <= rate <= MAX_RATE_PER_MIN):
+        raise argparse.ArgumentTypeError(
+            f"the blink rate must be between 0 and {MAX_RATE_PER_MIN:g} blinks per minute, "
+            f"not {value}"
+        )
+    return rate
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m textalker_blender.core",
@@ -65,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--steps", type=int, default=None, help="DDIM steps (default: the config's)"
+    )
+    parser.add_argument(
+        "--blink-rate",
+        type=_blink_rate,
+        default=None,
+        metavar="R",
+        help="blinks per minute, 0-120 (default: the speaking style's own rate; 0: no blinks)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
@@ -115,8 +141,10 @@ def list_styles(args) -> int:
     return 0
 
 
-def result_arrays(result, pipeline) -> dict[str, np.ndarray]:
-    """Everything written to the .npz: the two outputs plus small metadata arrays."""
+def result_arrays(result, pipeline, blink_rate: float | None = None) -> dict[str, np.ndarray]:
+    """Everything written to the .npz: the two outputs plus small metadata arrays.
+
+    `blink_rate`: the rate asked for (NaN in the file for None: the speaking style's own rate)."""
     return {
         "offsets": np.asarray(result.offsets, np.float32),
         "wrinkle_maps": np.asarray(result.wrinkle_maps, np.float16),
@@ -129,6 +157,8 @@ def result_arrays(result, pipeline) -> dict[str, np.ndarray]:
         "wrinkle_style_name": np.str_(result.wrinkle_style.name),
         "seed": np.int64(result.seed),
         "steps": np.int64(result.steps),
+        "blink_rate": np.float64(math.nan if blink_rate is None else blink_rate),
+        "blink_input": np.bool_(pipeline.config.blink_condition),  # False: blink_rate was ignored
         "device": np.str_(result.device),
         "weights_path": np.str_(str(pipeline.weights_path)),
         "weights_sha256": np.str_(pipeline.weights_sha256),
@@ -170,11 +200,12 @@ def generate(args) -> int:
             seed=args.seed,
             steps=args.steps,
             progress=progress,
+            blink_rate=args.blink_rate,
         )
     except ValueError as exc:  # steps out of range and the like: the user's input
         raise TexTalkerError(str(exc)) from exc
     try:
-        write_npz(args.out, result_arrays(result, pipeline))
+        write_npz(args.out, result_arrays(result, pipeline, args.blink_rate))
     except OSError as exc:
         from .errors import ResourceError
 

@@ -102,3 +102,23 @@ def speech_like(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     envelope = np.clip(np.sin(2 * np.pi * 4.0 * t), 0, None)
     noise = rng.standard_normal(t.size) * (np.sin(2 * np.pi * 1.3 * t) > 0.8)
     return (0.3 * voiced * envelope + 0.05 * noise).astype(np.float32)
+
+
+def write_blink_input_weights(folder: Path) -> Path:
+    """Untrained bundled-size weights whose denoiser takes a blink track, styles 0-3 measured at
+    40, 10, 20 and 30 blinks per minute. The blink input layer starts at zero (the track would
+    change nothing), so it is filled with seeded random numbers here."""
+    from textalker_blender.core.blinks import BlinkStatistics
+    from tools.make_untrained_weights import WEIGHTS_NAME, build_untrained_model, template_layouts
+
+    config = ModelConfig.bundled()
+    config.blink_condition = True
+    config.uv_layouts = template_layouts(None)
+    model = build_untrained_model(seed=0, n_styles=4, config=config)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        model.denoiser.blink_proj.weight.normal_(0.0, 1.0, generator=generator)
+    model.style_blinks = [BlinkStatistics(rate, 0.2) for rate in (40.0, 10.0, 20.0, 30.0)]
+    path = Path(folder) / WEIGHTS_NAME
+    model.save(path, trained=False, dataset="none (test weights with blink input)")
+    return path

@@ -18,6 +18,7 @@ from blender_support import (  # one_second_speech, unregister_addon_after_modul
     registered_scene,
     unregister_addon_after_module,  # noqa: F401
 )
+from core_helpers import write_blink_input_weights
 from robustness_support import needs_assets
 from textalker_blender.blender import api, catalog, panel, writers
 from textalker_blender.core.errors import MeshError, TexTalkerError
@@ -319,29 +320,6 @@ def test_errors_leave_the_scene_unchanged(tmp_path, one_second_speech):
     assert not (tmp_path / "textalker").exists()
 
 
-def _write_blink_weights(folder):
-    """Untrained bundled-size weights whose denoiser takes a blink track, style 0 measured at 40
-    blinks per minute. The blink input layer starts at zero (the track would change nothing), so
-    it is filled with random numbers here."""
-    import torch
-
-    from textalker_blender.core.blinks import BlinkStatistics
-    from textalker_blender.core.config import ModelConfig
-    from tools.make_untrained_weights import WEIGHTS_NAME, build_untrained_model, template_layouts
-
-    config = ModelConfig.bundled()
-    config.blink_condition = True
-    config.uv_layouts = template_layouts(None)
-    model = build_untrained_model(seed=0, n_styles=4, config=config)
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        model.denoiser.blink_proj.weight.normal_(0.0, 1.0, generator=generator)
-    model.style_blinks = [BlinkStatistics(rate, 0.2) for rate in (40.0, 10.0, 20.0, 30.0)]
-    path = folder / WEIGHTS_NAME
-    model.save(path, trained=False, dataset="none (test weights with blink input)")
-    return path
-
-
 @needs_assets
 def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     import dataclasses
@@ -361,7 +339,7 @@ def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     for request in requests.values():  # what Pipeline.generate / generate_chunks are given
         assert api._generation_options(request, None, None)["blink_rate"] == request.blink_rate
 
-    weights = _write_blink_weights(tmp_path / "weights")
+    weights = write_blink_input_weights(tmp_path / "weights")
     offsets = {
         choice: api.compute(dataclasses.replace(request, weights=str(weights))).result.offsets
         for choice, request in requests.items()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from core_helpers import speech_like
+from core_helpers import speech_like, write_blink_input_weights
 
 from textalker_blender.core.__main__ import describe_shapes
 from textalker_blender.core.config import ModelConfig
@@ -123,24 +123,7 @@ def test_user_errors_exit_1_with_a_message_and_no_traceback(wav, tmp_path):
 
 @pytest.fixture(scope="module")
 def blink_weights(tmp_path_factory) -> Path:
-    """Untrained bundled-size weights whose denoiser takes a blink track (its input layer, zero
-    at initialisation, filled with random numbers so that the track changes the motion)."""
-    import torch
-
-    from textalker_blender.core.blinks import BlinkStatistics
-    from tools.make_untrained_weights import WEIGHTS_NAME, build_untrained_model, template_layouts
-
-    config = ModelConfig.bundled()
-    config.blink_condition = True
-    config.uv_layouts = template_layouts(None)
-    model = build_untrained_model(seed=0, n_styles=4, config=config)
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        model.denoiser.blink_proj.weight.normal_(0.0, 1.0, generator=generator)
-    model.style_blinks = [BlinkStatistics(rate, 0.2) for rate in (40.0, 10.0, 20.0, 30.0)]
-    path = tmp_path_factory.mktemp("blink_weights") / WEIGHTS_NAME
-    model.save(path, trained=False, dataset="none (test weights with blink input)")
-    return path
+    return write_blink_input_weights(tmp_path_factory.mktemp("blink_weights"))
 
 
 def test_blink_rate_is_used_and_recorded(wav, tmp_path, blink_weights):

@@ -236,7 +236,7 @@ def render_markdown(results: dict) -> str:
         ["sampler", f"DDIM {model['steps']} steps (eta 0) of a {model['diffusion_steps']}-step schedule, "
                     f"{dataset['fps']} fps"],
         ["blinks", "a blink track per utterance, sampled at the speaking style's blink rate measured on the training "
-                   "data (unseen subject: the mean over styles) from the diffusion seed; the model draws the blinks "
+                   "data (unseen subject: the mean over styles), seeded by the diffusion seed and the audio; the model draws the blinks "
                    "it is told about (`core/blinks.py`, `ModelConfig.blink_condition`). No blink timing comes from "
                    "the ground truth" if model.get("blink_condition") else
                    "no blink input: blinks come only from what the denoiser learned from the audio"],

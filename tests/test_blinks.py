@@ -454,7 +454,8 @@ def test_initialise_from_warm_starts_a_blink_model_from_weights_without_blink_in
     assert {"denoiser.blink_proj.bias", "denoiser.blink_proj.weight"} <= set(blink_names)
     others = [k for k in params if not k.startswith(BLINK_PARAMETERS)]
     assert any(not torch.equal(params[k], source_tensors[k]) for k in others)  # starts elsewhere
-    initialise_from(model, params, source)
+    copied = initialise_from(model, params, source)
+    assert copied == set(others)  # train_ldm fits the blink direction only when it was not copied
     for name in others:
         assert torch.equal(params[name].detach(), source_tensors[name]), name
     for name in blink_names:
@@ -473,7 +474,7 @@ def test_initialise_from_warm_starts_a_blink_model_from_weights_without_blink_in
                 parameter.fill_(0.5)
     with_blink = tmp_path / "with_blink.safetensors"
     trained.save(with_blink, trained=True, dataset="unit test", update_manifest=False)
-    initialise_from(model, params, with_blink)
+    assert initialise_from(model, params, with_blink) == set(params)
     trained_parameters = dict(trained.named_parameters())
     for name in blink_names:
         assert torch.equal(params[name].detach(), trained_parameters[name]), name

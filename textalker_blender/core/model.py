@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .blinks import DEFAULT_STATISTICS, BlinkStatistics, sample_blink_track
 from .config import ModelConfig
 from .diffusion import DDPMSchedule, LatentDenoiser, sample_sequence
 from .errors import WeightsError
 from .features import AudioEncoder, build_audio_encoder
-from .blinks import DEFAULT_STATISTICS, BlinkStatistics, sample_blink_track
 from .style import StylePivots
 from .vq import VQAutoencoder
 from .weights import WeightsFile, save_weights

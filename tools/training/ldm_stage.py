@@ -272,11 +272,12 @@ def load_model_file(path: Path, model: TexTalkerModel) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def initialise_from(model: TexTalkerModel, params: dict, path: Path) -> None:
+def initialise_from(model: TexTalkerModel, params: dict, path: Path) -> set[str]:
     """Copy the trainable tensors (denoiser, bundled audio front end) of the weights file at
     `path` into `model`; every one must be there with the same shape, except the blink
     parameters of a blink-conditioned model (a warm start from a model without blink input):
-    they keep their initialisation (`fit_blink_direction` then sets the output direction)."""
+    they keep their initialisation (`fit_blink_direction` then sets the output direction).
+    Returns the names copied."""
     tensors = load_weights(path, verify=False).tensors
     missing = [name for name in params if name not in tensors and not name.startswith(BLINK_PARAMETER_PREFIXES)]
     mismatched = [name for name, p in params.items() if name in tensors and tuple(tensors[name].shape) != tuple(p.shape)]
@@ -284,9 +285,12 @@ def initialise_from(model: TexTalkerModel, params: dict, path: Path) -> None:
         raise ValueError(f"--init-from {path}: not a warm start for this model config "
                          f"({len(missing)} tensors missing, {len(mismatched)} of another shape, e.g. {(missing + mismatched)[:3]})")
     with torch.no_grad():
+        copied = set()
         for name, p in params.items():
             if name in tensors:
                 p.copy_(tensors[name].to(p.device, p.dtype))
+                copied.add(name)
+    return copied
 
 
 @torch.no_grad()
@@ -447,9 +451,11 @@ def train_ldm(
                                    torch.cat([it["z_wrinkle"] for it in train_items]).to(device), all_subject_rows.to(device))
 
     params = dict(trainable_parameters(model))
+    copied: set[str] = set()
     if init_from is not None and not run.has_checkpoint():
-        initialise_from(model, params, Path(init_from))
-    if blink and not run.has_checkpoint():
+        copied = initialise_from(model, params, Path(init_from))
+    if blink and not run.has_checkpoint() and "denoiser.blink_out.weight" not in copied:
+        # (a warm start from a blink-conditioned model keeps the direction it learned)
         fit_blink_direction(model, train_items, rows, log)
     optimizer = torch.optim.AdamW(params.values(), lr=float(section["learning_rate"]), weight_decay=float(section["weight_decay"]))
     warmup = max(1, int(section["warmup_steps"]))

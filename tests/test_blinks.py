@@ -20,6 +20,7 @@ from textalker_blender.core.blinks import (
     BlinkStatistics,
     blink_shape,
     blink_statistics,
+    check_rate,
     eyelid_closure,
     sample_blink_track,
 )
@@ -164,6 +165,14 @@ def test_sample_blink_track_arguments_zero_rate_and_seeding():
     c = sample_blink_track(1800, FPS, 18.0, 0.15, np.random.default_rng(43))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert blink_events(a) > 0
+
+
+def test_check_rate_is_the_one_range_check():
+    assert check_rate(0) == 0.0 and check_rate("12.5") == 12.5 and check_rate(np.float32(30)) == 30.0
+    assert check_rate(MAX_RATE_PER_MIN) == MAX_RATE_PER_MIN
+    for bad in (-0.01, MAX_RATE_PER_MIN + 0.01, float("nan"), float("inf"), "often", None, True):
+        with pytest.raises(ValueError, match="blink rate must be between 0 and 120"):
+            check_rate(bad)
 
 
 def test_blink_statistics_dict_round_trip():

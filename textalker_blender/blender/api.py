@@ -34,7 +34,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import inspect
-import math
 import os
 import queue
 import tempfile
@@ -48,8 +47,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..core import mesh_match, part_motion, resources
-from ..core.blinks import MAX_RATE_PER_MIN as MAX_BLINK_RATE_PER_MIN
+from ..core import blinks, mesh_match, part_motion, resources
 from ..core.frame_store import FrameStore
 from ..core.errors import MeshError, ResourceError, TexTalkerError
 from . import arkit_output, catalog, writers
@@ -447,19 +445,13 @@ def prepare(
 
 def check_blink_rate(blink_rate) -> float | None:
     """`blink_rate` as a float (None stays None: the speaking style's own rate); TexTalkerError
-    unless it is a number of blinks per minute in 0..MAX_BLINK_RATE_PER_MIN."""
+    unless it is a number of blinks per minute in 0..120 (`core.blinks.check_rate`)."""
     if blink_rate is None:
         return None
     try:
-        rate = float(blink_rate)
-    except (TypeError, ValueError):
-        rate = math.nan
-    if not (math.isfinite(rate) and 0.0 <= rate <= MAX_BLINK_RATE_PER_MIN):
-        raise TexTalkerError(
-            f"The blink rate must be between 0 and {MAX_BLINK_RATE_PER_MIN:g} blinks per minute, "
-            f"not {blink_rate!r}"
-        )
-    return rate
+        return blinks.check_rate(blink_rate)
+    except ValueError as exc:
+        raise TexTalkerError(f"The {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------

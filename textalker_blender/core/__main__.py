@@ -52,18 +52,12 @@ def _positive_fps(value: str) -> float:
 
 
 def _blink_rate(value: str) -> float:
-    from .blinks import MAX_RATE_PER_MIN
+    from .blinks import check_rate
 
     try:
-        rate = float(value)
-    except ValueError:
-        rate = math.nan
-    if not (math.isfinite(rate) and 0.0 <= rate <= MAX_RATE_PER_MIN):
-        raise argparse.ArgumentTypeError(
-            f"the blink rate must be between 0 and {MAX_RATE_PER_MIN:g} blinks per minute, "
-            f"not {value}"
-        )
-    return rate
+        return check_rate(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"the {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ The model still draws the eyelids, brows and skin itself; the track only says wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,19 @@ DEFAULT_DURATION_S = 0.17
 CLOSING_FRACTION = 0.35
 HOLD_S = 0.02
 MAX_RATE_PER_MIN = 120.0
+
+
+def check_rate(value) -> float:
+    """A blink rate as given by a caller or typed by a user (a number or its text) -> blinks per
+    minute; ValueError unless it is a finite number in 0..MAX_RATE_PER_MIN (a bool is not one).
+    The one check behind the Pipeline, the add-on API and both command lines."""
+    try:
+        rate = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not (math.isfinite(rate) and 0.0 <= rate <= MAX_RATE_PER_MIN):
+        raise ValueError(f"blink rate must be between 0 and {MAX_RATE_PER_MIN:g} blinks per minute, not {value!r}")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -121,8 +135,7 @@ def sample_blink_track(n_frames: int, fps: float, rate_per_min: float, duration_
         raise ValueError(f"n_frames must be >= 0, not {n_frames}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, not {fps}")
-    if not 0.0 <= rate_per_min <= MAX_RATE_PER_MIN:
-        raise ValueError(f"blink rate must be between 0 and {MAX_RATE_PER_MIN:g} per minute, not {rate_per_min}")
+    rate_per_min = check_rate(rate_per_min)
     if duration_s <= 0:
         raise ValueError(f"blink duration must be positive, not {duration_s}")
     track = np.zeros(n_frames, np.float32)

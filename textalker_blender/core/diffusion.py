@@ -150,7 +150,7 @@ class LatentDenoiser(nn.Module):
             # Two paths for the eyelid closure track: `blink_out` adds closure x a direction to
             # the predicted x0 (training sets it to the least-squares direction of the data,
             # `set_blink_direction`: in model space a blink is a large, consistent step that a
-            # zero-initialised input took thousands of steps to learn), and `blink_proj` tells
+            # zero-initialised input had not learned after 1,500 warm-start steps), and `blink_proj` tells
             # every frame's token, so the network can shape the rest (brows, skin, timing) itself.
             # Both start at zero, so an untrained model ignores the track.
             self.blink_proj = nn.Linear(1, width)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .audio import AudioSource, load_audio
-from .blinks import MAX_RATE_PER_MIN as MAX_BLINK_RATE_PER_MIN
+from .blinks import check_rate as check_blink_rate
 from .config import MODEL_FPS, SAMPLE_RATE
 from .errors import Cancelled, DeviceError, WeightsError
 from .model import TexTalkerModel
@@ -364,11 +364,13 @@ class Pipeline:
         steps = int(self.config.sampling_steps if steps is None else steps)
         if not 1 <= steps <= self.config.diffusion_steps:
             raise ValueError(f"steps must be in 1..{self.config.diffusion_steps}, not {steps}")
-        if blink_rate is not None and not (
-            isinstance(blink_rate, numbers.Real) and not isinstance(blink_rate, bool)
-            and 0.0 <= blink_rate <= MAX_BLINK_RATE_PER_MIN
-        ):
-            raise ValueError(f"blink_rate must be between 0 and {MAX_BLINK_RATE_PER_MIN:g} per minute, not {blink_rate!r}")
+        if blink_rate is not None:
+            if not isinstance(blink_rate, numbers.Real):  # text is for the command lines to parse
+                raise ValueError(f"blink_rate must be a number of blinks per minute, not {blink_rate!r}")
+            try:
+                blink_rate = check_blink_rate(blink_rate)
+            except ValueError as exc:
+                raise ValueError(f"blink_rate: {exc}") from exc
         pivots = self.model.pivots
         try:
             speaking = pivots.index(speaking_style)

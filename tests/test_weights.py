@@ -189,7 +189,9 @@ def test_make_untrained_weights_tool(tmp_path):
     path_a = tmp_path / "a" / "textalker_bundled.safetensors"
     path_b = tmp_path / "b" / "textalker_bundled.safetensors"
     assert path_a.stat().st_size < 30e6
-    assert sha256_file(path_a) == sha256_file(path_b)  # seeded: same bytes
+    # Seeded: same bytes. Both files are made here, so this holds on any processor by construction
+    # (torch's vectorised random kernels may differ between CPUs; nothing compares across them).
+    assert sha256_file(path_a) == sha256_file(path_b)
     weights = load_weights(path_a)
     assert weights.metadata["trained"] == "false"
     assert json.loads(weights.metadata["style_names"]) == [

@@ -45,6 +45,10 @@ ALBEDO_FILE = "neutral_albedo.png"
 ALBEDO_SIZE = 2048
 # Part offsets come from fitted transforms (not the 0.1 mm source grid): finer quantum.
 PART_FIT_QUANTUM_M = 1e-5
+# Geometry fitted by LAPACK/BLAS (sphere centres and radii) differs in its last bits between processors
+# (OpenBLAS picks a different kernel on an Intel Xeon and an AMD EPYC). Rounding it to 0.1 micrometre,
+# far below anything visible, makes the built asset the same bytes on any x86-64 CPU.
+FITTED_QUANTUM_M = 1e-7
 SEED = 20250301
 
 
@@ -128,11 +132,18 @@ def uv_islands(faces) -> np.ndarray:
     return labels
 
 
+def quantised(value, quantum: float = FITTED_QUANTUM_M):
+    """`value` rounded to a multiple of `quantum` (array or float): processor-independent bits."""
+    rounded = np.round(np.asarray(value, dtype=np.float64) / quantum) * quantum
+    return float(rounded) if rounded.ndim == 0 else rounded
+
+
 def fit_sphere(points: np.ndarray):
+    """Least-squares sphere (centre, radius), quantised: LAPACK's last bits depend on the CPU."""
     design = np.c_[2 * points, np.ones(len(points))]
     solution = np.linalg.lstsq(design, (points**2).sum(1), rcond=None)[0]
     centre = solution[:3]
-    return centre, float(np.sqrt(solution[3] + centre @ centre))
+    return quantised(centre), quantised(np.sqrt(solution[3] + centre @ centre))
 
 
 def sparse_units(unit_tables, to_local_offsets, quantum: float):
@@ -530,9 +541,10 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
         source = np.unique(np.concatenate([np.asarray(f[1]) for f in helper_faces]))
         eye_helpers[side] = (source, makehuman_to_blender(positions_dm[source]))
     eye_centres = {side: fit_sphere(points)[0] for side, (_, points) in eye_helpers.items()}
-    eye_z = float(np.mean([c[2] for c in eye_centres.values()]))
-    eye_y = float(np.mean([c[1] for c in eye_centres.values()]))
-    eye_abs_x = float(np.mean([abs(c[0]) for c in eye_centres.values()]))
+    # Means of quantised centres are quantised again: they go into the stored metadata as text.
+    eye_z = quantised(np.mean([c[2] for c in eye_centres.values()]))
+    eye_y = quantised(np.mean([c[1] for c in eye_centres.values()]))
+    eye_abs_x = quantised(np.mean([abs(c[0]) for c in eye_centres.values()]))
 
     jaw = moved_by[unit_names.index("jawOpen")]
     candidate = [
@@ -557,7 +569,7 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
     lip_mask = lipness > 0.5
     lip_mask[mouth_vertices[vertices[mouth_vertices, 1] - lip_front_y < inner_lip_depth]] = True
     lip_mask &= face_mask
-    mouth_centre = vertices[lip_mask].mean(0)
+    mouth_centre = quantised(vertices[lip_mask].mean(0))
 
     face_points = np.nonzero(face_mask)[0]
     nose_tip_index = int(face_points[np.argmin(vertices[face_points, 1])])

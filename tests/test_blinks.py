@@ -25,7 +25,9 @@ from textalker_blender.core.blinks import (
     sample_blink_track,
 )
 from textalker_blender.core.config import ModelConfig
-from textalker_blender.core.diffusion import DDPMSchedule, LatentDenoiser, sample_sequence
+from textalker_blender.core.denoiser import LatentDenoiser
+from textalker_blender.core.sampling import sample_sequence
+from textalker_blender.core.schedule import DDPMSchedule
 from textalker_blender.core.errors import WeightsError
 from textalker_blender.core.model import TexTalkerModel, random_pivots
 from textalker_blender.core.style import StylePivots

@@ -1,4 +1,4 @@
-"""core.diffusion: alignment mask, windows, DDIM sampler, training loss, style modes."""
+"""core.denoiser, core.schedule and core.sampling: alignment mask, windows, DDIM sampler, training loss, style modes."""
 
 import threading
 
@@ -7,17 +7,10 @@ import pytest
 import torch
 from core_helpers import tiny_config
 
-from textalker_blender.core.diffusion import (
-    DDPMSchedule,
-    LatentDenoiser,
-    alignment_mask,
-    border_discontinuity,
-    diffusion_loss,
-    plan_windows,
-    random_prefix_lengths,
-    sample_sequence,
-    self_attention_mask,
-)
+from textalker_blender.core.denoiser import LatentDenoiser, alignment_mask, self_attention_mask
+from textalker_blender.core.sampling import border_discontinuity, plan_windows, sample_sequence
+from textalker_blender.core.schedule import DDPMSchedule
+from tools.training.losses import diffusion_loss, random_prefix_lengths
 from textalker_blender.core.errors import Cancelled
 
 

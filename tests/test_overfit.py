@@ -12,10 +12,11 @@ import torch
 from core_helpers import tiny_config
 from test_vq import smooth_maps
 
-from textalker_blender.core.diffusion import diffusion_loss
 from textalker_blender.core.model import TexTalkerModel
 from textalker_blender.core.style import StylePivots
-from textalker_blender.core.vq import VQAutoencoder, VQLosses, training_step
+from textalker_blender.core.vq import VQAutoencoder
+from tools.training.losses import diffusion_loss
+from tools.training.vq_losses import VQLosses, training_step
 
 VQ_STEPS = 100
 LDM_STEPS = 150
@@ -67,7 +68,7 @@ def _subject_latents(model: TexTalkerModel, subject: int, n_frames: int, seed: i
 @pytest.fixture(scope="module")
 def trained_toy():
     """A tiny TexTalkerModel (sampled latents not snapped to codes) whose denoiser was trained
-    with core.diffusion's loss on one fixed window of subject 0; returns it with the data and
+    with the training diffusion loss on one fixed window of subject 0; returns it with the data and
     the x0 error at a mid noise level before and after training."""
     torch.manual_seed(0)
     config = tiny_config(quantize_sampled_latents=False)

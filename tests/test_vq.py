@@ -6,7 +6,8 @@ import torch
 from core_helpers import tiny_config
 
 from textalker_blender.core.config import ModelConfig
-from textalker_blender.core.vq import VQAutoencoder, VQLosses, training_step
+from textalker_blender.core.vq import VQAutoencoder
+from tools.training.vq_losses import VQLosses, training_step
 
 
 def smooth_maps(batch, resolution, seed=0):

@@ -12,6 +12,7 @@ from textalker_blender.core.config import ModelConfig
 from textalker_blender.core.errors import WeightsError
 from textalker_blender.core.model import TexTalkerModel, random_pivots
 from textalker_blender.core.style import StylePivots
+from tools.training.losses import ldm_loss
 from textalker_blender.core.weights import (
     MANIFEST_NAME,
     load_weights,
@@ -221,7 +222,7 @@ def test_ldm_loss_trains_through_pivots_and_audio_front_end():
     assert model.denoiser.latent_center.abs().max() > 0
     mel = torch.randn(config.n_mels, 200, generator=g)
     features = torch.stack([model.audio_encoder.window_features(mel, s, 12) for s in (0, 30)])
-    loss = model.ldm_loss(z_motion, z_wrinkle, features, subjects, generator=g)
+    loss = ldm_loss(model, z_motion, z_wrinkle, features, subjects, generator=g)
     loss.backward()
     assert torch.isfinite(loss)
     assert model.audio_encoder.convs[0].weight.grad.abs().sum() > 0

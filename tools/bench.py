@@ -244,7 +244,7 @@ def worker_model(
     from torch.utils.flop_counter import FlopCounterMode
 
     from textalker_blender.core.config import MODEL_FPS
-    from textalker_blender.core.diffusion import plan_windows
+    from textalker_blender.core.sampling import plan_windows
     from textalker_blender.core.pipeline import Pipeline
 
     pipeline = Pipeline.load(device=device)

@@ -256,7 +256,8 @@ def describe_shapes(config, seconds: float = 10.0, n_styles: int | None = None, 
     import torch
 
     from .config import MODEL_FPS, SAMPLE_RATE
-    from .diffusion import LatentDenoiser, plan_windows
+    from .denoiser import LatentDenoiser
+    from .sampling import plan_windows
     from .pipeline import DECODE_BATCH
     from .resample import output_frame_count
     from .vq import VQAutoencoder

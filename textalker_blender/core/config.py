@@ -127,7 +127,7 @@ class ModelConfig:
     window_frames: int = 90  # Tw
     prefix_frames: int = 10  # Tp
     prefix_probability: float = 0.5  # training: chance a window is conditioned on a prefix
-    # Add the last prefix frame (projected) to every token of the window: see diffusion.py.
+    # Add the last prefix frame (projected) to every token of the window: see denoiser.py.
     prefix_anchor: bool = True
     # Diffusion
     diffusion_steps: int = 500

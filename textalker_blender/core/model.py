@@ -26,7 +26,9 @@ from torch import nn
 
 from .blinks import DEFAULT_STATISTICS, BlinkStatistics, sample_blink_track
 from .config import ModelConfig
-from .diffusion import DDPMSchedule, LatentDenoiser, sample_sequence
+from .denoiser import LatentDenoiser
+from .sampling import sample_sequence
+from .schedule import DDPMSchedule
 from .errors import WeightsError
 from .features import AudioEncoder, build_audio_encoder
 from .style import StylePivots
@@ -156,37 +158,16 @@ class TexTalkerModel(nn.Module):
         self.denoiser.latent_center.copy_(offsets.mean(dim=0))
         self.denoiser.latent_scale.copy_(offsets.std(dim=0).clamp_min(1e-4))
 
-    def ldm_loss(
-        self,
-        z_motion: torch.Tensor,
-        z_wrinkle: torch.Tensor,
-        audio_features: torch.Tensor,
-        subjects: torch.Tensor,
-        prefix_lengths: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        blink: torch.Tensor | None = None,
+    def batch_to_model_space(
+        self, z_motion: torch.Tensor, z_wrinkle: torch.Tensor, subjects: torch.Tensor
     ) -> torch.Tensor:
-        """Diffusion loss of a batch of windows: latents (B, T, Dz_f), (B, T, Dz_w) from the VQ
-        encoders, audio features (B, T, C) (from `audio_encoder.window_features` for the bundled
-        encoder, so its front end trains jointly), subject style rows (B,), eyelid closure
-        (B, T) of a blink-conditioned model."""
+        """The denoiser's target x0 for latents (..., T, Dz_f), (..., T, Dz_w) of known subjects
+        (...,): the modelled slice of [z_f, z_w] minus the subject's pivots, centred and scaled."""
         joint = torch.cat([z_motion, z_wrinkle], dim=-1)[..., self.config.modelled_latent_slice]
-        offsets = joint - self._batch_pivots(subjects, subjects)[:, None]
-        x0 = (offsets - self.denoiser.latent_center) / self.denoiser.latent_scale
-        onehot = self.config.style_mode == "onehot"
-        from .diffusion import diffusion_loss
-
-        return diffusion_loss(
-            self.denoiser,
-            self.schedule,
-            x0,
-            audio_features,
-            prefix_lengths,
-            speaking_style=subjects if onehot else None,
-            wrinkle_style=subjects if onehot else None,
-            generator=generator,
-            blink=blink,
-        )
+        pivots = self._batch_pivots(subjects, subjects)
+        if joint.dim() == pivots.dim() + 1:
+            pivots = pivots[:, None]
+        return (joint - pivots - self.denoiser.latent_center) / self.denoiser.latent_scale
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -47,7 +47,8 @@ for _path in (REPO_ROOT, REPO_ROOT / "tools"):
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
 from textalker_blender.core.config import SAMPLE_RATE, ModelConfig  # noqa: E402
-from textalker_blender.core.diffusion import DDPMSchedule, alignment_mask, sinusoidal_embedding  # noqa: E402
+from textalker_blender.core.denoiser import alignment_mask, sinusoidal_embedding  # noqa: E402
+from textalker_blender.core.schedule import DDPMSchedule  # noqa: E402
 from textalker_blender.core.features import BundledAudioEncoder  # noqa: E402
 from textalker_blender.core.vq import VectorQuantizer  # noqa: E402
 

@@ -182,7 +182,7 @@ class Distributed:
     def average_gradients(self, parameters) -> None:
         """The gradient averaging of DistributedDataParallel, done explicitly after backward.
 
-        The core's losses call sub-modules and methods (`VQLosses(vq, ...)`, `model.ldm_loss`),
+        The core's losses call sub-modules and methods (`vq_losses.VQLosses(vq, ...)`, `losses.ldm_loss`),
         not one `forward`, and the VQ discriminator runs three times per step, which DDP's reducer
         does not support; one flattened all-reduce per step gives the same averaged gradients."""
         if not self.enabled:

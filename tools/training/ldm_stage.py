@@ -9,7 +9,7 @@ Run folder (`--run RUN`):
 - `checkpoint/model.safetensors`: the whole model in the bundle format (core.weights; trained=false
   until exported), `checkpoint/ema.safetensors` the same with EMA weights, `state.pt`, progress;
 - `log.jsonl`: loss per logged step; validation loss on test-A windows and the window-border
-  discontinuity of sampled sequences (`core.diffusion.border_discontinuity`, 1.0 = seamless).
+  discontinuity of sampled sequences (`core.sampling.border_discontinuity`, 1.0 = seamless).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .common import (
     write_json,
 )
 from .augment import augment_log_mel
+from .losses import ldm_loss
 from .pauses import add_pauses
 from .data import BucketedOrder, open_dataset, to_physical
 from .vq_stage import VQ_WEIGHTS, load_trained_vq
@@ -43,7 +44,7 @@ from .vq_stage import VQ_WEIGHTS, load_trained_vq
 from textalker_blender.core.audio import load_audio  # noqa: E402
 from textalker_blender.core.blinks import blink_statistics, eyelid_closure  # noqa: E402
 from textalker_blender.core.config import MODEL_FPS  # noqa: E402
-from textalker_blender.core.diffusion import border_discontinuity, sample_sequence  # noqa: E402
+from textalker_blender.core.sampling import border_discontinuity, sample_sequence  # noqa: E402
 from textalker_blender.core.model import TexTalkerModel  # noqa: E402
 from textalker_blender.core.style import StylePivots  # noqa: E402
 from textalker_blender.core.weights import load_weights, save_weights, sha256_file  # noqa: E402
@@ -223,7 +224,7 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
         zm, zw, feats = window_batch(model, [item], [0], length, device)
         subjects = torch.tensor([rows[item["subject"]]], device=device)
         blink = window_blink([item], [0], length, device)
-        losses.append(float(model.ldm_loss(zm, zw, feats, subjects, generator=generator, blink=blink)))
+        losses.append(float(ldm_loss(model, zm, zw, feats, subjects, generator=generator, blink=blink)))
     result = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
     long_items = [it for it in items if it["n_frames"] > config.window_frames][:3]
     seams, truth_seams = [], []
@@ -296,7 +297,7 @@ def initialise_from(model: TexTalkerModel, params: dict, path: Path) -> set[str]
 @torch.no_grad()
 def fit_blink_direction(model: TexTalkerModel, items: list[dict], rows: dict, log=None) -> None:
     """Start the denoiser's blink output at the least-squares direction of the training latents
-    (model space) on their eyelid closure (core/diffusion.py, `set_blink_direction`)."""
+    (model space) on their eyelid closure (core/denoiser.py, `set_blink_direction`)."""
     x0 = torch.cat([model.to_model_space(it["z_motion"], it["z_wrinkle"], rows[it["subject"]], rows[it["subject"]])
                     for it in items])
     closure = torch.cat([it["blink"] for it in items])
@@ -539,7 +540,7 @@ def train_ldm(
         items, starts = add_pauses(items, starts, length, train_items, train_by_subject, section["pauses"], MODEL_FPS,
                                    mel_per_frame, generator)
         z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device, section["augment"], generator)
-        loss = model.ldm_loss(z_motion, z_wrinkle, features, subject_rows, generator=generator,
+        loss = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows, generator=generator,
                               blink=window_blink(items, starts, length, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

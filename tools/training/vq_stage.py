@@ -33,8 +33,9 @@ from .common import (
     write_json,
 )
 from .data import FrameTable, EpochOrder, open_dataset, render_frames
+from .vq_losses import VQLosses
 
-from textalker_blender.core.vq import VQAutoencoder, VQLosses  # noqa: E402
+from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
 from textalker_blender.core.weights import canonical_safetensors_bytes  # noqa: E402
 
 VQ_WEIGHTS = "vq.safetensors"
@@ -139,7 +140,7 @@ def reconstruction_errors(vq: VQAutoencoder, kind: str, maps: np.ndarray, mask: 
 
 
 def vq_step(vq, losses, maps_normalized, opt, opt_d, step, dist: Distributed) -> dict:
-    """`core.vq.training_step` with the rank gradient averaging between backward and step."""
+    """`vq_losses.training_step` with the rank gradient averaging between backward and step."""
     vq.train()
     out = losses(vq, maps_normalized, None, step)
     opt.zero_grad(set_to_none=True)

@@ -73,6 +73,25 @@ def test_config_files_load_and_reject_unknown_keys():
         training_config_from_dict({"model": {"preset": "bundled"}, "vq": {"batchsize": 3}})
 
 
+def test_config_extends_merges_dicts_and_refuses_cycles(tmp_path):
+    from training.common import read_config_file
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "a.json").write_text(json.dumps(
+        {"model": {"preset": "bundled", "overrides": {"width": 64, "layers": 2}}, "vq": {"steps": 10, "seed": 1}}))
+    (tmp_path / "b.json").write_text(json.dumps(
+        {"extends": "base/a.json", "model": {"overrides": {"layers": 3}}, "vq": {"steps": 20}}))
+    merged = read_config_file(tmp_path / "b.json")
+    assert merged == {"model": {"preset": "bundled", "overrides": {"width": 64, "layers": 3}},
+                      "vq": {"steps": 20, "seed": 1}}
+    config = load_training_config(tmp_path / "b.json")
+    assert (config.model.width, config.model.layers, config.vq["steps"], config.vq["seed"]) == (64, 3, 20, 1)
+    (tmp_path / "loop1.json").write_text(json.dumps({"extends": "loop2.json"}))
+    (tmp_path / "loop2.json").write_text(json.dumps({"extends": "loop1.json"}))
+    with pytest.raises(ValueError, match="extends itself"):
+        read_config_file(tmp_path / "loop1.json")
+
+
 def test_epoch_order_is_sharded_and_resumable():
     ranks = [EpochOrder(20, 3, 2, r, seed=1) for r in range(2)]
     first = [np.concatenate([o.next() for o in ranks]) for _ in range(3)]  # 3 global batches

@@ -135,11 +135,26 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's content with its `"extends": "other.json"` (relative to the file) resolved:
+    the other file's content, recursively, with this file's keys merged in (dicts key by key,
+    anything else replaced). So an ablation or preset states only how it differs from its base."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"config {path} extends itself through {' -> '.join(p.name for p in _seen)}")
+    data = json.loads(path.read_text())
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    base = read_config_file(path.parent / base_name, (*_seen, path))
+    return _merge(base, data)
+
+
 def load_training_config(path: str | Path) -> TrainingConfig:
-    """Read a JSON config: {"model": {"preset": "bundled", "overrides": {...}}, "vq": {...},
-    "ldm": {...}}. Unknown stage keys raise, so a typo does not silently train with defaults."""
-    data = json.loads(Path(path).read_text())
-    return training_config_from_dict(data)
+    """Read a JSON config: {"extends": "base.json" (optional), "model": {"preset": "bundled",
+    "overrides": {...}}, "vq": {...}, "ldm": {...}, "refine": {...}}. Unknown stage keys raise, so
+    a typo does not silently train with defaults."""
+    return training_config_from_dict(read_config_file(path))
 
 
 def training_config_from_dict(data: dict[str, Any]) -> TrainingConfig:

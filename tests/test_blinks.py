@@ -531,7 +531,8 @@ def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path
     from training.common import Distributed, read_log
     from training.data import open_dataset
     from training.export import export_bundle
-    from training.ldm_stage import EMA_WEIGHTS, MODEL_WEIGHTS, train_ldm
+    from training.artefacts import EMA_WEIGHTS, MODEL_WEIGHTS
+    from training.ldm_stage import train_ldm
     from training.vq_stage import train_vq
 
     from textalker_blender.core.config import MODEL_FPS

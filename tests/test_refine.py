@@ -31,17 +31,16 @@ from training.common import (  # noqa: E402
 )
 from training.data import EpochOrder, FrameTable, open_dataset  # noqa: E402
 from training.export import export_bundle  # noqa: E402
-from training.ldm_stage import MODEL_WEIGHTS, train_ldm  # noqa: E402
+from training.artefacts import MODEL_WEIGHTS, VQ_WEIGHTS, load_refined_motion_vq, load_trained_vq, same_codes  # noqa: E402
+from training.ldm_stage import train_ldm  # noqa: E402
 from training.refine_stage import (  # noqa: E402
     VertexLoss,
     batch_indices,
-    load_refined_motion_vq,
     oversampling_rows,
     refine_motion_decoder,
     render_offsets_and_maps,
-    same_codes,
 )
-from training.vq_stage import VQ_WEIGHTS, load_trained_vq, train_vq  # noqa: E402
+from training.vq_stage import train_vq  # noqa: E402
 
 from textalker_blender.core.weights import load_weights, sha256_file  # noqa: E402
 

@@ -29,7 +29,8 @@ from training.common import (  # noqa: E402
 from training.data import BucketedOrder, EpochOrder  # noqa: E402
 from training.export import export_bundle  # noqa: E402
 from training.ldm_stage import train_ldm  # noqa: E402
-from training.vq_stage import VQ_WEIGHTS, train_vq  # noqa: E402
+from training.artefacts import VQ_WEIGHTS  # noqa: E402
+from training.vq_stage import train_vq  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
                                 reason="needs the Debian packages flite and sox (dataset build)")

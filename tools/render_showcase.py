@@ -196,7 +196,8 @@ def main(argv=None) -> dict:
                                  read_generated_offsets, read_generated_wrinkle_maps, region_crop,
                                  render_array, render_wrinkle_contribution, save_png, showcase_look,
                                  strongest_region, wrinkle_region_maps)
-    from style_swap import MouthLandmarks, crease_depth, lip_aperture_mm
+    from showcase_common import crease_depth
+    from style_swap import MouthLandmarks, lip_aperture_mm
 
     from textalker_blender.blender import catalog
     from textalker_blender.core.template import load_template

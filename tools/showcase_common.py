@@ -8,6 +8,7 @@
 - `add_closeup_camera`: a second camera on the forehead and eyes;
 - `render_array`: one Cycles frame as a float array (through `tools/render_check.py`'s renderer);
 - `labelled_tile`, `compose_rows`, `save_png`: Pillow composition of labelled contact sheets;
+- `crease_depth`: how much a region of the ratio maps darkens the skin, per frame;
 - `wrinkle_region_maps` and `crease_region_vertices`: the synthetic dataset's crease regions
   (forehead, glabella, crows_feet, nasolabial, lips) on the template, as vertex weights and as
   maps in the wrinkle layout, used to measure and to frame the creases.
@@ -40,12 +41,22 @@ def closeup_group_of(region: str) -> str:
     return "upper_face" if region in UPPER_FACE_REGIONS else "lower_face"
 
 
+def crease_depth(ratio_maps: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(T,) region-weighted mean of 1 - ratio (ratio averaged over R, G, B): 0 = no crease,
+    0.1 = the creased skin is on average 10 % darker than the neutral albedo."""
+    maps = np.asarray(ratio_maps, np.float32)
+    weight = np.asarray(region, np.float32)
+    total = float(weight.sum())
+    if total <= 0:
+        raise ValueError("the crease region is empty")
+    darkening = 1.0 - maps.mean(axis=-1)
+    return (darkening * weight).sum(axis=(1, 2)) / total
+
+
 def strongest_region(ratio_maps_list, region_maps: dict) -> str:
     """The crease region (forehead, glabella, crows_feet, nasolabial, lips) where the given
     sequences of ratio maps differ most from each other (two or more sequences) or, for one
     sequence, darken the skin most on average: where a close-up shows the wrinkles."""
-    from style_swap import crease_depth
-
     names = UPPER_FACE_REGIONS + LOWER_FACE_REGIONS
     means = np.array([[crease_depth(maps, region_maps[n]).mean() for n in names] for maps in ratio_maps_list])
     score = np.ptp(means, axis=0) if len(means) > 1 else means[0]

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from showcase_common import crease_depth
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 for _path in (REPO_ROOT, REPO_ROOT / "tools"):
     if str(_path) not in sys.path:
@@ -102,18 +104,6 @@ def lip_aperture_mm(offsets: np.ndarray, mouth: MouthLandmarks) -> np.ndarray:
 def mouth_mean_abs_offset_mm(offsets: np.ndarray, lip_mask: np.ndarray) -> np.ndarray:
     """(T,) mean length of the lip vertices' offsets, mm."""
     return 1000.0 * np.linalg.norm(np.asarray(offsets)[:, lip_mask], axis=2).mean(axis=1)
-
-
-def crease_depth(ratio_maps: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """(T,) region-weighted mean of 1 - ratio (ratio averaged over R, G, B): 0 = no crease,
-    0.1 = the creased skin is on average 10 % darker than the neutral albedo."""
-    maps = np.asarray(ratio_maps, np.float32)
-    weight = np.asarray(region, np.float32)
-    total = float(weight.sum())
-    if total <= 0:
-        raise ValueError("the crease region is empty")
-    darkening = 1.0 - maps.mean(axis=-1)
-    return (darkening * weight).sum(axis=(1, 2)) / total
 
 
 def motion_statistics(offsets: np.ndarray, mouth: MouthLandmarks, lip_mask: np.ndarray) -> dict:

@@ -50,14 +50,15 @@ from evaluation.baselines import (  # noqa: E402
 )
 from training.augment import augment_log_mel  # noqa: E402
 from training.common import (  # noqa: E402
+    Distributed,
     JsonlLog,
     StopFlag,
     dataset_fingerprint,
-    format_metrics,
     set_threads,
     write_json,
 )
 from training.data import BucketedOrder, FrameTable, open_dataset  # noqa: E402
+from training.loop import StageLoop, StepReport  # noqa: E402
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
 
@@ -306,7 +307,6 @@ def train_baseline(name: str, data_root: str | Path, out: str | Path, steps: int
     """Train (or resume) one baseline into `out/<slug>`; returns a summary dict. `session_steps`
     stops this session after that many steps like an interruption (the learning-rate schedule
     still spans `steps`)."""
-    from tqdm import tqdm
 
     cls = baseline_class(name)
     out, data_root = Path(out), Path(data_root)
@@ -381,83 +381,72 @@ def train_baseline(name: str, data_root: str | Path, out: str | Path, steps: int
     started = time.monotonic()
     start_step = step
 
-    def info() -> dict:
+    def info(step: int) -> dict:
         return {"trained_steps": step, "total_steps": total_steps, "finished": step >= total_steps,
                 "dataset": dataset_fingerprint(data_root), "stage": stage}
 
-    def save() -> None:
+    def save(step: int) -> None:
         elapsed = elapsed_before + time.monotonic() - started
         save_checkpoint(run, model, optimizer, generator,
                         {"step": step, "stage": stage, "order": order.state(), "elapsed_s": elapsed,
-                         "finished": step >= total_steps}, info())
+                         "finished": step >= total_steps}, info(step))
 
-    stop = StopFlag(max_minutes)
-    bar = tqdm(total=total_steps, initial=step, desc=cls.slug, unit="step", disable=not progress_bar, dynamic_ncols=True)
     net.train()
-    sums: dict[str, float] = {}
-    count, frames, revived = 0, 0, 0
-    window_time, window_cpu = time.monotonic(), time.process_time()
-    reason = "steps reached"
     augment = section.get("augment")
-    while step < total_steps:
-        reason_now = stop.should_stop()
-        if session_steps is not None and step - start_step >= session_steps:
-            reason_now = "session steps reached"
-        if reason_now:
-            reason = reason_now
-            break
-        if stage == 1 and step >= vq_steps:  # CodeTalker: stage 1 done, train the predictor
+    loop = StageLoop(cls.slug, section, Distributed(), log_file, StopFlag(max_minutes), total_steps, step,
+                     ["loss", "reconstruction", "feature_mse", "motion_mse", "x0_mse", "perplexity", "steps_per_s"],
+                     progress_bar)
+    revived = 0
+
+    def train_step(done: int) -> StepReport:
+        nonlocal stage, optimizer, params, base_lr, revived
+        if stage == 1 and done >= vq_steps:  # CodeTalker: stage 1 done, train the predictor
             stage = 2
             optimizer, params, base_lr = make_optimizer(stage)
-            sums, count, frames = {}, 0, 0
-            log_file.write({"event": "stage", "step": step, "stage": 2}, f"{cls.name}: VQ-VAE done, training the predictor")
+            log_file.write({"event": "stage", "step": done, "stage": 2}, f"{cls.name}: VQ-VAE done, training the predictor")
         first, last = (0, vq_steps) if stage == 1 and vq_steps else (vq_steps, total_steps)
-        lr = _learning_rate(section, step, first, last, base_lr)
+        lr = _learning_rate(section, done, first, last, base_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         items = [train_items[int(i)] for i in order.next()]
         batch = make_batch(model, items, generator, augment)
-        losses = model_losses(model, batch, generator, stage, (step - first) / max(1, last - first), step == 0)
+        losses = model_losses(model, batch, generator, stage, (done - first) / max(1, last - first), done == 0)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if float(section["grad_clip"]) > 0:
             torch.nn.utils.clip_grad_norm_(params, float(section["grad_clip"]))
         optimizer.step()
-        step += 1
-        if cls.slug == "codetalker" and stage == 1 and step % int(section["revive_every"]) == 0:
+        if cls.slug == "codetalker" and stage == 1 and (done + 1) % int(section["revive_every"]) == 0:
             revived += net.vqvae.quantizer.revive_dead_codes(generator=generator)
-        bar.update(1)
-        for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
-        count += 1
-        frames += int(batch["mask"].sum())
-        if step % int(section["log_every"]) == 0 or step == total_steps:
-            now = time.monotonic()
-            record = {"event": "train", "step": step, "stage": stage, "epoch": order.epoch, "lr": lr,
-                      **{k: v / count for k, v in sums.items()},
-                      "steps_per_s": count / max(now - window_time, 1e-9),
-                      "frames_per_s": frames / max(now - window_time, 1e-9),
-                      "cpu_s_per_step": (time.process_time() - window_cpu) / count}
-            if cls.slug == "codetalker" and stage == 1:
-                record["usage_perplexity"] = net.vqvae.quantizer.usage_perplexity()
-                record["revived"], revived = revived, 0
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            log_file.write(record, f"{cls.slug} step {step}  " + format_metrics(
-                record, ["loss", "reconstruction", "feature_mse", "motion_mse", "x0_mse", "perplexity", "steps_per_s"]))
-            sums, count, frames = {}, 0, 0
-            window_time, window_cpu = now, time.process_time()
-        if val_items and (step % int(section["validate_every"]) == 0 or step == total_steps or
-                          (cls.slug == "codetalker" and step == vq_steps)):
-            rng = torch.get_rng_state()
-            metrics = validate(model, val_items, section, stage)
-            torch.set_rng_state(rng)
-            log_file.write({"event": "validation", "step": step, "stage": stage, **metrics},
-                           f"{cls.slug} step {step}  validation  " + format_metrics(metrics, list(metrics)))
-        if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
-            save()
-    bar.close()
-    stop.restore()
-    save()
+        means = {key: float(value.detach() if torch.is_tensor(value) else value) for key, value in losses.items()}
+        return StepReport(means, frames=int(batch["mask"].sum()))
+
+    def log_extra(step: int) -> dict:
+        nonlocal revived
+        extra = {"stage": stage, "epoch": order.epoch, "lr": optimizer.param_groups[0]["lr"]}
+        if cls.slug == "codetalker" and stage == 1:
+            extra["usage_perplexity"] = net.vqvae.quantizer.usage_perplexity()
+            extra["revived"], revived = revived, 0
+        return extra
+
+    def validate_baseline(step: int) -> dict | None:
+        if not val_items:
+            return None
+        rng = torch.get_rng_state()
+        metrics = validate(model, val_items, section, stage)
+        torch.set_rng_state(rng)
+        return {"stage": stage, **metrics}
+
+    def session_limit(step: int) -> str | None:
+        if session_steps is not None and step - start_step >= session_steps:
+            return "session steps reached"
+        return None
+
+    reason = loop.run(train_step, save, validate_baseline, log_extra,
+                      postfix=lambda r: {"loss": f"{r['loss']:.4f}"}, stop_check=session_limit,
+                      also_validate_at=frozenset({vq_steps}) if cls.slug == "codetalker" else frozenset())
+    step = loop.step
+    save(step)
     seconds = time.monotonic() - started
     summary = {"baseline": cls.name, "step": step, "stopped": reason, "steps_this_session": step - start_step,
                "seconds_this_session": seconds,

@@ -19,18 +19,15 @@ into the motion layout, concatenated to 6 channels (core/joint_codebook.py says 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from .artefacts import latent_cache_key
 from .common import REPO_ROOT, Distributed, load_training_config, read_log
-from .data import to_physical
-
-from textalker_blender.core.joint_codebook import JointMapCodec  # noqa: E402
+from .export import export_bundle
+from .ldm_stage import train_ldm
+from .vq_stage import train_vq
 
 CONFIG_DIR = REPO_ROOT / "tools" / "configs"
 ABLATION_CONFIGS = {
@@ -43,83 +40,6 @@ ABLATION_CONFIGS = {
 ABLATION_NAMES = tuple(ABLATION_CONFIGS)
 
 
-# ---------------------------------------------------------------------------- joint maps
-_codecs: dict[tuple, JointMapCodec] = {}
-
-
-def joint_codec_for(dataset) -> JointMapCodec:
-    """The joint-map codec of a dataset reader's template and map resolutions (cached)."""
-    template = dataset.template
-    key = (template.motion_layout.fingerprint, template.wrinkle_layout.fingerprint,
-           dataset.motion_resolution, dataset.wrinkle_resolution)
-    if key not in _codecs:
-        _codecs[key] = JointMapCodec(template.motion_layout, template.wrinkle_layout,
-                                     dataset.motion_resolution, dataset.wrinkle_resolution)
-    return _codecs[key]
-
-
-def joint_maps(dataset, motion: np.ndarray, wrinkle_ratio: np.ndarray) -> np.ndarray:
-    """Reader maps (motion metres, wrinkle *ratio*) -> joint maps (B, H, W, 6) in physical units."""
-    return joint_codec_for(dataset).join(to_physical("motion", motion), to_physical("wrinkle", wrinkle_ratio))
-
-
-def render_joint_frames(dataset, utterances: np.ndarray, frames: np.ndarray, weights) -> np.ndarray:
-    """Like `data.render_frames`, for kind "joint": (B, H, W, 6), batch order kept."""
-    subjects = np.array([dataset.entries[int(u)]["subject"] for u in utterances])
-    out = None
-    for subject in dict.fromkeys(subjects.tolist()):
-        rows = np.nonzero(subjects == subject)[0]
-        stacked = np.stack([weights[int(utterances[r])][int(frames[r])] for r in rows])
-        _, motion, wrinkle = dataset.render(subject, stacked)
-        maps = joint_maps(dataset, motion, wrinkle)
-        if out is None:
-            out = np.empty((len(utterances), *maps.shape[1:]), np.float32)
-        out[rows] = maps
-    return out
-
-
-@torch.no_grad()
-def joint_reconstruction_errors(vq, maps: np.ndarray, mask: np.ndarray, batch: int = 64) -> dict:
-    """Validation of a joint VQ in physical units, per half: motion MAE/max in mm and wrinkle
-    ratio MAE/max over the active texels, PSNR of the ratio (peak 1.0) over all texels (both in
-    the motion layout, i.e. before resampling back to the wrinkle layout)."""
-    vq.eval()
-    sums = {"motion_abs": 0.0, "motion_max": 0.0, "ratio_abs": 0.0, "ratio_max": 0.0, "ratio_sq": 0.0}
-    count_active = count_all = 0
-    device = vq.map_offset.device
-    for start in range(0, len(maps), batch):
-        target = torch.from_numpy(maps[start : start + batch].astype(np.float32)).to(device)
-        recon = vq.decode(vq.encode(target))
-        motion_error = (recon[..., :3] - target[..., :3]).cpu().numpy()
-        ratio_error = (recon[..., 3:].exp() - target[..., 3:].exp()).cpu().numpy()
-        motion_active, ratio_active = motion_error[:, mask], ratio_error[:, mask]
-        sums["motion_abs"] += float(np.abs(motion_active).sum())
-        sums["motion_max"] = max(sums["motion_max"], float(np.abs(motion_active).max(initial=0.0)))
-        sums["ratio_abs"] += float(np.abs(ratio_active).sum())
-        sums["ratio_max"] = max(sums["ratio_max"], float(np.abs(ratio_active).max(initial=0.0)))
-        sums["ratio_sq"] += float((ratio_error**2).sum())
-        count_active += motion_active.size
-        count_all += ratio_error.size
-    vq.train()
-    mse = sums["ratio_sq"] / max(count_all, 1)
-    return {
-        "val_mae_mm": sums["motion_abs"] / max(count_active, 1) * 1000.0,
-        "val_max_mm": sums["motion_max"] * 1000.0,
-        "val_ratio_mae": sums["ratio_abs"] / max(count_active, 1),
-        "val_ratio_max": sums["ratio_max"],
-        "val_psnr_db": 10.0 * math.log10(1.0 / max(mse, 1e-20)),
-    }
-
-
-@torch.inference_mode()
-def encode_joint_latents(dataset, joint_vq, motion: np.ndarray, wrinkle_ratio: np.ndarray, batch: int) -> np.ndarray:
-    """One utterance's reader maps -> joint-VQ latents (T, Dz_joint) float32 (LDM latent cache)."""
-    maps = joint_maps(dataset, motion, wrinkle_ratio)
-    device = joint_vq.map_offset.device
-    parts = [joint_vq.encode(torch.from_numpy(maps[s : s + batch]).to(device)).cpu() for s in range(0, len(maps), batch)]
-    return torch.cat(parts).numpy().astype(np.float32)
-
-
 # ---------------------------------------------------------------------------- orchestration
 AUDIO_INPUT_FIELDS = ("audio_encoder", "n_mels", "mel_n_fft", "mel_hop")
 
@@ -130,15 +50,13 @@ def reuse_latent_cache(source_ldm_run: Path, target_ldm_run: Path, motion_run: P
     audio input (encoder and log-mel settings of `config_path`'s model) into a new run, so it
     skips the encoding (~12 min on 2 cores for the full set). Returns True if it did. Cache files
     are only ever replaced (never written in place), so sharing inodes is safe."""
-    from .ldm_stage import _cache_key
-
     source = Path(source_ldm_run) / "cache"
     target = Path(target_ldm_run) / "cache"
     key_path = source / "vq.json"
     if target.exists() or not key_path.is_file():
         return False
     recorded = json.loads(key_path.read_text())
-    if recorded != _cache_key(Path(motion_run), Path(wrinkle_run), recorded.get("audio", "bundled")):
+    if recorded != latent_cache_key(Path(motion_run), Path(wrinkle_run), recorded.get("audio", "bundled")):
         return False
     if config_path is not None:
         source_model = json.loads((Path(source_ldm_run) / "config.json").read_text())["model"]
@@ -183,10 +101,6 @@ def train_ablation(
     `motion_decoder`: a stage-1b refinement of `motion_run`'s decoder, exported into every
     ablation that decodes motion with that VQ (not the joint codebook, which has its own VQ), so
     the ablations and the bundle read vertices from the same decoder."""
-    from .export import export_bundle
-    from .ldm_stage import train_ldm
-    from .vq_stage import train_vq
-
     if name not in ABLATION_CONFIGS:
         raise ValueError(f"unknown ablation {name!r}; choose from {', '.join(ABLATION_NAMES)}")
     dist = dist or Distributed()

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .common import RunFolder
-from .ldm_stage import EMA_WEIGHTS, MODEL_WEIGHTS
+from .artefacts import EMA_WEIGHTS, MODEL_WEIGHTS, load_refined_motion_vq, same_codes
 
 from textalker_blender.core.model import TexTalkerModel  # noqa: E402
 from textalker_blender.core.weights import load_weights, save_weights  # noqa: E402
@@ -34,8 +34,6 @@ def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, u
     dataset = recorded.get("dataset") or weights.metadata.get("dataset", "unknown")
     refined = None
     if motion_decoder is not None:
-        from .refine_stage import load_refined_motion_vq, same_codes
-
         if model.motion_vq is None:
             raise ValueError(f"{run.path} is a joint-codebook model: it has no motion VQ to refine")
         refined_vq, refined = load_refined_motion_vq(motion_decoder)

@@ -29,17 +29,18 @@ from .common import (
     TOOLS_DIR,
     TrainingConfig,
     dataset_fingerprint,
-    format_metrics,
     gather_rng_states,
     learning_rate_factor,
     restore_rng,
     write_json,
 )
 from .augment import augment_log_mel
+from .loop import StageLoop, StepReport
 from .losses import ldm_loss
 from .pauses import add_pauses
 from .data import BucketedOrder, open_dataset, to_physical
-from .vq_stage import VQ_WEIGHTS, load_trained_vq
+from .artefacts import EMA_WEIGHTS, MODEL_WEIGHTS, latent_cache_key, load_trained_vq
+from .joint_maps import encode_joint_latents
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
 from textalker_blender.core.blinks import blink_statistics, eyelid_closure  # noqa: E402
@@ -49,8 +50,6 @@ from textalker_blender.core.model import TexTalkerModel  # noqa: E402
 from textalker_blender.core.style import StylePivots  # noqa: E402
 from textalker_blender.core.weights import load_weights, save_weights, sha256_file  # noqa: E402
 
-MODEL_WEIGHTS = "model.safetensors"
-EMA_WEIGHTS = "ema.safetensors"
 # Parameters a warm start may lack (see initialise_from).
 BLINK_PARAMETER_PREFIXES = ("denoiser.blink_proj.", "denoiser.blink_out.")
 
@@ -81,15 +80,6 @@ def describe_subject(subject) -> str:
 
 
 # ---------------------------------------------------------------------------- latent cache
-def _cache_key(motion_run: Path, wrinkle_run: Path | None, audio_kind: str) -> dict:
-    """`wrinkle_run` None: joint-codebook ablation, `motion_run` is its one ("joint") VQ run."""
-    return {
-        "motion_vq": sha256_file(Path(motion_run) / "checkpoint" / VQ_WEIGHTS),
-        "wrinkle_vq": sha256_file(Path(wrinkle_run) / "checkpoint" / VQ_WEIGHTS) if wrinkle_run is not None else None,
-        "audio": audio_kind,
-    }
-
-
 @torch.inference_mode()
 def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: Distributed,
                  batch: int, log=print, should_stop=lambda: None) -> None:
@@ -113,7 +103,6 @@ def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: D
         _, motion, wrinkle = dataset.render(entry["subject"], weights)
         latents = []
         if wrinkle_vq is None:  # joint codebook: slot z_f = the joint latent, slot z_w empty
-            from .ablations import encode_joint_latents
 
             latents = [encode_joint_latents(dataset, motion_vq, motion, wrinkle, batch), np.zeros((len(weights), 0), np.float32)]
         else:
@@ -373,7 +362,7 @@ def train_ldm(
     except ValueError:
         val_set = None
     cache = run.path / "cache"
-    key = _cache_key(Path(motion_run), Path(wrinkle_run) if wrinkle_run is not None else None, model_config.audio_encoder)
+    key = latent_cache_key(Path(motion_run), Path(wrinkle_run) if wrinkle_run is not None else None, model_config.audio_encoder)
     if dist.is_main:
         cache.mkdir(parents=True, exist_ok=True)
         key_path = cache / "vq.json"
@@ -482,7 +471,7 @@ def train_ldm(
             # correctly, but not bit-identically to an uninterrupted run.
             print(f"note: checkpoint written by {progress.get('world_size')} process(es), resumed with {dist.world_size}")
 
-    def save() -> None:
+    def save(step: int) -> None:
         rng_states = gather_rng_states(generator, dist)
         if not dist.is_main:
             dist.barrier()
@@ -506,29 +495,22 @@ def train_ldm(
         dist.barrier()
 
     started = time.monotonic()
-    start_step = step
+    loop = StageLoop("LDM", section, dist, log, stop, total_steps, step, ["loss", "lr", "steps_per_s", "frames_per_s"],
+                     progress_bar)
     log.write({"event": "start", "step": step, "total_steps": total_steps, "world_size": dist.world_size,
                "train_utterances": len(train_items), "train_frames": int(sum(it["n_frames"] for it in train_items)),
                "styles": len(pivots), "encode_s": encode_seconds},
               f"LDM: step {step} -> {total_steps}, {dist.world_size} process(es), {len(train_items)} utterances, {len(pivots)} styles")
-    bar = tqdm(total=total_steps, initial=step, desc="LDM", unit="step", disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
     model.train()
     for vq in model.vq_modules():
         vq.eval()
-    accum_loss, accum_count, window_frames, data_seconds = 0.0, 0, 0, 0.0
-    window_time = time.monotonic()
-    window_cpu = time.process_time()
-    reason = "steps reached"
     batch_size = int(section["batch_size"])
     train_by_subject: dict[str, list[int]] = {}
     for index, item in enumerate(train_items):
         train_by_subject.setdefault(item["subject"], []).append(index)
     mel_per_frame = model.audio_encoder.mel_fps / MODEL_FPS if model_config.audio_encoder == "bundled" else None
-    while step < total_steps:
-        reason_now = stop.should_stop()
-        if dist.any(reason_now is not None):
-            reason = reason_now or "stop requested on another rank"
-            break
+
+    def train_step(done: int) -> StepReport:
         t0 = time.monotonic()
         global_batch = order.next_global()
         length = int(min(model_config.window_frames, min(train_items[int(i)]["n_frames"] for i in global_batch)))
@@ -536,12 +518,12 @@ def train_ldm(
         items = [train_items[int(i)] for i in mine]
         starts = [int(torch.randint(0, it["n_frames"] - length + 1, (1,), generator=generator)) for it in items]
         subject_rows = torch.tensor([rows[it["subject"]] for it in items], device=device)
-        data_seconds += time.monotonic() - t0
+        data_seconds = time.monotonic() - t0
         items, starts = add_pauses(items, starts, length, train_items, train_by_subject, section["pauses"], MODEL_FPS,
                                    mel_per_frame, generator)
         z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device, section["augment"], generator)
         loss = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows, generator=generator,
-                              blink=window_blink(items, starts, length, device))
+                        blink=window_blink(items, starts, length, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(params.values())
@@ -551,44 +533,30 @@ def train_ldm(
         scheduler.step()
         if ema is not None:
             ema.update(params.items())
-        step += 1
-        bar.update(1)
-        accum_loss += float(loss.detach())
-        accum_count += 1
-        window_frames += length * len(items) * dist.world_size
-        if step % int(section["log_every"]) == 0 or step == total_steps:
-            now = time.monotonic()
-            record = {"event": "train", "step": step, "epoch": order.epoch, "loss": accum_loss / accum_count,
-                      "lr": scheduler.get_last_lr()[0], "steps_per_s": accum_count / max(now - window_time, 1e-9),
-                      "frames_per_s": window_frames / max(now - window_time, 1e-9),
-                      "data_fraction": data_seconds / max(now - window_time, 1e-9),
-                      "cpu_s_per_step": (time.process_time() - window_cpu) / accum_count}
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            log.write(record, f"step {step}  " + format_metrics(record, ["loss", "lr", "steps_per_s", "frames_per_s"]))
-            accum_loss, accum_count, window_frames, data_seconds = 0.0, 0, 0, 0.0
-            window_time = now
-            window_cpu = time.process_time()
-        if dist.is_main and val_items and (step % int(section["validate_every"]) == 0 or step == total_steps):
+        return StepReport({"loss": float(loss.detach())}, frames=length * len(items) * dist.world_size,
+                          data_seconds=data_seconds)
+
+    def validate_on_main(step: int) -> dict | None:
+        if not (dist.is_main and val_items):
+            return None
+        if ema is not None:
+            ema.swap(model)
+        try:
+            rng_state = torch.get_rng_state()  # validation must not shift the training RNG
+            metrics = validate(model, val_items, rows, section, device)
+            torch.set_rng_state(rng_state)
+        finally:
             if ema is not None:
                 ema.swap(model)
-            try:
-                rng_state = torch.get_rng_state()  # validation must not shift the training RNG
-                metrics = validate(model, val_items, rows, section, device)
-                torch.set_rng_state(rng_state)
-            finally:
-                if ema is not None:
-                    ema.swap(model)
-            log.write({"event": "validation", "step": step, **metrics}, f"step {step}  validation  " + format_metrics(metrics, list(metrics)))
-        if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
-            save()
-    bar.close()
-    stop.restore()
+        return metrics
+
+    reason = loop.run(train_step, save, validate_on_main,
+                      log_extra=lambda step: {"epoch": order.epoch, "lr": scheduler.get_last_lr()[0]},
+                      postfix=lambda r: {"loss": f"{r['loss']:.4f}"})
+    step = loop.step
     ranks_in_sync = dist.in_sync(list(params.values()))
-    # A session that took no step (the budget was already reached) leaves the finished
-    # checkpoint as it was, like the VQ stage: re-running retrain.sh only re-exports.
-    if step > start_step or not run.has_checkpoint():
-        save()
-    summary = {"step": step, "stopped": reason, "ranks_in_sync": ranks_in_sync, "steps_this_session": step - start_step,
+    loop.final_save(run, save)
+    summary = {"step": step, "stopped": reason, "ranks_in_sync": ranks_in_sync, "steps_this_session": loop.steps_this_session,
                "seconds_this_session": time.monotonic() - started, "styles": names}
     log.write({"event": "stop", **summary}, f"LDM: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
     return summary

@@ -49,24 +49,11 @@ from .common import (
     restore_rng,
 )
 from .data import EpochOrder, FrameTable, open_dataset, render_batch, to_physical
-from .vq_stage import VQ_WEIGHTS, load_trained_vq
+from .loop import StageLoop, StepReport
+from .artefacts import VQ_WEIGHTS, load_trained_vq, same_codes
 
 from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
 from textalker_blender.core.weights import canonical_safetensors_bytes, sha256_file  # noqa: E402
-
-def frozen_tensor_names(vq: VQAutoencoder) -> list[str]:
-    """State-dict names of everything but the decoder (encoder, codebook, normalisation)."""
-    return [name for name in vq.state_dict() if not name.startswith("decoder.")]
-
-
-def same_codes(a: VQAutoencoder, b: VQAutoencoder) -> bool:
-    """True when two motion VQs give every map the same code (all non-decoder tensors equal)."""
-    sa, sb = a.state_dict(), b.state_dict()
-    names = frozen_tensor_names(a)
-    # Codebook usage statistics are bookkeeping for dead-code revival, not part of the mapping.
-    names = [n for n in names if not n.endswith(".usage")]
-    return set(names) <= set(sb) and all(torch.equal(sa[n].cpu(), sb[n].cpu()) for n in names)
-
 
 @dataclasses.dataclass
 class VertexLoss:
@@ -242,11 +229,9 @@ def refine_motion_decoder(
             validation = render_offsets_and_maps(val_set, val_table.utterances[rows], val_table.frames[rows], val_table.weights)
 
     log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
-    stop = StopFlag(max_minutes)
-    start_step = step
     started = time.monotonic()
-    bar = tqdm(total=total_steps, initial=step, desc="refine motion decoder", unit="step",
-               disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
+    loop = StageLoop("refine motion decoder", section, dist, log, StopFlag(max_minutes), total_steps, step,
+                     ["vertex_mm", "map_l1", "perplexity", "dead_codes", "revived", "steps_per_s"], progress_bar)
     what = "motion VQ (encoder, codebook, decoder)" if train_encoder else "motion decoder"
     log.write({"event": "start", "step": step, "world_size": dist.world_size, "total_steps": total_steps,
                "train_encoder": train_encoder, "oversampled_frames": int(len(rare_rows)), "oversampled_per_batch": rare_per_batch},
@@ -255,13 +240,10 @@ def refine_motion_decoder(
     if validation is not None and step == 0:
         errors = vertex_errors(vq, vertex_loss, template, validation[1], validation[0])
         log.write({"event": "validation", "step": 0, **errors}, "step 0  validation (stage 1 decoder)  " + format_metrics(errors, list(errors)))
-    window_time = time.monotonic()
-    accum: dict[str, float] = {}
-    accum_count = 0
-    reason = "steps reached"
     map_weight = float(section["map_weight"])
+    revive_every = int(section["revive_every"])
 
-    def save() -> None:
+    def save(step: int) -> None:
         rng_states = gather_rng_states(generator, dist)
         if not dist.is_main:
             dist.barrier()
@@ -284,12 +266,7 @@ def refine_motion_decoder(
             vq.encoder.eval()  # frozen: no normalisation statistics may drift
             vq.quantizer.eval()  # and no codebook-usage update (revival bookkeeping of stage 1)
 
-    train_mode()
-    while step < total_steps:
-        reason_now = stop.should_stop()
-        if dist.any(reason_now is not None):
-            reason = reason_now or "stop requested on another rank"
-            break
+    def train_step(done: int) -> StepReport:
         indices = batch_indices(order, rare_rows, rare_per_batch, generator)
         offsets, maps = render_offsets_and_maps(train_set, table.utterances[indices], table.frames[indices], table.weights)
         maps_t = torch.from_numpy(maps).to(dist.device)
@@ -309,61 +286,36 @@ def refine_motion_decoder(
         # Set from the config every step (not restored with the optimiser state), so the
         # schedule of a resumed run is the config's.
         for group in opt.param_groups:
-            group["lr"] = base_learning_rate * learning_rate(step)
+            group["lr"] = base_learning_rate * learning_rate(done)
         opt.step()
-        step += 1
-        if train_encoder and int(section["revive_every"]) > 0 and step % int(section["revive_every"]) == 0:
+        sums = {}
+        if train_encoder and revive_every > 0 and (done + 1) % revive_every == 0:
             # Every rank revives from its own batch; rank 0's codebook is what gets saved
             # (stage 1 does the same).
-            accum["revived"] = accum.get("revived", 0.0) + vq.quantizer.revive_dead_codes(generator=generator)
-        accum["vertex_mm"] = accum.get("vertex_mm", 0.0) + vertex.item()
-        accum["map_l1"] = accum.get("map_l1", 0.0) + map_l1.item()
+            sums["revived"] = vq.quantizer.revive_dead_codes(generator=generator)
+        means = {"vertex_mm": vertex.item(), "map_l1": map_l1.item()}
         if train_encoder:
-            accum["perplexity"] = accum.get("perplexity", 0.0) + float(quantized.perplexity)
-        accum_count += 1
-        bar.update(1)
-        if step % int(section["log_every"]) == 0 or step == total_steps:
-            now = time.monotonic()
-            record = {key: value / accum_count for key, value in accum.items()}
-            if "revived" in accum:
-                record["revived"] = accum["revived"]
-            if train_encoder:
-                record["dead_codes"] = int(vq.quantizer.dead_codes().sum())
-            record.update(event="train", step=step, epoch=order.epoch, lr=opt.param_groups[0]["lr"],
-                          steps_per_s=accum_count / max(now - window_time, 1e-9))
-            bar.set_postfix(vertex=f"{record['vertex_mm']:.3f}")
-            log.write(record, f"step {step}  " + format_metrics(record, ["vertex_mm", "map_l1", "perplexity", "dead_codes", "revived", "steps_per_s"]))
-            accum, accum_count, window_time = {}, 0, now
-        if validation is not None and (step % int(section["validate_every"]) == 0 or step == total_steps):
-            errors = vertex_errors(vq, vertex_loss, template, validation[1], validation[0])
-            train_mode()
-            log.write({"event": "validation", "step": step, **errors}, f"step {step}  validation  " + format_metrics(errors, list(errors)))
-        if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
-            save()
-    bar.close()
-    stop.restore()
-    if step > start_step or not run.has_checkpoint():
-        save()
-    summary = {"step": step, "stopped": reason, "steps_this_session": step - start_step,
+            means["perplexity"] = float(quantized.perplexity)
+        return StepReport(means, sums)
+
+    def log_extra(step: int) -> dict:
+        extra = {"epoch": order.epoch, "lr": opt.param_groups[0]["lr"]}
+        if train_encoder:
+            extra["dead_codes"] = int(vq.quantizer.dead_codes().sum())
+        return extra
+
+    def validate(step: int) -> dict | None:
+        if validation is None:
+            return None
+        errors = vertex_errors(vq, vertex_loss, template, validation[1], validation[0])
+        train_mode()
+        return errors
+
+    train_mode()
+    reason = loop.run(train_step, save, validate, log_extra, postfix=lambda r: {"vertex": f"{r['vertex_mm']:.3f}"})
+    step = loop.step
+    loop.final_save(run, save)
+    summary = {"step": step, "stopped": reason, "steps_this_session": loop.steps_this_session,
                "seconds_this_session": time.monotonic() - started}
     log.write({"event": "stop", **summary}, f"refine {what}: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
     return summary
-
-
-def load_refined_motion_vq(run_path: str | Path, device="cpu") -> tuple[VQAutoencoder, dict]:
-    """The refined motion VQ of a refinement run (for export)."""
-    run = RunFolder(run_path)
-    if not run.has_checkpoint():
-        raise FileNotFoundError(f"{run.path} has no refinement checkpoint")
-    recorded = run.read_recorded()
-    if recorded.get("stage") != "refine":
-        raise ValueError(f"{run.path} is not a decoder-refinement run (tools/refine_decoder.py)")
-    from .common import training_config_from_dict
-
-    config = training_config_from_dict(recorded)
-    vq = VQAutoencoder(config.model.motion_vq)
-    vq.load_state_dict(load_file(str(run.checkpoint / VQ_WEIGHTS), device="cpu"))
-    progress = json.loads((run.checkpoint / "progress.json").read_text())
-    return vq.to(device).eval(), {"step": progress["step"], "source_sha256": recorded.get("motion_vq_sha256"),
-                                  "train_encoder": bool(config.refine.get("train_encoder", False)),
-                                  "motion_vq_run": recorded.get("motion_vq_run")}

@@ -27,36 +27,27 @@ from .common import (
     RunFolder,
     StopFlag,
     TrainingConfig,
-    format_metrics,
     gather_rng_states,
     restore_rng,
     write_json,
 )
+from .artefacts import DISCRIMINATOR_WEIGHTS, VQ_WEIGHTS, vq_config_for
 from .data import FrameTable, EpochOrder, open_dataset, render_frames
+from .loop import StageLoop, StepReport
+from .joint_maps import joint_reconstruction_errors, render_joint_frames
 from .vq_losses import VQLosses
 
 from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
 from textalker_blender.core.weights import canonical_safetensors_bytes  # noqa: E402
 
-VQ_WEIGHTS = "vq.safetensors"
-DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
 
 
 VQ_KINDS = ("motion", "wrinkle", "joint")  # "joint": the joint-codebook ablation (training/ablations.py)
 
 
-def vq_config_for(config: TrainingConfig, kind: str):
-    if kind == "joint":
-        if config.model.joint_codebook_vq is None:
-            raise ValueError("kind 'joint' needs a config with model.joint_codebook_vq (tools/configs/ablation_joint_codebook.json)")
-        return config.model.joint_codebook_vq
-    return config.model.motion_vq if kind == "motion" else config.model.wrinkle_vq
-
-
 def render_maps(dataset, kind: str, utterances: np.ndarray, frames: np.ndarray, weights) -> np.ndarray:
     """`data.render_frames`, plus kind "joint" (both maps as one 6-channel map)."""
     if kind == "joint":
-        from .ablations import render_joint_frames
 
         return render_joint_frames(dataset, utterances, frames, weights)
     return render_frames(dataset, kind, utterances, frames, weights)
@@ -105,7 +96,6 @@ def reconstruction_errors(vq: VQAutoencoder, kind: str, maps: np.ndarray, mask: 
     """Validation in physical units: motion MAE/max in mm over the active texels; wrinkle ratio
     MAE over the active texels and PSNR of the ratio maps (peak 1.0) over all texels."""
     if kind == "joint":
-        from .ablations import joint_reconstruction_errors
 
         return joint_reconstruction_errors(vq, maps, mask, batch)
     vq.eval()
@@ -244,22 +234,16 @@ def train_vq(
             validation_maps = render_maps(val_set, kind, val_table.utterances[rows], val_table.frames[rows], val_table.weights).astype(np.float16)
 
     log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
-    stop = StopFlag(max_minutes)
-    start_step = step
     started = time.monotonic()
-    bar = tqdm(total=total_steps, initial=step, desc=f"VQ {kind}", unit="step", disable=not (progress_bar and dist.is_main), dynamic_ncols=True)
+    loop = StageLoop(f"VQ {kind}", section, dist, log, StopFlag(max_minutes), total_steps, step,
+                     ["reconstruction", "perceptual", "adversarial", "perplexity", "usage_perplexity", "dead_codes",
+                      "revived", "steps_per_s", "frames_per_s"], progress_bar)
     log.write({"event": "start", "step": step, "world_size": dist.world_size, "kind": kind, "total_steps": total_steps},
               f"VQ {kind}: step {step} -> {total_steps}, {dist.world_size} process(es), {len(table)} training frames")
-    window_time = time.monotonic()
-    window_cpu = time.process_time()
-    window_frames = 0
-    data_seconds = 0.0
-    accum: dict[str, float] = {}
-    accum_count = 0
+    revive_every = int(section["revive_every"])
     revived_total = 0
-    reason = "steps reached"
 
-    def save() -> None:
+    def save(step: int) -> None:
         rng_states = gather_rng_states(generator, dist)
         if not dist.is_main:
             dist.barrier()
@@ -280,83 +264,41 @@ def train_vq(
         run.save_checkpoint({}, writer, state, progress)
         dist.barrier()
 
-    while step < total_steps:
-        reason_now = stop.should_stop()
-        if dist.any(reason_now is not None):
-            reason = reason_now or "stop requested on another rank"
-            break
+    def train_step(done: int) -> StepReport:
+        nonlocal revived_total
         t0 = time.monotonic()
         indices = order.next()
         maps = render_maps(train_set, kind, table.utterances[indices], table.frames[indices], table.weights)
         batch = vq.normalize(torch.from_numpy(maps).to(dist.device))
-        data_seconds += time.monotonic() - t0
-        logs = vq_step(vq, losses, batch, opt, opt_d, step, dist)
-        step += 1
-        window_frames += len(indices) * dist.world_size
-        for key, value in logs.items():
-            accum[key] = accum.get(key, 0.0) + float(value)
-        accum_count += 1
+        data_seconds = time.monotonic() - t0
+        logs = vq_step(vq, losses, batch, opt, opt_d, done, dist)
         revived = 0
-        if int(section["revive_every"]) > 0 and step % int(section["revive_every"]) == 0:
+        if revive_every > 0 and (done + 1) % revive_every == 0:
             if dist.is_main:
                 revived = vq.quantizer.revive_dead_codes(generator=generator)
             dist.broadcast_(vq.quantizer.codebook.weight.data)
             dist.broadcast_(vq.quantizer.usage)
             revived_total += revived
-            accum["revived"] = accum.get("revived", 0.0) + revived
-        bar.update(1)
-        if step % int(section["log_every"]) == 0 or step == total_steps:
-            now = time.monotonic()
-            record = {key: value / accum_count for key, value in accum.items()}
-            record["revived"] = accum.get("revived", 0.0)
-            record.update(
-                event="train",
-                step=step,
-                epoch=order.epoch,
-                steps_per_s=accum_count / max(now - window_time, 1e-9),
-                frames_per_s=window_frames / max(now - window_time, 1e-9),
-                data_fraction=data_seconds / max(now - window_time, 1e-9),
-                cpu_s_per_step=(time.process_time() - window_cpu) / accum_count,
-            )
-            bar.set_postfix(rec=f"{record.get('reconstruction', 0):.4f}", ppl=f"{record.get('usage_perplexity', 0):.0f}", dead=int(record.get("dead_codes", 0)))
-            log.write(record, f"step {step}  " + format_metrics(record, ["reconstruction", "perceptual", "adversarial", "perplexity", "usage_perplexity", "dead_codes", "revived", "steps_per_s", "frames_per_s"]))
-            accum, accum_count, window_frames, data_seconds = {}, 0, 0, 0.0
-            window_time = now
-            window_cpu = time.process_time()
-        if validation_maps is not None and (step % int(section["validate_every"]) == 0 or step == total_steps):
-            errors = reconstruction_errors(vq, kind, validation_maps, active_mask)
-            log.write({"event": "validation", "step": step, **errors}, f"step {step}  validation  " + format_metrics(errors, list(errors)))
-        if step % int(section["checkpoint_every"]) == 0 and step < total_steps:
-            save()
-    bar.close()
-    stop.restore()
+        return StepReport({k: float(v) for k, v in logs.items()}, {"revived": revived},
+                          len(indices) * dist.world_size, data_seconds)
+
+    def validate(step: int) -> dict | None:
+        return None if validation_maps is None else reconstruction_errors(vq, kind, validation_maps, active_mask)
+
+    reason = loop.run(train_step, save, validate, log_extra=lambda step: {"epoch": order.epoch},
+                      postfix=lambda r: {"rec": f"{r.get('reconstruction', 0):.4f}", "ppl": f"{r.get('usage_perplexity', 0):.0f}",
+                                         "dead": str(int(r.get("dead_codes", 0)))})
+    step = loop.step
     ranks_in_sync = dist.in_sync(list(vq.parameters()) + [vq.quantizer.usage] + list(losses.parameters()))
-    # A session that took no step (the budget was already reached) leaves the checkpoint
-    # byte-identical: stage 2's latent cache is keyed on the VQ weights' SHA-256.
-    if step > start_step or not run.has_checkpoint():
-        save()
+    loop.final_save(run, save)
     summary = {
         "kind": kind,
         "step": step,
         "stopped": reason,
         "ranks_in_sync": ranks_in_sync,
-        "steps_this_session": step - start_step,
+        "steps_this_session": loop.steps_this_session,
         "seconds_this_session": time.monotonic() - started,
         "revived_this_session": revived_total,
     }
     log.write({"event": "stop", **summary}, f"VQ {kind}: stopped at step {step} ({reason}); checkpoint in {run.checkpoint}")
     return summary
-
-
-def load_trained_vq(run_path: str | Path, device="cpu") -> tuple[VQAutoencoder, dict]:
-    """A trained VQ from its run folder (for stage 2 and export)."""
-    run = RunFolder(run_path)
-    recorded = run.read_recorded()
-    from .common import training_config_from_dict
-
-    config = training_config_from_dict(recorded)
-    kind = recorded["kind"]
-    vq = VQAutoencoder(vq_config_for(config, kind))
-    vq.load_state_dict(load_file(str(run.checkpoint / VQ_WEIGHTS), device="cpu"))
-    progress = json.loads((run.checkpoint / "progress.json").read_text())
-    return vq.to(device).eval(), {"kind": kind, "config": config, "step": progress["step"]}

@@ -66,9 +66,12 @@ def _weights_info(pipeline) -> dict:
 def _diagnostics(pipeline, results, dataset: Path | None, limit: int | None) -> dict | None:
     import numpy as np
 
-    if pipeline.config.audio_encoder != "bundled" or dataset is None:
-        return None
     from textalker_blender.core.audio import load_audio
+    from textalker_blender.core.features import BundledAudioEncoder
+
+    # The diagnostics compare log-mel profiles: only for an encoder that reads a log-mel.
+    if not isinstance(pipeline.model.audio_encoder, BundledAudioEncoder) or dataset is None:
+        return None
 
     encoder = pipeline.model.audio_encoder
     synthetic = synthetic_profiles(encoder, dataset, limit)

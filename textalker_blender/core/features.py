@@ -36,13 +36,38 @@ def interpolate_frames(features: torch.Tensor, n_frames: int) -> torch.Tensor:
 
 
 class AudioEncoder(nn.Module):
-    """Common interface. `kind` is the metadata name; `feature_dim` the output width."""
+    """The one interface to an audio encoder, for generation and for training.
+
+    `kind` is the name in the weights' metadata and in `ModelConfig.audio_encoder`;
+    `feature_dim` the output width. `stored_with_model`: its weights are trained with the denoiser
+    and saved in the model's weights file (else they come from elsewhere and stay frozen).
+    `augments_input`: stage 2's log-mel augmentation applies to its cached training input.
+    """
 
     kind: str = ""
     feature_dim: int = 0
+    stored_with_model: bool = False
+    augments_input: bool = False
 
     def encode(self, audio_16k: np.ndarray, n_frames: int) -> torch.Tensor:
+        """(N,) audio at SAMPLE_RATE -> (n_frames, feature_dim) features at MODEL_FPS."""
         raise NotImplementedError
+
+    def training_input(self, audio_16k: np.ndarray, n_frames: int) -> np.ndarray:
+        """What stage 2 caches per utterance, from which `window_features` cuts windows."""
+        raise NotImplementedError
+
+    def window_features(self, cached: torch.Tensor, start_frame: int, n_frames: int) -> torch.Tensor:
+        """(n_frames, C) features of model frames start..start+n from a cached training input
+        (differentiable where the encoder trains)."""
+        raise NotImplementedError
+
+    def clip_features(self, cached: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """(n_frames, C) features of a whole cached clip."""
+        return self.window_features(cached, 0, n_frames)
+
+    def warm_up(self) -> None:
+        """Pay one-off costs (imports, JIT) before the user's first generation."""
 
     @property
     def device(self) -> torch.device:
@@ -62,6 +87,8 @@ class BundledAudioEncoder(AudioEncoder):
     """Log-mel + learned dilated-conv front end (receptive field 0.61 s with the defaults)."""
 
     kind = "bundled"
+    stored_with_model = True
+    augments_input = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -137,6 +164,15 @@ class BundledAudioEncoder(AudioEncoder):
         weight = (positions - lower).to(x.dtype)
         x = x[..., lower] * (1 - weight) + x[..., upper] * weight
         return self.output_norm(x.transpose(1, 2))
+
+    def training_input(self, audio_16k: np.ndarray, n_frames: int) -> np.ndarray:
+        return self.log_mel(audio_16k)
+
+    def clip_features(self, cached: torch.Tensor, n_frames: int) -> torch.Tensor:
+        return self.forward(cached[None], n_frames)[0]
+
+    def warm_up(self) -> None:
+        self.log_mel(np.zeros(SAMPLE_RATE // 10, np.float32))
 
     def window_features(
         self, log_mel: torch.Tensor, start_frame: int, n_frames: int
@@ -220,6 +256,12 @@ class HubertAudioEncoder(AudioEncoder):
     def encode(self, audio_16k: np.ndarray, n_frames: int) -> torch.Tensor:
         return interpolate_frames(self.hidden_states(audio_16k), n_frames)
 
+    def training_input(self, audio_16k: np.ndarray, n_frames: int) -> np.ndarray:
+        return self.encode(audio_16k, n_frames).cpu().numpy().astype(np.float32)
+
+    def window_features(self, cached: torch.Tensor, start_frame: int, n_frames: int) -> torch.Tensor:
+        return cached[start_frame : start_frame + n_frames]
+
 
 def _read_do_normalize(local_dir: Path) -> bool:
     config_path = local_dir / "preprocessor_config.json"
@@ -231,11 +273,25 @@ def _read_do_normalize(local_dir: Path) -> bool:
     return True  # zero-mean unit-variance input is what most HuBERT checkpoints expect
 
 
+AUDIO_ENCODER_CLASSES: dict[str, type[AudioEncoder]] = {
+    BundledAudioEncoder.kind: BundledAudioEncoder,
+    HubertAudioEncoder.kind: HubertAudioEncoder,
+}
+
+
+def audio_encoder_class(kind: str) -> type[AudioEncoder]:
+    try:
+        return AUDIO_ENCODER_CLASSES[kind]
+    except KeyError:
+        raise WeightsError(f"Unknown audio encoder {kind!r} in the weights.") from None
+
+
 def build_audio_encoder(config: ModelConfig, hubert_dir: str | Path | None = None) -> AudioEncoder:
     """The encoder a config asks for; HuBERT needs its local checkpoint directory."""
-    if config.audio_encoder == "bundled":
+    encoder_class = audio_encoder_class(config.audio_encoder)
+    if encoder_class is BundledAudioEncoder:
         return BundledAudioEncoder(config)
-    if config.audio_encoder == "hubert":
+    if encoder_class is HubertAudioEncoder:
         if hubert_dir is None:
             raise WeightsError(
                 "These weights use the HuBERT audio encoder: give the folder of a local HuBERT "

@@ -30,7 +30,7 @@ from .denoiser import LatentDenoiser
 from .sampling import sample_sequence
 from .schedule import DDPMSchedule
 from .errors import WeightsError
-from .features import AudioEncoder, build_audio_encoder
+from .features import AudioEncoder, audio_encoder_class, build_audio_encoder
 from .style import StylePivots
 from .vq import VQAutoencoder
 from .weights import WeightsFile, save_weights
@@ -58,7 +58,7 @@ class TexTalkerModel(nn.Module):
         self.audio_encoder = (
             audio_encoder
             if audio_encoder is not None
-            else (build_audio_encoder(config) if config.audio_encoder == "bundled" else None)
+            else (build_audio_encoder(config) if self.audio_encoder_stored else None)
         )
         self.denoiser = LatentDenoiser(config)
         self.schedule = DDPMSchedule(config.diffusion_steps, config.beta_schedule)
@@ -91,6 +91,11 @@ class TexTalkerModel(nn.Module):
         # Its own stream, so the diffusion noise of a seed is the same with and without blinks.
         rng = np.random.default_rng([abs(int(seed)), int(int(seed) < 0), int(salt) & (2**64 - 1), 0xB1])
         return torch.from_numpy(sample_blink_track(n_frames, fps, rate, measured.duration_s, rng))
+
+    @property
+    def audio_encoder_stored(self) -> bool:
+        """The audio encoder trains with the denoiser and its weights are in this model's file."""
+        return audio_encoder_class(self.config.audio_encoder).stored_with_model
 
     # ------------------------------------------------------------------ styles
     def set_pivots(self, pivots: StylePivots) -> None:
@@ -253,7 +258,7 @@ class TexTalkerModel(nn.Module):
         state = {
             name: tensor
             for name, tensor in self.state_dict().items()
-            if not (name.startswith("audio_encoder.") and self.config.audio_encoder != "bundled")
+            if not (name.startswith("audio_encoder.") and not self.audio_encoder_stored)
         }
         state[STYLE_SPEAKING] = torch.from_numpy(self.pivots.speaking)
         state[STYLE_WRINKLE] = torch.from_numpy(self.pivots.wrinkle)
@@ -315,16 +320,14 @@ class TexTalkerModel(nn.Module):
             raise WeightsError(f"{weights.path.name} has no usable style pivots: {exc}") from exc
         encoder = build_audio_encoder(config, hubert_dir)
         model = cls(config, pivots, encoder)
-        hubert_keys = (
-            {n for n in model.state_dict() if n.startswith("audio_encoder.")}
-            if config.audio_encoder != "bundled"
-            else set()
+        external_keys = (  # an encoder not stored with the model (HuBERT) loads from its own folder
+            set() if model.audio_encoder_stored else {n for n in model.state_dict() if n.startswith("audio_encoder.")}
         )
         try:
             result = model.load_state_dict(tensors, strict=False)
         except RuntimeError as exc:  # shape mismatches
             raise WeightsError(f"{weights.path.name} does not fit its config: {exc}") from exc
-        missing = [k for k in result.missing_keys if k not in hubert_keys]
+        missing = [k for k in result.missing_keys if k not in external_keys]
         if missing or result.unexpected_keys:
             raise WeightsError(
                 f"{weights.path.name} does not fit its config (missing {missing[:5]}, "

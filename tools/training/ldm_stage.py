@@ -45,6 +45,7 @@ from .joint_maps import encode_joint_latents
 from textalker_blender.core.audio import load_audio  # noqa: E402
 from textalker_blender.core.blinks import blink_statistics, eyelid_closure  # noqa: E402
 from textalker_blender.core.config import MODEL_FPS  # noqa: E402
+from textalker_blender.core.features import audio_encoder_class, build_audio_encoder  # noqa: E402
 from textalker_blender.core.sampling import border_discontinuity, sample_sequence  # noqa: E402
 from textalker_blender.core.model import TexTalkerModel  # noqa: E402
 from textalker_blender.core.style import StylePivots  # noqa: E402
@@ -179,7 +180,7 @@ class EMA:
 def trainable_parameters(model: TexTalkerModel):
     """Denoiser + the bundled audio front end (HuBERT stays frozen); the VQs are frozen."""
     for name, p in model.named_parameters():
-        if name.startswith("denoiser.") or (name.startswith("audio_encoder.") and model.config.audio_encoder == "bundled"):
+        if name.startswith("denoiser.") or (name.startswith("audio_encoder.") and model.audio_encoder_stored):
             yield name, p
 
 
@@ -189,14 +190,11 @@ def window_batch(model: TexTalkerModel, items: list[dict], starts: list[int], le
     generator) each item's log-mel is perturbed first (training/augment.py)."""
     z_motion = torch.stack([it["z_motion"][s : s + length] for it, s in zip(items, starts)]).to(device)
     z_wrinkle = torch.stack([it["z_wrinkle"][s : s + length] for it, s in zip(items, starts)]).to(device)
-    if model.config.audio_encoder == "bundled":
-        encoder = model.audio_encoder
-        mels = [it["audio"] for it in items]
-        if augment is not None and generator is not None:
-            mels = [augment_log_mel(mel, generator, augment) for mel in mels]
-        features = torch.stack([encoder.window_features(mel.to(device), s, length) for mel, s in zip(mels, starts)])
-    else:
-        features = torch.stack([it["audio"][s : s + length] for it, s in zip(items, starts)]).to(device)
+    encoder = model.audio_encoder
+    inputs = [it["audio"] for it in items]
+    if encoder.augments_input and augment is not None and generator is not None:
+        inputs = [augment_log_mel(mel, generator, augment) for mel in inputs]
+    features = torch.stack([encoder.window_features(cached.to(device), s, length) for cached, s in zip(inputs, starts)])
     return z_motion, z_wrinkle, features
 
 
@@ -219,10 +217,7 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
     seams, truth_seams = [], []
     for item in long_items:
         n = item["n_frames"]
-        if config.audio_encoder == "bundled":
-            feats = model.audio_encoder(item["audio"][None].to(device), n)[0]
-        else:
-            feats = item["audio"][:n].to(device)
+        feats = model.audio_encoder.clip_features(item["audio"].to(device), n)
         row = rows[item["subject"]]
         styles = {"speaking_style": row, "wrinkle_style": row} if config.style_mode == "onehot" else {}
         x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps, torch.Generator().manual_seed(7), **styles,
@@ -371,22 +366,14 @@ def train_ldm(
         write_json(key_path, key)
     dist.barrier()
 
-    if model_config.audio_encoder == "bundled":
-        from textalker_blender.core.features import BundledAudioEncoder
+    # What the cache holds per utterance: the encoder's training input (the log-mel for the bundled
+    # encoder, whose front end trains here; frozen features for HuBERT, loaded once).
+    if hubert_dir is None and not audio_encoder_class(model_config.audio_encoder).stored_with_model:
+        raise ValueError(f"this config uses the {model_config.audio_encoder} audio encoder: pass --hubert-dir")
+    input_encoder = build_audio_encoder(model_config, hubert_dir).to(device)
 
-        mel_encoder = BundledAudioEncoder(model_config)
-
-        def audio_fn(audio, rate, n_frames):
-            return mel_encoder.log_mel(load_audio((audio, rate)))
-    else:
-        from textalker_blender.core.features import HubertAudioEncoder
-
-        if hubert_dir is None:
-            raise ValueError("this config uses HuBERT features: pass --hubert-dir")
-        hubert = HubertAudioEncoder(hubert_dir).to(device)
-
-        def audio_fn(audio, rate, n_frames):
-            return hubert.encode(load_audio((audio, rate)), n_frames).cpu().numpy().astype(np.float32)
+    def audio_fn(audio, rate, n_frames):
+        return input_encoder.training_input(load_audio((audio, rate)), n_frames)
 
     # The time limit and the signals cover the (resumable) encoding too.
     stop = StopFlag(max_minutes)
@@ -425,7 +412,9 @@ def train_ldm(
         write_json(run.path / "pivots.json", {"subjects": subjects, "names": names, "keys": pivots.keys})
 
     torch.manual_seed(seed)  # same initial weights on every rank
-    model = TexTalkerModel(model_config, pivots).to(device)
+    # An encoder stored with the model is built (and trained) inside it; an external one is the
+    # frozen encoder that made the cache, kept for cutting windows from it.
+    model = TexTalkerModel(model_config, pivots, None if input_encoder.stored_with_model else input_encoder).to(device)
     if blink:
         model.style_blinks = [blink_statistics([it["blink"].numpy() for it in train_items if it["subject"] == s], MODEL_FPS)
                               for s in subjects]
@@ -508,7 +497,7 @@ def train_ldm(
     train_by_subject: dict[str, list[int]] = {}
     for index, item in enumerate(train_items):
         train_by_subject.setdefault(item["subject"], []).append(index)
-    mel_per_frame = model.audio_encoder.mel_fps / MODEL_FPS if model_config.audio_encoder == "bundled" else None
+    mel_per_frame = model.audio_encoder.mel_fps / MODEL_FPS if model.audio_encoder.augments_input else None
 
     def train_step(done: int) -> StepReport:
         t0 = time.monotonic()

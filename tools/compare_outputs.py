@@ -3,11 +3,13 @@
 """Check that a code change left the bundled model's outputs bit for bit as they were.
 
     .venv/bin/python tools/compare_outputs.py --against HEAD~3
+    .venv/bin/python tools/compare_outputs.py --against HEAD~1 --candidate HEAD
 
 Checks out REV in a temporary git worktree, then runs the same fixed-seed generations (bundled
-weights, the sample voice, two style pairs, with and without blinks) with the core of REV and with
-the core of this working tree, each in its own process on this machine, and compares every array
-bit for bit. Both runs share the processor, so the check does not depend on its floating-point path.
+weights, the sample voice, three style pairs, with and without blinks, two frame rates) with the
+core of REV and with the core of this working tree (or of `--candidate REV2`, so that uncommitted
+changes stay out of the comparison), each in its own process on this machine, and compares every
+array bit for bit. Both runs share the processor, so the check does not depend on its floating-point path.
 Exit code 0: identical; 1: some array differs (each one is named).
 """
 
@@ -68,24 +70,33 @@ def compare(reference: Path, candidate: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", required=True, help="git revision whose outputs are the reference")
+    parser.add_argument("--candidate", default=None, help="git revision to compare (default: this working tree)")
     args = parser.parse_args(argv)
+    candidate_name = args.candidate or "the working tree"
     with tempfile.TemporaryDirectory(prefix="textalker_compare_") as scratch:
         scratch = Path(scratch)
-        worktree = scratch / "reference"
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(worktree),
-                        args.against], check=True)
+        trees = {"reference": args.against, "candidate": args.candidate}
+        worktrees = []
         try:
-            generate_in(worktree, scratch / "reference.npz")
-            generate_in(REPO_ROOT, scratch / "candidate.npz")
+            for name, revision in trees.items():
+                tree = REPO_ROOT
+                if revision is not None:
+                    tree = scratch / name
+                    subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(tree),
+                                    revision], check=True)
+                    worktrees.append(tree)
+                generate_in(tree, scratch / f"{name}.npz")
             differences = compare(scratch / "reference.npz", scratch / "candidate.npz")
         finally:
-            subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+            for tree in worktrees:
+                subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     if differences:
-        print(f"outputs differ from {args.against}:")
+        print(f"outputs of {candidate_name} differ from {args.against}:")
         for line in differences:
             print("  " + line)
         return 1
-    print(f"outputs identical to {args.against}: offsets and wrinkle maps of 3 fixed-seed generations, bit for bit")
+    print(f"outputs of {candidate_name} identical to {args.against}: offsets and wrinkle maps of 3 fixed-seed "
+          "generations, bit for bit")
     return 0
 
 

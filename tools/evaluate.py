@@ -326,7 +326,7 @@ class VQReconstructionPredictor:
         from training.data import to_physical
 
         _, motion, wrinkle = self.dataset.render(sample.subject, sample.weights)
-        sampler, movable = self.pipe._sampler(None)
+        sampler, movable = self.pipe._uv_sampler(None)
         model, timings = self.pipe.model, {}
         offsets, ratios = [], []
         with torch.inference_mode():

@@ -203,13 +203,12 @@ class Pipeline:
         face_values = rasterizer.rasterize(np.asarray(template.face_mask, np.float32)[:, None])
         # Wrinkles are only allowed on the face: elsewhere the ratio is exactly 1.
         self.wrinkle_face_mask = (face_values[..., 0] > 0.5) & rasterizer.mask
-        self._samplers: dict = {}
+        self._uv_samplers: dict = {}
         self._lock = threading.Lock()  # one generation at a time per pipeline
         # Pay one-off costs at load time, not in the user's first Generate: the template's
         # vertex sampler (topology-aware taps) and librosa's first mel (import + JIT).
         template.uv_sampler(self.motion_resolution)
-        if self.config.audio_encoder == "bundled":
-            self.model.audio_encoder.log_mel(np.zeros(SAMPLE_RATE // 10, np.float32))
+        self.model.audio_encoder.warm_up()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -279,7 +278,7 @@ class Pipeline:
     def wrinkle_map_size(self) -> tuple[int, int]:
         return (self.wrinkle_resolution, self.wrinkle_resolution)
 
-    def _sampler(self, vertex_uvs: np.ndarray | None):
+    def _uv_sampler(self, vertex_uvs: np.ndarray | None):
         """(UVSampler of the motion maps, movable (N,) bool) for the template or another mesh.
 
         Only points on a template triangle that moves may move (`movable`): the template's
@@ -297,11 +296,11 @@ class Pipeline:
             raise MeshError("vertex_uvs must be a finite (N, 2) array of UV coordinates.")
         key = uvs.tobytes()
         with self._lock:
-            if key not in self._samplers:
+            if key not in self._uv_samplers:
                 mask = self.template.uv_rasterizer(self.motion_resolution).mask
                 sampler = UVSampler(uvs, self.template.motion_layout, self.motion_resolution, mask=mask)
-                self._samplers = {key: (sampler, motion_coverage(self.template, uvs))}
-            return self._samplers[key]
+                self._uv_samplers = {key: (sampler, motion_coverage(self.template, uvs))}
+            return self._uv_samplers[key]
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -379,7 +378,7 @@ class Pipeline:
             from .errors import TexTalkerError
 
             raise TexTalkerError(str(exc)) from exc
-        sampler, movable = self._sampler(vertex_uvs)
+        uv_sampler, movable = self._uv_sampler(vertex_uvs)
         tracker = _Progress(progress, cancel)
         timings: dict[str, float] = {}
         with self._lock, torch.inference_mode():
@@ -416,7 +415,7 @@ class Pipeline:
             tracker.finish_stage("diffusion")
         return GenerationStream(
             pipeline=self,
-            decoder=_ModelFrameDecoder(self, z_motion, z_wrinkle, sampler, movable, timings),
+            decoder=_ModelFrameDecoder(self, z_motion, z_wrinkle, uv_sampler, movable, timings),
             tracker=tracker,
             fps=float(fps),
             n_frames=output_frame_count(duration, fps),
@@ -432,7 +431,7 @@ class Pipeline:
         self,
         z_motion: torch.Tensor | None,
         z_wrinkle: torch.Tensor | None,
-        sampler,
+        uv_sampler,
         movable: np.ndarray,
         timings: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -445,16 +444,16 @@ class Pipeline:
         """
         n_frames = (z_motion if z_motion is not None else z_wrinkle).shape[0]
         with torch.inference_mode():
-            return self._decode_batch_inner(n_frames, z_motion, z_wrinkle, sampler, movable, timings)
+            return self._decode_batch_inner(n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings)
 
-    def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, sampler, movable, timings):
+    def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings):
         mark = time.perf_counter()
         motion_maps, log_ratio = self.model.decode_maps(z_motion, z_wrinkle)
         mark = _lap(timings, "vq_decode", mark)
         if motion_maps is None:  # wrinkle-only ablation: the face stays neutral
-            offsets = np.zeros((n_frames, sampler.n_points, 3), np.float32)
+            offsets = np.zeros((n_frames, uv_sampler.n_points, 3), np.float32)
         else:
-            offsets = sampler.sample(motion_maps.float().cpu().numpy()).astype(np.float32, copy=False)
+            offsets = uv_sampler.sample(motion_maps.float().cpu().numpy()).astype(np.float32, copy=False)
             offsets[:, ~movable] = 0.0
         mark = _lap(timings, "uv_sampling", mark)
         shape = (n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 3)
@@ -490,18 +489,18 @@ class _ModelFrameDecoder:
     are the same numbers. It holds at most one chunk plus one batch of decoded frames.
     """
 
-    def __init__(self, pipeline: Pipeline, z_motion, z_wrinkle, sampler, movable, timings):
+    def __init__(self, pipeline: Pipeline, z_motion, z_wrinkle, uv_sampler, movable, timings):
         self.pipeline = pipeline
         self.z_motion = z_motion
         self.z_wrinkle = z_wrinkle
-        self.sampler = sampler
+        self.uv_sampler = uv_sampler
         self.movable = np.asarray(movable, dtype=bool)
         self.timings = timings
         self.n_frames = int((z_motion if z_motion is not None else z_wrinkle).shape[0])
         self.batch = DECODE_BATCH if pipeline.device.type == "cpu" else GPU_DECODE_BATCH
         resolution = pipeline.wrinkle_resolution
         self.first = 0  # model frame held at index 0 of the buffers
-        self.offsets = np.empty((0, sampler.n_points, 3), np.float32)
+        self.offsets = np.empty((0, uv_sampler.n_points, 3), np.float32)
         self.ratio = np.empty((0, resolution, resolution, 3), np.float16)
 
     @property
@@ -520,7 +519,7 @@ class _ModelFrameDecoder:
             stop = min(self.n_frames, decoded - decoded % self.batch + self.batch)
             z_f = None if self.z_motion is None else self.z_motion[decoded:stop]
             z_w = None if self.z_wrinkle is None else self.z_wrinkle[decoded:stop]
-            offsets, ratio = self.pipeline._decode_batch(z_f, z_w, self.sampler, self.movable, self.timings)
+            offsets, ratio = self.pipeline._decode_batch(z_f, z_w, self.uv_sampler, self.movable, self.timings)
             new_offsets.append(offsets)
             new_ratio.append(ratio)
             decoded = stop
@@ -569,7 +568,7 @@ class GenerationStream:
         self.timings = decoder.timings
         self.has_motion = pipeline.generates_motion
         self.has_texture = pipeline.generates_texture
-        self.n_points = decoder.sampler.n_points
+        self.n_points = decoder.uv_sampler.n_points
         self.map_shape = (pipeline.wrinkle_resolution, pipeline.wrinkle_resolution, 3)
         self.movable = decoder.movable.copy() if self.has_motion else np.zeros(self.n_points, bool)
         self._decoder = decoder

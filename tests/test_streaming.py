@@ -327,6 +327,7 @@ def test_modal_job_writes_maps_as_they_come_and_escape_deletes_them(tmp_path, he
 
     from textalker_blender.blender import api
     from textalker_blender.blender.operators import TEXTALKER_OT_generate
+    from textalker_blender.core import run_files
 
     monkeypatch.setattr(pipeline_module, "CHUNK_FRAMES", 8)
     before = snapshot()
@@ -336,10 +337,13 @@ def test_modal_job_writes_maps_as_they_come_and_escape_deletes_them(tmp_path, he
     operator = SimpleNamespace(_job=job, _timer=None, reports=[], report=lambda kind, message: None)
     operator._finish = lambda context, message: TEXTALKER_OT_generate._finish(operator, context, message)
     timer = SimpleNamespace(type="TIMER")
-    while not files_under(request.sequence_folder):
+    # Until the sequence is complete its files are in the run's hidden staging folder (issue #17).
+    staging = run_files.staging_folder(request.sequence_folder)
+    while not files_under(staging):
         assert TEXTALKER_OT_generate.modal(operator, bpy.context, timer) in ({"PASS_THROUGH"}, {"FINISHED"})
-        assert not job.done or files_under(request.sequence_folder), "the job ended without writing"
+        assert not job.done or files_under(staging), "the job ended without writing"
         job.wait(0.02)
+    assert not request.sequence_folder.exists()  # nothing under the final name before it is complete
     assert job._maps.maxsize == api.MAX_QUEUED_CHUNKS
     assert snapshot() == before  # files only: the scene changes in apply
     assert TEXTALKER_OT_generate.modal(operator, bpy.context, SimpleNamespace(type="ESC")) == {"CANCELLED"}

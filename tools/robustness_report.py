@@ -5,7 +5,7 @@
     .venv/bin/python tools/robustness_report.py --long-json out.json   # add a measured long run
                                                                 # (tools/measure_long_audio.py)
 
-pytest writes a JUnit XML report; each case of issue #8 below names the tests that prove it, and
+pytest writes a JUnit XML report; each case of issues #8 and #17 below names the tests that prove it, and
 its "Observed" column is what those tests did (pass / FAIL with the message / skip with the
 reason / not run). Tests not named by any case are listed too, so nothing goes unreported. Exits
 non-zero when a test failed or a case has no test.
@@ -38,12 +38,18 @@ class Case:
 
 
 A, T, L, F, S = "audio", "targets", "long", "faults", "safety"
+# Round 2 (issue #17): sections whose tests live in test_robustness_<module>.py.
+FR, BA, CO, AR = "frames", "batch", "conditioning", "arguments"
 SECTIONS = {
     A: "1. Bad audio",
     T: "2. Bad targets",
     L: "3. Long and heavy input",
     F: "4. Faults",
     S: "5. Weights and inputs as an attack surface",
+    FR: "6. What artists do to their meshes and files (issue #17)",
+    BA: "7. Batch runs on a farm (issue #17)",
+    CO: "8. Audio that decodes but is not clean speech (issue #17)",
+    AR: "9. One rule per argument, messages that say what is wrong (issue #17)",
 }
 
 
@@ -144,6 +150,81 @@ CASES = [
          _t(S, "test_object_names_cannot_move_output_out_of_the_output_folder",
             "test_packed_sound_with_hostile_name_is_unpacked_inside_the_temp_folder",
             "test_remove_output_deletes_only_wrinkle_files_of_a_forged_record")),
+    Case(FR, "Template head with rotation, non-uniform scale or mirroring applied (Object > Apply), the head alone "
+         "or with its mouth parts, shape-key and ARKit modes",
+         "Every vertex moves by the applied matrix times the untransformed head's motion (world space, within 1 %); "
+         "used to move in the untransformed template's frame",
+         _t(FR, "test_applied_rotation_scale_and_mirroring_keep_the_motion_in_the_meshs_frame",
+            "test_template_frame_is_recovered_for_rotation_non_uniform_scale_and_mirroring")),
+    Case(FR, "Head squashed flat (a scale of 0 applied)", "MeshError 'squashed flat'; scene unchanged",
+         _t(FR, "test_head_squashed_flat_is_refused_with_a_clear_message")),
+    Case(FR, "Render UV map is another layout (a lightmap), the template's is a second UV map",
+         "Driven through the UV map with the template layout, material reads it, the user's render choice kept; "
+         "a mesh with no template UV map is still refused",
+         _t(FR, "test_render_uv_map_of_another_layout_falls_back_to_the_template_uv_map",
+            "test_only_a_foreign_uv_layout_is_still_refused")),
+    Case(FR, "Unsaved file with //relative audio, strip sound or output folder",
+         "TexTalkerError: relative to the .blend, which is not saved yet (was 'Audio file not found: speech.wav')",
+         _t(FR, "test_relative_paths_in_an_unsaved_file_say_what_to_do")),
+    Case(FR, "Relative output folder (batch job's working directory)",
+         "Made absolute: the .blend finds its maps from any other directory",
+         _t(FR, "test_relative_output_folder_is_made_absolute")),
+    Case(FR, "Linked duplicate (Alt+D, shared mesh) of a head that has output",
+         "MeshError 'shares its mesh with ...' (a run used to wipe the other object's keys and pile a second "
+         "wrinkle setup on the shared material); scene unchanged; works once the other output is removed",
+         _t(FR, "test_linked_duplicate_of_an_animated_head_is_refused_until_its_output_is_removed")),
+    Case(BA, "Two batch runs on one .blend at once (real processes; and against a held lock)",
+         "Exclusive lock beside the file: the second refuses at once in one line, exit 1; the .blend opens and "
+         "references every EXR folder on disk; no lock file left",
+         _t(BA, "test_second_run_on_a_locked_blend_refuses_at_once",
+            "test_two_concurrent_batch_runs_on_one_blend_never_lose_it")),
+    Case(BA, "SIGTERM / SIGINT while the EXR files are written",
+         "One line ('terminated (SIGTERM)' / 'interrupted'), exit 143 / 130; written files deleted; .blend untouched",
+         _t(BA, "test_signal_while_writing_exrs_removes_the_partial_sequence_with_one_line")),
+    Case(BA, "Run killed with SIGKILL while writing (no handler runs)",
+         "Its hidden .partial folder (a 0-byte EXR included) is swept by the next run on the object; a live run's is kept",
+         _t(BA, "test_staging_folder_of_a_killed_run_is_swept_by_the_next_run")),
+    Case(BA, "Bad arguments: --steps 0 / 2.5 / 501, --seed 1.5, --blink-rate -1, unknown styles, missing audio, "
+         "--save / --output-folder / --arkit-export read-only or wrong suffix, --save with --no-save",
+         "One line 'TexTalker: ...', exit 1, before the model runs; .blend untouched, no files",
+         _t(BA, "test_bad_arguments_are_one_line_before_the_model_runs")),
+    Case(BA, "ARKit export on a full disk", "Refused before the model runs (was found after the whole generation)",
+         _t(BA, "test_full_disk_for_the_arkit_export_is_refused_before_the_model_runs")),
+    Case(BA, "Save fails after a successful generation (disk filled, Blender cannot write x.blend@)",
+         "One line, exit 1; the new output removed from the scene and its EXR files deleted (nothing orphaned); "
+         ".blend on disk unchanged",
+         _t(BA, "test_save_failing_after_generation_removes_the_output_and_keeps_the_blend")),
+    Case(BA, "Corrupt or truncated .blend given to --blend", "One line naming the file, exit 1 (was a RuntimeError "
+         "traceback); the file untouched", _t(BA, "test_corrupt_blend_is_one_line_not_a_traceback")),
+    Case(BA, "Lock file left by a run killed with SIGKILL", "Does not block: the OS dropped the lock; the next run "
+         "takes it and deletes the file", _t(BA, "test_lock_file_left_by_a_killed_run_does_not_block_the_next")),
+    Case(BA, "Two processes, two .blend files, one --output-folder", "Both succeed, each in its own complete run folder",
+         _t(BA, "test_concurrent_runs_into_one_output_folder_both_work")),
+    Case(CO, "DC offset (DC only; quiet speech on a 0.5 offset)",
+         "Removed with rumble below 20 Hz before the level is measured: DC only = silence; speech with an offset moves "
+         "the lips as without (within 10 %)",
+         _t(CO, "test_dc_offset_is_removed_before_the_level_is_measured",
+            "test_the_face_moves_the_same_with_an_offset_or_at_minus_60_dbfs")),
+    Case(CO, "Clean speech through the new conditioning", "Log-mel features unchanged above the lowest band (< 0.05 nat)",
+         _t(CO, "test_clean_speech_is_left_as_it_was_above_the_models_mel_floor", "test_real_voices_get_no_warning")),
+    Case(CO, "Speech peaking at -60 dBFS (and steady hiss at -80 dBFS)",
+         "Speech normalised (lips move as at full level, within 10 %) with a 'very quiet' warning; hiss left silent",
+         _t(CO, "test_speech_at_minus_60_dbfs_is_raised_and_steady_hiss_is_not",
+            "test_the_face_moves_the_same_with_an_offset_or_at_minus_60_dbfs")),
+    Case(CO, "Hard-clipped speech", "Warning 'clipped' (not repaired: it cannot be undone); peaks limited",
+         _t(CO, "test_clipping_is_reported_and_only_limited")),
+    Case(CO, "Music, tones, noise", "Warning 'does not sound like speech' (no pitch, or a held pitch); real voices get none",
+         _t(CO, "test_noise_music_and_tones_are_reported_as_not_speech", "test_real_voices_get_no_warning")),
+    Case(CO, "The warnings reach the user", "Summary message, operator report and panel (ERROR labels), "
+         "batch CLI stderr and JSON; the run still succeeds",
+         _t(CO, "test_warnings_reach_the_summary_the_panel_and_the_batch_cli")),
+    Case(AR, "steps 0 / fractional, seed fractional, fps out of range (API, Pipeline, core CLI, Blender CLI)",
+         "The same rule and message everywhere (core/arguments.py); steps=0 no longer means 'default' in the API",
+         _t(AR, "test_one_rule_per_argument", "test_the_command_lines_parse_text_by_the_same_rules",
+            "test_core_cli_refuses_what_the_api_refuses", "test_pipeline_refuses_zero_and_fractional_steps_and_seeds")
+         + _t(BA, "test_bad_arguments_are_one_line_before_the_model_runs")),
+    Case(AR, "Disk-space refusal when only the reserve is short", "States the reserve kept free and the shortfall",
+         _t(AR, "test_disk_space_refusal_states_the_reserve_when_it_is_the_shortfall")),
 ]
 
 
@@ -229,7 +310,7 @@ def _cell(text: str) -> str:
 def render(outcomes: list[Outcome], slow: bool, wall_s: float, long_run: dict | None) -> str:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "skipped")}
     lines = [
-        "# Robustness (issue #8)",
+        "# Robustness (issues #8 and #17)",
         "",
         "Generated by `tools/robustness_report.py` from a run of `tests/test_robustness_*.py`; do not edit by",
         "hand. Each case lists what the add-on must do and what its tests observed.",

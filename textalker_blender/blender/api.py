@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import inspect
+import math
 import os
 import queue
 import tempfile
@@ -47,7 +48,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..core import blinks, mesh_match, part_motion, resources
+from ..core import arguments, mesh_match, part_motion, resources, run_files
 from ..core.frame_store import FrameStore
 from ..core.errors import MeshError, ResourceError, TexTalkerError
 from . import arkit_output, catalog, writers
@@ -90,6 +91,8 @@ class GenerationRequest:
     write_wrinkles: bool = True  # False: the mesh lacks the template UV layout (ARKit mode only)
     # Blinks per minute for weights with blink input; None: the speaking style's own rate, 0: none.
     blink_rate: float | None = None
+    # {template part: (3, 3) template frame -> the part mesh's frame, or None} (template head only)
+    part_frames: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +143,9 @@ class GenerationSummary:
     # Wall seconds per model stage (audio, features, diffusion, vq_decode, uv_sampling, resample),
     # from the Pipeline: what tools/bench.py reports.
     timings: dict[str, float] = field(default_factory=dict)
+    # What the audio conditioning found (silent, very quiet, clipped, not speech): the run went
+    # ahead, and the panel, the operator's report and the CLI show these.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> str:
@@ -152,7 +158,8 @@ class GenerationSummary:
             text += f", {len(self.arkit_keys)} ARKit curves"
             if self.arkit_export is not None:
                 text += f", weights exported to {self.arkit_export}"
-        return f"{text}. {self.note}" if self.note else text
+        text = f"{text}. {self.note}" if self.note else text
+        return f"{text}. Audio: {'; '.join(self.warnings)}" if self.warnings else text
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +190,11 @@ def strip_audio_path(strip) -> str:
         path = folder / f"{bpy.path.clean_name(sound.name)}{extension}"
         path.write_bytes(sound.packed_file.data)
         return str(path)
+    if sound.filepath.startswith("//") and not bpy.data.filepath and sound.library is None:
+        raise TexTalkerError(
+            f"The sound of strip '{strip.name}' has a path relative to the .blend file ({sound.filepath}), "
+            "which is not saved yet: save the .blend first, or load the sound with its full path"
+        )
     path = bpy.path.abspath(sound.filepath, library=sound.library)
     return os.path.normpath(path)
 
@@ -204,6 +216,11 @@ def resolve_audio(scene: bpy.types.Scene, audio) -> tuple[object, str, int]:
         return path, f"strip '{audio.name}'", int(round(start))
     if isinstance(audio, tuple):
         return audio, "audio array", scene.frame_start
+    if str(audio).startswith("//") and not bpy.data.filepath:
+        raise TexTalkerError(
+            f"The audio path {audio} is relative to the .blend file, which is not saved yet: save "
+            "the .blend first, or choose the file with its full path"
+        )
     path = bpy.path.abspath(str(audio))
     if not path:
         raise TexTalkerError("No audio file chosen")
@@ -233,12 +250,13 @@ def _template():
 
 
 def match_template_layout(mesh: bpy.types.Mesh, uv_layer: str, template):
-    """(vertex_uvs, mesh_frame) for the Pipeline and the writer: (None, None) for the template
-    head itself; the mesh's vertex UVs and its similarity to the template for a mesh sharing the
-    layout (an MPFB character); MeshError otherwise."""
+    """(vertex_uvs, mesh_frame) for the Pipeline and the writer: vertex_uvs None for the template
+    head itself, with mesh_frame None unless its vertices were transformed (rotation, scale or
+    mirroring applied); the mesh's vertex UVs and its linear map from the template for a mesh
+    sharing the layout (an MPFB character); MeshError otherwise."""
     vertex_uvs = mesh_vertex_uvs(mesh, uv_layer)
     if mesh_match.is_template_mesh(vertex_uvs, template):
-        return None, None
+        return None, mesh_match.template_mesh_frame(template.vertices, rest_positions(mesh))
     try:
         match = mesh_match.match_layout(vertex_uvs, template)
     except mesh_match.LayoutMismatch as mismatch:
@@ -246,10 +264,44 @@ def match_template_layout(mesh: bpy.types.Mesh, uv_layer: str, template):
             f"The mesh's UV layout does not match the MakeHuman template: {mismatch}. Use the "
             "template head (Add Template Head) or a MakeHuman/MPFB character with its original UV map"
         ) from None
+    return vertex_uvs, mesh_match.fit_mesh_frame(template, match, rest_positions(mesh))
+
+
+def template_uv_layer(mesh: bpy.types.Mesh, template) -> str | None:
+    """The UV map to drive the mesh through: the render one (active_render) when it has the
+    template's layout, else the first other UV map that has it (a game artist's lightmap or
+    second UV set is often the render one), else the render one (prepare then says why it does
+    not match); None without UV maps."""
+    layers = sorted(mesh.uv_layers, key=lambda layer: not layer.active_render)
+    if len(layers) > 1:
+        for layer in layers:
+            try:
+                match_template_layout(mesh, layer.name, template)
+            except MeshError:
+                continue
+            return layer.name
+    return layers[0].name if layers else None
+
+
+def rest_positions(mesh: bpy.types.Mesh) -> np.ndarray:
+    """(V, 3) float32 rest vertices: the reference shape key's when the mesh has keys."""
     positions = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
     source = mesh.shape_keys.reference_key.data if mesh.shape_keys else mesh.vertices
     source.foreach_get("co", positions)
-    return vertex_uvs, mesh_match.fit_mesh_frame(template, match, positions.reshape(-1, 3))
+    return positions.reshape(-1, 3)
+
+
+def part_frames(obj: bpy.types.Object, template) -> dict[str, np.ndarray | None]:
+    """{part name: template-part-frame -> part-mesh map (None: untransformed)} for the template
+    parts (teeth, tongue, eyes) under `obj` that keep their topology; each is fitted on its own
+    vertices, so a part that had its rotation or scale applied with or without the head moves in
+    its own frame."""
+    frames = {}
+    for name, part in template_parts(obj).items():
+        data = template.parts.get(name)
+        if data is not None and len(part.data.vertices) == len(data["vertices"]):
+            frames[name] = mesh_match.template_mesh_frame(data["vertices"], rest_positions(part.data))
+    return frames
 
 
 def _check_shape_key_memory(audio, n_vertices: int, fps: float) -> None:
@@ -273,18 +325,34 @@ def _check_shape_key_memory(audio, n_vertices: int, fps: float) -> None:
         )
 
 
-def _wrinkle_resolution(weights: str | None) -> int:
-    """The wrinkle maps' size recorded in the weights header (no tensor is read)."""
+def _weights_config(weights: str | None) -> dict:
+    """The model config recorded in the weights header (no tensor is read); {} when unreadable
+    (the Pipeline then reports the weights with a clear message)."""
     import json
 
     from safetensors import safe_open
 
     try:
         with safe_open(str(weights or catalog.weights_path()), framework="numpy") as handle:
-            config = json.loads((handle.metadata() or {})["config"])
-        return int(config["wrinkle_vq"]["resolution"])
-    except Exception:  # unreadable weights are reported by the Pipeline with a clear message
+            return dict(json.loads((handle.metadata() or {})["config"]))
+    except Exception:
+        return {}
+
+
+def _wrinkle_resolution(weights: str | None) -> int:
+    """The wrinkle maps' size recorded in the weights header (no tensor is read)."""
+    try:
+        return int(_weights_config(weights)["wrinkle_vq"]["resolution"])
+    except (KeyError, TypeError, ValueError):
         return 256  # the largest map the shipped configurations use: a safe bound
+
+
+def check_steps(steps, weights: str | None = None) -> int | None:
+    """`steps` by the one rule of core.arguments (None: the model's default; else 1..the number
+    of diffusion steps the weights were trained with, read from their header)."""
+    config = _weights_config(weights)
+    maximum, default = config.get("diffusion_steps"), config.get("sampling_steps")
+    return arguments.check_steps(steps, int(maximum) if maximum else None, default)
 
 
 def _check_resources(audio, request_folder: Path, n_points: int, key_vertices: int, fps: float,
@@ -328,6 +396,21 @@ def _check_linked(obj: bpy.types.Object) -> None:
             )
 
 
+def _check_shared_mesh(obj: bpy.types.Object) -> None:
+    """Shape keys and material slots belong to the mesh: on a mesh shared with another object
+    (a linked duplicate, Alt+D) that already carries TexTalker output, a new run would replace
+    that object's keys and pile a second wrinkle setup on its material, and removing either
+    output would break the other."""
+    owners = [other.name for other in bpy.data.objects
+              if other is not obj and other.data is obj.data and has_output(other)]
+    if owners:
+        raise MeshError(
+            f"'{obj.name}' shares its mesh with '{owners[0]}', which already has TexTalker output (shape "
+            f"keys live on the mesh, so both objects move with it). Remove the output from '{owners[0]}' "
+            "first, or give this object its own mesh (Object > Relations > Make Single User > Object & Data)"
+        )
+
+
 def _run_folder(obj: bpy.types.Object, output_folder: str | None) -> tuple[Path, str]:
     """`<.blend folder>/textalker/<object>/<run id>`; unsaved files use the preferences' folder
     (or the temp folder) and say so."""
@@ -335,7 +418,14 @@ def _run_folder(obj: bpy.types.Object, output_folder: str | None) -> tuple[Path,
     object_part = bpy.path.clean_name(obj.name)
     note = ""
     if output_folder:
-        base = Path(bpy.path.abspath(output_folder))
+        if str(output_folder).startswith("//") and not bpy.data.filepath:
+            raise TexTalkerError(
+                f"The output folder {output_folder} is relative to the .blend file, which is not saved "
+                "yet: save the .blend first, or give a full path"
+            )
+        # Absolute: a folder relative to the working directory would be a different folder
+        # for the next process that opens the .blend (a render node).
+        base = Path(os.path.abspath(bpy.path.abspath(output_folder)))
     elif bpy.data.filepath:
         base = Path(bpy.path.abspath("//"))
     else:
@@ -379,15 +469,20 @@ def prepare(
     if obj.mode == "EDIT":
         raise MeshError(f"'{obj.name}' is in Edit Mode: switch to Object Mode first")
     _check_linked(obj)
+    _check_shared_mesh(obj)
     output_mode = (output_mode or SHAPE_KEYS).upper()
     if output_mode not in OUTPUT_MODES:
         raise TexTalkerError(f"Unknown output mode '{output_mode}': use one of {', '.join(OUTPUT_MODES)}")
     if arkit_export and output_mode != ARKIT:
         raise TexTalkerError("The ARKit export needs the output mode 'ARKit curves'")
     blink_rate = check_blink_rate(blink_rate)
+    steps = check_steps(steps, weights)
+    seed = arguments.check_seed(seed)
+    for role, style in (("speaking", speaking_style), ("wrinkle", wrinkle_style)):
+        check_style(style, role, weights)
     mesh = obj.data
-    uv_layer = next((layer.name for layer in mesh.uv_layers if layer.active_render), None)
     template = _template()
+    uv_layer = template_uv_layer(mesh, template)
     arkit_plan = None
     if output_mode == ARKIT:
         # Always generated on the template head (the solver needs its vertices); the mesh only
@@ -412,6 +507,8 @@ def prepare(
     )
     if output_mode != ARKIT:
         _check_shape_key_memory(pipeline_audio, len(mesh.vertices), scene_fps(scene))
+    if arkit_plan is not None and arkit_plan.export_path is not None:
+        _check_export_path(arkit_plan.export_path, pipeline_audio, scene_fps(scene))
     if arkit_plan is not None and not arkit_plan.write_wrinkles:
         note = arkit_plan.note  # no wrinkle files: where they would go does not matter
     elif arkit_plan is not None and arkit_plan.note:
@@ -424,8 +521,8 @@ def prepare(
         speaking_style=speaking_style,
         wrinkle_style=wrinkle_style,
         device=_device_name(device),
-        steps=int(steps) if steps else None,
-        seed=int(seed),
+        steps=steps,
+        seed=seed,
         fps=scene_fps(scene),
         frame_start=int(frame_start),
         vertex_uvs=vertex_uvs,
@@ -440,18 +537,50 @@ def prepare(
         arkit=arkit_plan,
         write_wrinkles=arkit_plan.write_wrinkles if arkit_plan is not None else True,
         blink_rate=blink_rate,
+        part_frames=part_frames(obj, template) if output_mode != ARKIT and vertex_uvs is None else {},
     )
+
+
+def check_style(style, role: str, weights: str | None = None) -> None:
+    """TexTalkerError unless `style` is an id, key or name of the weights' styles (the rule of
+    `core.style.StylePivots.index`), checked before the model is loaded."""
+    known = catalog.read_style_names(weights)
+    if not known:  # unreadable weights: the Pipeline reports them
+        return
+    if isinstance(style, (int, np.integer)) and not isinstance(style, bool):
+        if 0 <= int(style) < len(known):
+            return
+    elif isinstance(style, str) and any(style in (s.key, s.name) for s in known):
+        return
+    raise TexTalkerError(
+        f"Unknown {role} style {style!r}: use an id 0..{len(known) - 1} or one of "
+        f"{', '.join(s.key for s in known)}"
+    )
+
+
+# Bytes per frame of an ARKit export (52 weights as text, the frame's timecode): a generous bound.
+ARKIT_EXPORT_BYTES_PER_FRAME = 1024
+
+
+def _check_export_path(path: Path, audio, fps: float) -> None:
+    """The ARKit export's folder is writable and has room, checked before the model runs (a
+    read-only path or a full disk used to be found after the whole generation)."""
+    resources.check_writable(path.parent, what="the ARKit export", hint="another export path")
+    duration = _audio_duration_or_none(audio)
+    frames = 1 if duration is None else max(1, math.ceil(duration * fps))
+    resources.check_disk_space(path.parent, frames * ARKIT_EXPORT_BYTES_PER_FRAME, what="the ARKit export")
+
+
+def _audio_duration_or_none(audio) -> float | None:
+    from ..core.audio import audio_duration
+
+    return audio_duration(audio)
 
 
 def check_blink_rate(blink_rate) -> float | None:
     """`blink_rate` as a float (None stays None: the speaking style's own rate); TexTalkerError
     unless it is a number of blinks per minute in 0..120 (`core.blinks.check_rate`)."""
-    if blink_rate is None:
-        return None
-    try:
-        return blinks.check_rate(blink_rate)
-    except ValueError as exc:
-        raise TexTalkerError(f"The {exc}") from exc
+    return arguments.check_blink_rate(blink_rate)
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,9 +612,7 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
     elif request.vertex_uvs is not None:
         animation = Animation(result)
     else:
-        animation = Animation(
-            result, part_offsets=part_motion.part_offsets(pipeline.template, result.offsets)
-        )
+        animation = Animation(result, part_offsets=_part_offsets(pipeline.template, result.offsets, request))
     animation.note = note
     _raise_if_cancelled(cancel)
     return animation
@@ -510,6 +637,14 @@ def _with_cpu_fallback(request: GenerationRequest, run):
 
         pipeline = load_pipeline(dataclasses.replace(request, device="cpu"))
         return run(pipeline), pipeline, note
+
+
+def _part_offsets(template, head_offsets, request: GenerationRequest) -> dict[str, np.ndarray]:
+    """The template parts' offsets that follow the head's, each in its own mesh's frame."""
+    return {
+        name: mesh_match.offsets_to_mesh_frame(offsets, request.part_frames.get(name))
+        for name, offsets in part_motion.part_offsets(template, head_offsets).items()
+    }
 
 
 def _raise_if_cancelled(cancel: threading.Event | None) -> None:
@@ -635,8 +770,9 @@ class _ChunkKeeper:
             return
         self.mesh_offsets.put(chunk.start, mesh_match.offsets_to_mesh_frame(chunk.offsets, self.request.mesh_frame))
         if self.part_offsets:
-            for name, offsets in part_motion.part_offsets(self.template, chunk.offsets).items():
-                self.part_offsets[name].put(chunk.start, offsets)
+            for name, offsets in _part_offsets(self.template, chunk.offsets, self.request).items():
+                if name in self.part_offsets:
+                    self.part_offsets[name].put(chunk.start, offsets)
 
     def animation(self, result) -> Animation:
         if self.solver is None:
@@ -653,28 +789,49 @@ class _ChunkKeeper:
 class SequenceWriter:
     """Writes a streamed run's EXR sequence chunk by chunk (main thread: Blender's image writer).
 
-    The disk is checked for the whole sequence before the first file (it may have filled since
-    `prepare`); any failure deletes every file written so far and, for OS errors, says why in
-    a ResourceError. `discard()` deletes them too (a cancelled or failed run)."""
+    The files go to a hidden staging folder beside the run's folder (`core.run_files`), renamed
+    to the run's folder by `commit()` once the sequence is complete (`apply` does it through
+    `write_sequence`): a run killed part-way leaves no folder that looks complete, and the next
+    run on the object sweeps the killed run's staging folder. The disk is checked for the whole
+    sequence before the first file (it may have filled since `prepare`); any failure deletes
+    every file written so far and, for OS errors, says why in a ResourceError. `discard()`
+    deletes them too (a cancelled or failed run)."""
 
     def __init__(self, folder: Path):
-        self.folder = Path(folder)
+        self.folder = Path(folder)  # the final folder, as recorded on the object
+        self.staged = run_files.StagedFolder(self.folder, writers.delete_sequence_files)
         self.written = 0
         self._checked = False
 
     def write(self, first_frame: int, maps: np.ndarray, n_frames: int) -> None:
-        with _deleted_on_failure(self.folder, self.discard):
+        with _deleted_on_failure(self.staged.folder, self.discard):
             if not self._checked:
+                _STAGED_WRITERS[self.folder] = self
+                target = self.staged.open()
                 size = max(maps.shape[1], maps.shape[2])
-                resources.check_disk_space(self.folder, n_frames * resources.exr_bytes_per_frame(size))
+                resources.check_disk_space(target, n_frames * resources.exr_bytes_per_frame(size))
                 self._checked = True
-            paths = writers.write_exr_sequence(maps, self.folder, first_frame=first_frame + 1)
+            paths = writers.write_exr_sequence(maps, self.staged.folder, first_frame=first_frame + 1)
             _check_written(paths)
             self.written = max(self.written, first_frame + len(paths))
 
+    def commit(self) -> Path:
+        """The complete sequence under its final name."""
+        _STAGED_WRITERS.pop(self.folder, None)
+        return self.staged.commit()
+
     def discard(self) -> int:
         self.written = 0
-        return writers.delete_sequence_files(self.folder)
+        _STAGED_WRITERS.pop(self.folder, None)
+        removed = writers.delete_sequence_files(self.staged.folder)
+        if not self.staged.committed:
+            self.staged.abandon()
+        return removed
+
+
+# Final folder -> the SequenceWriter still writing it under its staging name (`write_sequence`
+# renames it when `apply` takes the sequence).
+_STAGED_WRITERS: dict[Path, SequenceWriter] = {}
 
 
 def run(request: GenerationRequest, progress=None, cancel: threading.Event | None = None) -> GenerationSummary:
@@ -714,6 +871,7 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
     if request.output_mode == ARKIT:
         summary = arkit_output.apply_arkit(request, animation, obj, compute_s)
         summary.timings = dict(getattr(animation.result, "timings", None) or {})
+        summary.warnings = list(getattr(animation.result, "warnings", None) or [])
         return _with_note(summary, getattr(animation, "note", ""))
     result = animation.result
     offsets = getattr(animation, "mesh_offsets", None)  # streamed runs: already in the mesh's frame
@@ -758,6 +916,7 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
         apply_s=time.perf_counter() - started,
         note=request.folder_note,
         timings=dict(getattr(result, "timings", None) or {}),
+        warnings=list(getattr(result, "warnings", None) or []),
     )
     return _with_note(summary, getattr(animation, "note", ""))
 
@@ -781,6 +940,10 @@ def write_sequence(maps, folder: Path) -> list[Path]:
     are checked (all there, all EXR) and returned."""
     if isinstance(maps, ExrSequence):
         with _deleted_on_failure(folder):
+            writer = _STAGED_WRITERS.get(Path(maps.folder))
+            if writer is not None:
+                _check_written([writers.exr_frame_path(writer.staged.folder, i + 1) for i in range(maps.n_frames)])
+                writer.commit()
             return _check_written(maps.paths)
     maps = np.asarray(maps)
     if maps.ndim == 4:

@@ -177,15 +177,21 @@ def apply_arkit(request, animation, obj: bpy.types.Object, compute_s: float):
         api.remove_all_output(obj, delete_files=True)
         if plan_.key_names is None:
             parts = {}
+            frames = api.part_frames(obj, template)
             for part_name, part in api.template_parts(obj).items():
                 data = template.parts.get(part_name)
                 # Eyeballs (helper parts) stay still as in the other mode: the model makes no gaze.
                 if data is None or "helper_source_indices" in data or "unit_offsets" not in data:
                     continue
                 if len(part.data.vertices) == len(data["vertices"]):
-                    parts[part] = _template_unit_offsets(data["unit_offsets"], template.unit_names)
-            if plan_.vertex_uvs is None:  # the template head itself
-                unit_offsets = _template_unit_offsets(template.unit_offsets, template.unit_names)
+                    parts[part] = offsets_to_mesh_frame(
+                        _template_unit_offsets(data["unit_offsets"], template.unit_names), frames.get(part_name)
+                    )
+            if plan_.vertex_uvs is None:  # the template head itself, in its own frame (rotation or
+                # scale applied to it: plan_.mesh_frame)
+                unit_offsets = offsets_to_mesh_frame(
+                    _template_unit_offsets(template.unit_offsets, template.unit_names), plan_.mesh_frame
+                )
             else:
                 unit_offsets = offsets_to_mesh_frame(
                     unit_offsets_for_mesh(template, plan_.vertex_uvs), plan_.mesh_frame

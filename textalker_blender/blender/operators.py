@@ -58,6 +58,7 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
         except Exception as error:  # the scene is unchanged: say why and stop
             message = _error_message(error)
             job_state.last_message = message
+            job_state.last_warnings = ""
             self.report({"ERROR"}, message)
             return {"CANCELLED"}
         self._report_success(job_state, summary)
@@ -65,7 +66,8 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
 
     def _report_success(self, job_state, summary) -> None:
         job_state.last_message = summary.message
-        self.report({"WARNING"} if summary.note else {"INFO"}, summary.message)
+        job_state.last_warnings = "\n".join(summary.warnings)
+        self.report({"WARNING"} if summary.note or summary.warnings else {"INFO"}, summary.message)
 
     def invoke(self, context, event):
         if bpy.app.background:
@@ -151,6 +153,7 @@ class TEXTALKER_OT_generate(bpy.types.Operator):
         job_state.cancel_requested = False
         job_state.stage = ""
         job_state.last_message = message
+        job_state.last_warnings = ""  # a successful run sets its own after this
         _redraw_panels(context)
 
     def cancel(self, context):  # Blender calls this when it ends the modal itself (file load)

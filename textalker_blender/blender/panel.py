@@ -61,6 +61,8 @@ class TEXTALKER_PT_main(bpy.types.Panel):
         if job.last_message:
             layout.label(text=job.last_message, icon="INFO")
         target = api.target_object(context)
+        for warning in getattr(job, "last_warnings", "").splitlines():  # the audio's (core/audio.py)
+            layout.label(text=warning, icon="ERROR")
         if api.has_output(target):
             timing = api.output_timing(target)
             if timing is not None:

@@ -120,6 +120,8 @@ class TexTalkerJobState(bpy.types.PropertyGroup):
     stage: StringProperty(default="")
     cancel_requested: BoolProperty(default=False)
     last_message: StringProperty(default="")
+    # The last successful run's audio warnings (core/audio.py), one per line: shown in the panel.
+    last_warnings: StringProperty(default="")
 
 
 CLASSES = (TexTalkerSettings, TexTalkerJobState)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arguments import argparse_type, check_blink_rate, check_fps, check_seed, check_steps
 from .errors import TexTalkerError
 
 EXIT_USER_ERROR = 1
@@ -42,22 +43,6 @@ EXIT_USER_ERROR = 1
 def _style(value: str) -> int | str:
     """Style ids are integers, anything else is a key or display name."""
     return int(value) if value.strip().lstrip("-").isdigit() else value
-
-
-def _positive_fps(value: str) -> float:
-    fps = float(value)
-    if not (math.isfinite(fps) and 1.0 <= fps <= 1000.0):
-        raise argparse.ArgumentTypeError(f"fps must be between 1 and 1000, not {value}")
-    return fps
-
-
-def _blink_rate(value: str) -> float:
-    from .blinks import check_rate
-
-    try:
-        return check_rate(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"the {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,14 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wrinkle-style", type=_style, default=0, help="style id or key (wrinkles)"
     )
-    parser.add_argument("--fps", type=_positive_fps, default=30.0, help="output frame rate")
-    parser.add_argument("--seed", type=int, default=0)
+    # The same rules as the Pipeline and the add-on (core/arguments.py), checked before any work.
+    parser.add_argument("--fps", type=argparse_type(check_fps), default=30.0, help="output frame rate")
+    parser.add_argument("--seed", type=argparse_type(check_seed), default=0)
     parser.add_argument(
-        "--steps", type=int, default=None, help="DDIM steps (default: the config's)"
+        "--steps", type=argparse_type(check_steps), default=None, help="DDIM steps (default: the config's)"
     )
     parser.add_argument(
         "--blink-rate",
-        type=_blink_rate,
+        type=argparse_type(check_blink_rate),
         default=None,
         metavar="R",
         help="blinks per minute, 0-120 (default: the speaking style's own rate; 0: no blinks)",
@@ -198,6 +184,8 @@ def generate(args) -> int:
         )
     except ValueError as exc:  # steps out of range and the like: the user's input
         raise TexTalkerError(str(exc)) from exc
+    for warning in result.warnings:  # core/audio.py: silent, very quiet, clipped, not speech
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         write_npz(args.out, result_arrays(result, pipeline, args.blink_rate))
     except OSError as exc:

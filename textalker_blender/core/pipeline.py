@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .audio import AudioSource, load_audio
-from .blinks import check_rate as check_blink_rate
+from . import arguments
+from .audio import AudioSource, load_audio_with_report
 from .config import MODEL_FPS, SAMPLE_RATE
 from .errors import Cancelled, DeviceError, WeightsError
 from .model import TexTalkerModel
@@ -85,6 +84,9 @@ class GenerationResult:
     # (wrinkle maps exactly 1.0); see ModelConfig.modalities.
     has_motion: bool = True
     has_texture: bool = True
+    # What the audio conditioning found that the user should know (core/audio.py: silent, very
+    # quiet, clipped, not speech); the run went ahead.
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -355,21 +357,15 @@ class Pipeline:
         `blink_rate`: blinks per minute for a blink-conditioned model (core/blinks.py); None
         uses the speaking style's measured rate, 0 gives no blinks. Ignored by other models.
         """
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 1.0 <= fps <= 1000.0):
-            raise ValueError(f"fps must be between 1 and 1000, not {fps!r}")
+        # One rule per argument (core/arguments.py), the same in the API and both command lines.
+        fps = arguments.check_fps(fps)
+        seed = arguments.check_seed(seed)
         chunk_frames = CHUNK_FRAMES if chunk_frames is None else chunk_frames
         if int(chunk_frames) < 1:
             raise ValueError(f"chunk_frames must be at least 1, not {chunk_frames!r}")
-        steps = int(self.config.sampling_steps if steps is None else steps)
-        if not 1 <= steps <= self.config.diffusion_steps:
-            raise ValueError(f"steps must be in 1..{self.config.diffusion_steps}, not {steps}")
-        if blink_rate is not None:
-            if not isinstance(blink_rate, numbers.Real):  # text is for the command lines to parse
-                raise ValueError(f"blink_rate must be a number of blinks per minute, not {blink_rate!r}")
-            try:
-                blink_rate = check_blink_rate(blink_rate)
-            except ValueError as exc:
-                raise ValueError(f"blink_rate: {exc}") from exc
+        steps = arguments.check_steps(steps, self.config.diffusion_steps, self.config.sampling_steps)
+        steps = self.config.sampling_steps if steps is None else steps
+        blink_rate = arguments.check_blink_rate(blink_rate)
         pivots = self.model.pivots
         try:
             speaking = pivots.index(speaking_style)
@@ -384,7 +380,7 @@ class Pipeline:
         with self._lock, torch.inference_mode():
             tracker.stage("audio", 0.0)
             mark = time.perf_counter()
-            samples = load_audio(audio, SAMPLE_RATE, max_duration_s=MAX_AUDIO_SECONDS)
+            samples, audio_report = load_audio_with_report(audio, SAMPLE_RATE, max_duration_s=MAX_AUDIO_SECONDS)
             duration = samples.size / SAMPLE_RATE
             # Blink timing depends on the seed *and* the audio: a batch of clips generated with
             # one seed does not blink at the same moments in every clip.
@@ -425,6 +421,7 @@ class Pipeline:
             wrinkle_style=self.styles[wrinkle],
             seed=int(seed),
             steps=steps,
+            warnings=list(audio_report.warnings),
         )
 
     def _decode_batch(
@@ -554,8 +551,10 @@ class GenerationStream:
         wrinkle_style: StyleInfo,
         seed: int,
         steps: int,
+        warnings: list[str] | None = None,
     ):
         self.pipeline = pipeline
+        self.warnings = list(warnings or [])
         self.fps = fps
         self.n_frames = n_frames
         self.duration_s = duration_s
@@ -608,6 +607,7 @@ class GenerationStream:
             timings=self.timings,
             has_motion=self.has_motion,
             has_texture=self.has_texture,
+            warnings=list(self.warnings),
         )
 
     def _generate(self):

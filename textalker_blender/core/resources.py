@@ -142,20 +142,26 @@ def check_memory(estimate: RunEstimate, available: int | None = None) -> None:
         )
 
 
-def check_disk_space(folder: str | os.PathLike, needed_bytes: int, free: int | None = None) -> None:
-    """ResourceError when writing `needed_bytes` under `folder` would (nearly) fill its disk."""
+def check_disk_space(folder: str | os.PathLike, needed_bytes: int, free: int | None = None,
+                     what: str = "the wrinkle maps") -> None:
+    """ResourceError when writing `needed_bytes` under `folder` would leave less than
+    DISK_RESERVE_BYTES free there; the message states the reserve, since it is often the whole
+    shortfall (a disk with more free space than the files need)."""
     if needed_bytes <= 0:
         return
     free = free_disk_bytes(folder) if free is None else free
     if needed_bytes + DISK_RESERVE_BYTES > free:
         raise ResourceError(
-            f"Not enough disk space for the wrinkle maps: they need {format_bytes(needed_bytes)} in "
-            f"{existing_ancestor(folder)}, which has {format_bytes(free)} free. Free some space, "
-            "choose another output folder, or use shorter audio."
+            f"Not enough disk space for {what}: they need {format_bytes(needed_bytes)} in "
+            f"{existing_ancestor(folder)}, and TexTalker leaves at least "
+            f"{format_bytes(DISK_RESERVE_BYTES)} free so the disk never fills up; it has "
+            f"{format_bytes(free)} free ({format_bytes(needed_bytes + DISK_RESERVE_BYTES - free)} short). "
+            "Free some space, choose another output folder, or use shorter audio."
         )
 
 
-def check_writable(folder: str | os.PathLike) -> None:
+def check_writable(folder: str | os.PathLike, what: str = "the wrinkle maps",
+                   hint: str = "the output folder in the add-on preferences, or save the .blend elsewhere") -> None:
     """ResourceError unless files can be created in `folder` (made if missing, then removed again).
 
     A real write is tried, because permission bits do not tell the whole story (read-only mounts,
@@ -176,8 +182,7 @@ def check_writable(folder: str | os.PathLike) -> None:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ResourceError(
-            f"Cannot write the wrinkle maps to {target}: {reason}. Choose a folder you can write "
-            "to (the output folder in the add-on preferences, or save the .blend elsewhere)."
+            f"Cannot write {what} to {target}: {reason}. Choose a folder you can write to ({hint})."
         ) from None
     finally:
         for path in reversed(created):

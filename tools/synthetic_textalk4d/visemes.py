@@ -72,6 +72,20 @@ VOWELS = frozenset({"aa", "ae", "ah", "ax", "ao", "eh", "ih", "iy", "uh", "uw", 
 # "axr" is in flite's phone set but its US lexicon writes "er": it never occurs.
 ALL_PHONEMES = tuple(sorted(p for p in PHONEME_TO_VISEME if p not in ("h#", "brth", "axr")))
 
+# Labels for other languages' sounds whose nearest US phone would give the wrong mouth
+# (phonesets.py maps every voice's phones into this inventory). Not in ALL_PHONEMES, which lists
+# what the English flite data must cover.
+EXTENSION_PHONEMES = {
+    "rr": "DD",   # alveolar tap/trill (Spanish, Italian, Russian r): tongue tip, lips not rounded
+    "rx": "KK",   # uvular r (French, German): back of the tongue, lips not rounded
+    "x": "KK",    # velar/uvular/palatal fricative (German "ach"/"ich", Spanish j, Russian x)
+    "uy": "UW",   # close front rounded vowel (German ü, French u, Finnish y): lips rounded
+    "oe": "UH",   # mid front rounded vowel (German ö, French eu): lips rounded, jaw mid
+    "oh": "OH",   # pure close-mid o (Spanish, Italian, Czech): rounded, jaw between ax and ao
+}
+PHONEME_TO_VISEME.update(EXTENSION_PHONEMES)
+VOWELS = VOWELS | frozenset({"uy", "oe", "oh"})
+
 # Diphthongs: two sub-targets, the first holding this fraction of the duration.
 DIPHTHONGS = {"AY": ("AA", "IY", 0.55), "AW": ("AA", "UW", 0.55), "OY": ("AO", "IY", 0.5),
               "OW": ("AO", "UW", 0.5), "EY": ("EH", "IY", 0.5)}
@@ -102,6 +116,7 @@ VISEME_TARGETS = {
     "IY": {"jawOpen": 0.12, "mouthSmile": 0.45, "mouthStretch": 0.45},
     "UH": {"jawOpen": 0.25, "mouthPucker": 0.4, "mouthFunnel": 0.3},
     "UW": {"jawOpen": 0.12, "mouthPucker": 0.8, "mouthFunnel": 0.5},
+    "OH": {"jawOpen": 0.4, "mouthFunnel": 0.45, "mouthPucker": 0.35},   # only EXTENSION_PHONEMES
 }
 
 # Dominance per viseme: (default for all articulators, overrides). High = the segment holds the
@@ -124,6 +139,7 @@ VISEME_DOMINANCE = {
     "AO": (1.0, {"lipClosure": 3.0, "jawOpen": 3.0}), "AX": (0.6, {}),
     "EH": (1.0, {}), "IH": (0.8, {}), "IY": (1.0, {"mouthSmile": 2.0, "mouthStretch": 2.0}),
     "UH": (1.0, {}), "UW": (1.0, {"mouthPucker": 3.0, "mouthFunnel": 2.0}),
+    "OH": (1.0, {"lipClosure": 3.0, "jawOpen": 2.5, "mouthPucker": 2.0}),
 }
 # Closures must be visible at 30 fps: closure segments are widened to at least this duration.
 MIN_CLOSURE_S = 0.05

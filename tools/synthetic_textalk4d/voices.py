@@ -1,0 +1,128 @@
+"""One interface over the speech engines: synthesize(sentence, voice) -> (audio, phonemes).
+
+`EngineVoice` says which engine speaks (flite, Festival or espeak-ng), with which of its voices,
+in which language, and how the subject's voice is varied. Every engine returns float32 mono audio
+at speech.SAMPLE_RATE and `speech.Phoneme`s whose labels are in the shared inventory of
+phonesets.py (flite's US set plus visemes.EXTENSION_PHONEMES), so motion.face_unit_weights
+works unchanged for every language.
+
+The variation after synthesis is the one speech.synthesize applies to flite (sox pitch shift,
+bass/treble EQ, resampling to 16 kHz, loudness normalisation): all of it keeps the number of
+samples per second of speech, so the timings stay valid. Same inputs, same bytes: the engines are
+deterministic (measured: repeated runs give identical WAVs) and sox runs without dither (-D) in
+repeatable mode (-R).
+"""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from . import speech
+from . import voices_espeak, voices_festival
+from .speech import SAMPLE_RATE, Phoneme, normalise_loudness
+from .text import words_of
+from .text_languages import words_of_any
+
+ENGINES = ("flite", "festival", "espeak")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineVoice:
+    """How one synthetic subject sounds, for any engine (stored in subjects/SNN.json)."""
+    engine: str                  # "flite", "festival" or "espeak"
+    voice: str                   # flite voice ("slt"), Festival voice ("czech_dita"),
+                                 # espeak-ng voice with optional variant ("es+f3")
+    language: str                # ISO 639-1 code of the sentences this subject speaks
+    duration_stretch: float      # >1 speaks slower (flite/Festival stretch; espeak rate = 175/x wpm)
+    pitch_shift_cents: float     # sox pitch shift, keeps duration (all engines)
+    bass_db: float               # sox low shelf (timbre)
+    treble_db: float             # sox high shelf (timbre)
+    gain_db: float               # loudness relative to the normalised level
+    f0_mean_hz: float = 0.0      # flite only: intonation target mean (speech.F0_CONTROLLABLE)
+    f0_std_hz: float = 0.0       # flite only: intonation range
+    espeak_pitch: int = 50       # espeak only: base pitch parameter 0-100 (50 = voice default)
+    espeak_range: int = 50       # espeak only: pitch range parameter 0-100
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EngineVoice":
+        """Also reads a speech.VoiceParams dict (datasets built before engines existed)."""
+        if "engine" not in data:
+            return cls.from_flite(speech.VoiceParams.from_dict(data))
+        return cls(**data)
+
+    @classmethod
+    def from_flite(cls, params: speech.VoiceParams) -> "EngineVoice":
+        return cls(engine="flite", voice=params.flite_voice, language="en",
+                   duration_stretch=params.duration_stretch,
+                   pitch_shift_cents=params.pitch_shift_cents, bass_db=params.bass_db,
+                   treble_db=params.treble_db, gain_db=params.gain_db,
+                   f0_mean_hz=params.f0_mean_hz, f0_std_hz=params.f0_std_hz)
+
+    def flite_params(self) -> speech.VoiceParams:
+        return speech.VoiceParams(
+            flite_voice=self.voice, duration_stretch=self.duration_stretch,
+            f0_mean_hz=self.f0_mean_hz, f0_std_hz=self.f0_std_hz,
+            pitch_shift_cents=self.pitch_shift_cents, bass_db=self.bass_db,
+            treble_db=self.treble_db, gain_db=self.gain_db)
+
+
+def postprocess(raw_wav: Path, voice: EngineVoice) -> np.ndarray:
+    """The sox chain of speech.synthesize (pitch, EQ, resample to 16 kHz) and loudness."""
+    processed = raw_wav.with_name("processed.wav")
+    # -D: no dither (random); -R: repeatable. pitch/bass/treble/rate keep the duration.
+    subprocess.run(
+        ["sox", "-D", "-R", str(raw_wav), "-b", "16", "-c", "1", str(processed),
+         "pitch", f"{voice.pitch_shift_cents:.1f}",
+         "bass", f"{voice.bass_db:.2f}", "treble", f"{voice.treble_db:.2f}",
+         "rate", "-v", str(SAMPLE_RATE)],
+        capture_output=True, text=True, check=True)
+    audio, rate = soundfile.read(processed, dtype="float32", always_2d=True)
+    if rate != SAMPLE_RATE:
+        raise RuntimeError(f"sox produced {rate} Hz, expected {SAMPLE_RATE}")
+    return normalise_loudness(audio.mean(axis=1), voice.gain_db)
+
+
+def _clip_to(phonemes: list[Phoneme], duration: float) -> list[Phoneme]:
+    """Resampling can change the length by a sample: keep the phonemes tiling [0, duration]."""
+    out = [p for p in phonemes if p.start < duration]
+    if not out:
+        return [Phoneme("pau", 0.0, duration, -1)]
+    last = out[-1]
+    out[-1] = Phoneme(last.label, last.start, duration, last.word)
+    return out
+
+
+def synthesize(sentence: str, voice: EngineVoice) -> tuple[np.ndarray, list[Phoneme]]:
+    """Speak `sentence`: float32 mono audio at 16 kHz and its phonemes (shared inventory)."""
+    if voice.engine == "flite":
+        return speech.synthesize(sentence, voice.flite_params())
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        if voice.engine == "festival":
+            segments, word_ids = voices_festival.synthesize_raw(
+                sentence, voice.voice, raw, voice.duration_stretch)
+            native_duration = soundfile.info(str(raw)).duration
+            phonemes = voices_festival.phonemes_for(sentence, voice.voice, segments, word_ids,
+                                                    native_duration)
+        else:
+            rate_wpm = int(round(voices_espeak.DEFAULT_RATE_WPM / voice.duration_stretch))
+            pcm, rate, events = voices_espeak.synthesize_raw(
+                sentence, voice.voice, rate_wpm, voice.espeak_pitch, voice.espeak_range)
+            soundfile.write(str(raw), pcm, rate, subtype="PCM_16")
+            words = words_of(sentence) if voice.language == "en" else words_of_any(sentence)
+            phonemes = voices_espeak.espeak_phonemes(events, len(pcm), rate, voice.language,
+                                                     n_text_words=len(words))
+        audio = postprocess(raw, voice)
+    return audio, _clip_to(phonemes, len(audio) / SAMPLE_RATE)

@@ -3,7 +3,8 @@
     .venv/bin/python tools/robustness_report.py                 # fast tests (~1 min on 2 cores)
     .venv/bin/python tools/robustness_report.py --slow          # also the 10-minute audio run
     .venv/bin/python tools/robustness_report.py --long-json out.json   # add a measured long run
-                                                                # (tools/measure_long_audio.py)
+                                                                # (tools/measure_long_audio.py;
+                                                                # without it the report's last one is kept)
 
 pytest writes a JUnit XML report; each case of issues #8 and #17 below names the tests that prove it, and
 its "Observed" column is what those tests did (pass / FAIL with the message / skip with the
@@ -307,7 +308,18 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(outcomes: list[Outcome], slow: bool, wall_s: float, long_run: dict | None) -> str:
+LONG_RUN_PREFIX = "Measured with `tools/measure_long_audio.py"
+
+
+def previous_long_run_line(path: Path) -> str | None:
+    """The measured-long-run paragraph of the report at `path` (kept when this run measures none:
+    the 10-minute measurement takes ~15 minutes and does not change with most edits)."""
+    if not path.is_file():
+        return None
+    return next((line for line in path.read_text().splitlines() if line.startswith(LONG_RUN_PREFIX)), None)
+
+
+def render(outcomes: list[Outcome], slow: bool, wall_s: float, long_run: dict | str | None) -> str:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "skipped")}
     lines = [
         "# Robustness (issues #8 and #17)",
@@ -330,7 +342,9 @@ def render(outcomes: list[Outcome], slow: bool, wall_s: float, long_run: dict | 
         for case in (c for c in CASES if c.section == section):
             lines.append(f"| {_cell(case.case)} | {_cell(case.expected)} | {_cell(observed(case, outcomes, slow))} |")
         lines.append("")
-        if section == L and long_run and long_run.get("mode") == "end_to_end":
+        if section == L and isinstance(long_run, str):
+            lines += [long_run, ""]
+        elif section == L and long_run and long_run.get("mode") == "end_to_end":
             lines += [_long_run_line(long_run), ""]
         elif section == L and long_run:
             grown = long_run["peak_rss_bytes"] - long_run["rss_before_bytes"]
@@ -360,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-json", type=Path, help="JSON line from tools/measure_long_audio.py to quote")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
-    long_run = None
+    long_run = previous_long_run_line(args.output)
     if args.long_json:
         long_run = json.loads(args.long_json.read_text().strip().splitlines()[0])
     with tempfile.TemporaryDirectory(prefix="textalker-robustness-") as folder:

@@ -307,3 +307,44 @@ def test_concurrent_runs_into_one_output_folder_both_work(tmp_path, head_blend, 
     folders = [p for p in (output / "textalker").glob("*/*")]
     assert len(folders) == 2 and all(not p.name.startswith(".") for p in folders)
     assert all(len(list(p.glob("wrinkle_*.exr"))) == 15 for p in folders)
+
+
+def test_sigterm_while_the_model_runs_is_one_line_and_leaves_nothing(head_blend, speech_file, capsys, monkeypatch):
+    """Stopped by the farm's scheduler before any file is written (while the audio is read)."""
+    from textalker_blender.core import pipeline as pipeline_module
+
+    blend, head = head_blend
+    original = blend.read_bytes()
+    real_load = pipeline_module.load_audio_with_report
+
+    def load_then_get_terminated(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return loaded
+
+    monkeypatch.setattr(pipeline_module, "load_audio_with_report", load_then_get_terminated)
+    code = cli.main(["--blend", str(blend), "--object", head, "--audio", str(speech_file), "--steps", "1"])
+    assert code == cli.EXIT_TERMINATED
+    assert "terminated (SIGTERM)" in _one_line_error(capsys)
+    assert files_under(blend.parent / "textalker") == [] and blend.read_bytes() == original
+    assert not run_files.lock_path_for(blend).exists()
+
+
+def test_sweep_deletes_only_sequence_files_and_never_follows_links(tmp_path):
+    """A hostile or unlucky folder: a user's own '.x.partial' folder with other files keeps them;
+    a '.y.partial' symlink to another folder is not followed."""
+    parent = tmp_path / "textalker" / "Head"
+    parent.mkdir(parents=True)
+    mixed = parent / ".mine.partial"
+    mixed.mkdir()
+    (mixed / "notes.txt").write_text("keep me")
+    (mixed / "wrinkle_0001.exr").write_bytes(b"v/1\x01")
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "wrinkle_0001.exr").write_bytes(b"v/1\x01")
+    (parent / ".link.partial").symlink_to(elsewhere, target_is_directory=True)
+    removed = run_files.sweep_stale_staging(parent, writers.delete_sequence_files)
+    assert removed == []
+    assert (mixed / "notes.txt").read_text() == "keep me" and not (mixed / "wrinkle_0001.exr").exists()
+    assert (elsewhere / "wrinkle_0001.exr").exists()
+    assert not any(p.name.endswith(".lock") for p in parent.iterdir())

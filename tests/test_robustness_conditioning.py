@@ -8,6 +8,7 @@ and the add-on shows them (operator report, panel, batch CLI), while the run sti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -204,3 +205,19 @@ def test_warnings_reach_the_summary_the_panel_and_the_batch_cli(tmp_path, capsys
     captured = capsys.readouterr()
     assert "TexTalker warning: The audio does not sound like speech" in captured.err
     assert '"warnings": [' in captured.out
+
+
+@needs_assets
+def test_core_cli_prints_the_warnings_and_still_writes_the_result(tmp_path):
+    import subprocess
+    import sys
+
+    music = tmp_path / "music.wav"
+    soundfile.write(str(music), _melody(1.0), SAMPLE_RATE)
+    out = tmp_path / "music.npz"
+    done = subprocess.run([sys.executable, "-m", "textalker_blender.core", str(music), "--out", str(out), "--steps", "1",
+                           "--quiet"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "warning: The audio does not sound like speech" in done.stderr
+    assert out.is_file()

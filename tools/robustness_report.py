@@ -221,8 +221,9 @@ CASES = [
     Case(CO, "Music, tones, noise", "Warning 'does not sound like speech' (no pitch, or a held pitch); real voices get none",
          _t(CO, "test_noise_music_and_tones_are_reported_as_not_speech", "test_real_voices_get_no_warning")),
     Case(CO, "The warnings reach the user", "Summary message, operator report and panel (ERROR labels), "
-         "batch CLI stderr and JSON; the run still succeeds",
-         _t(CO, "test_warnings_reach_the_summary_the_panel_and_the_batch_cli")),
+         "batch CLI stderr and JSON, core CLI stderr; the run still succeeds",
+         _t(CO, "test_warnings_reach_the_summary_the_panel_and_the_batch_cli",
+            "test_core_cli_prints_the_warnings_and_still_writes_the_result")),
     Case(AR, "steps 0 / fractional, seed fractional, fps out of range (API, Pipeline, core CLI, Blender CLI)",
          "The same rule and message everywhere (core/arguments.py); steps=0 no longer means 'default' in the API",
          _t(AR, "test_one_rule_per_argument", "test_the_command_lines_parse_text_by_the_same_rules",

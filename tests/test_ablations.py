@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,12 @@ import torch
 from core_helpers import grid_template, speech_like, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 from textalker_blender.core.config import ModelConfig, VQConfig  # noqa: E402
 from textalker_blender.core.model import TexTalkerModel, random_pivots  # noqa: E402
 from textalker_blender.core.pipeline import DEFAULT_WEIGHTS, Pipeline, layouts_of  # noqa: E402
 from textalker_blender.core.style import StylePivots  # noqa: E402
-from training.losses import ldm_loss  # noqa: E402
+from tools.training.losses import ldm_loss  # noqa: E402
 
 CONFIGS = REPO / "tools" / "configs"
 ABLATION_FIELDS = {"modalities", "joint_codebook_vq", "style_mode", "num_styles"}
@@ -30,8 +28,8 @@ AUDIO = (speech_like(1.0), 16000)
 
 # ---------------------------------------------------------------------------- config files
 def test_ablation_configs_are_the_bundled_config_plus_one_switch():
-    from training.ablations import ABLATION_CONFIGS
-    from training.common import load_training_config, read_config_file
+    from tools.training.ablations import ABLATION_CONFIGS
+    from tools.training.common import load_training_config, read_config_file
 
     bundled = json.loads((CONFIGS / "bundled.json").read_text())
     expected = {"reference": None, "motion_only": "motion_only", "wrinkle_only": "wrinkle_only",
@@ -215,10 +213,10 @@ def _tiny_ablation_configs(folder: Path) -> dict[str, Path]:
 def trained(tmp_path_factory):
     if shutil.which("flite") is None or shutil.which("sox") is None:
         pytest.skip("needs the Debian packages flite and sox (dataset build)")
-    from synthetic_textalk4d.builder import BuildConfig, build
-    from training.ablations import train_ablation
-    from training.common import Distributed, load_training_config
-    from training.vq_stage import train_vq
+    from tools.synthetic_textalk4d.builder import BuildConfig, build
+    from tools.training.ablations import train_ablation
+    from tools.training.common import Distributed, load_training_config
+    from tools.training.vq_stage import train_vq
 
     root = tmp_path_factory.mktemp("ablations")
     data = root / "ds"
@@ -299,14 +297,14 @@ def test_ablations_share_the_reference_latent_cache(trained):
 
 
 def test_ema_export_rule():
-    from training.ablations import ema_is_reliable
+    from tools.training.ablations import ema_is_reliable
 
     assert not ema_is_reliable(500, 0.999) and ema_is_reliable(3000, 0.999) and ema_is_reliable(6000, 0.999)
     assert not ema_is_reliable(10**6, 0.0)
 
 
 def test_cache_is_not_shared_across_audio_settings(trained, tmp_path):
-    from training.ablations import reuse_latent_cache
+    from tools.training.ablations import reuse_latent_cache
 
     runs = trained["runs"]
     vq = {k: Path(json.loads((runs / "reference" / "ldm" / "config.json").read_text())[f"{k}_vq_run"]) for k in ("motion", "wrinkle")}
@@ -318,7 +316,7 @@ def test_cache_is_not_shared_across_audio_settings(trained, tmp_path):
 
 def test_train_ablations_cli_runs_a_real_config_and_prints_evaluator_arguments(trained, tmp_path, capsys):
     """tools/train_ablations.py with the real motion-only config (bundled denoiser) for 2 steps."""
-    import train_ablations
+    from tools import train_ablations
 
     runs = trained["runs"]
     recorded = json.loads((runs / "reference" / "ldm" / "config.json").read_text())
@@ -338,7 +336,7 @@ def test_train_ablations_cli_runs_a_real_config_and_prints_evaluator_arguments(t
 
 
 def test_a_signal_ends_the_whole_sequence(monkeypatch, tmp_path, capsys):
-    import train_ablations
+    from tools import train_ablations
 
     calls = []
 

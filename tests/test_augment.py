@@ -1,13 +1,10 @@
 """Log-mel augmentation of stage 2 (tools/training/augment.py)."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from training.augment import augment_log_mel, warp_bands  # noqa: E402
+from tools.training.augment import augment_log_mel, warp_bands  # noqa: E402
 
 ALWAYS = {"probability": 1.0}
 

@@ -3,7 +3,6 @@ on a tiny dataset built in a temporary folder, with tiny model sizes."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from evaluation.baselines import (  # noqa: E402
+from tools.evaluation.baselines import (  # noqa: E402
     LEARNED_BASELINES,
     BaselineConfig,
     FaceFormerBaseline,
@@ -21,9 +19,9 @@ from evaluation.baselines import (  # noqa: E402
     biased_causal_mask,
     load_baseline,
 )
-from synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
-from train_baselines import make_batch, prepare_inputs, train_baseline  # noqa: E402
-from training.common import read_log  # noqa: E402
+from tools.synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
+from tools.train_baselines import make_batch, prepare_inputs, train_baseline  # noqa: E402
+from tools.training.common import read_log  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -96,7 +94,7 @@ def test_biased_causal_mask_is_causal_and_periodic():
 @needs_dataset_tools
 @pytest.mark.parametrize("name", list(LEARNED_BASELINES))
 def test_trained_baseline_reloads_and_predicts(trained, dataset, name):
-    from synthetic_textalk4d import SyntheticTextalk4D
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
 
     run = trained / SLUGS[name]
     assert (run / "checkpoint" / "model.safetensors").is_file()

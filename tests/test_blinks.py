@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,8 @@ from textalker_blender.core.template import DEFAULT_TEMPLATE_PATH, load_template
 from textalker_blender.core.weights import load_weights, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from training.ldm_stage import fit_blink_direction, initialise_from, trainable_parameters, window_blink  # noqa: E402
+from tools.training.ldm_stage import fit_blink_direction, initialise_from, trainable_parameters, window_blink  # noqa: E402
 
 # The blink-conditioned denoiser's own parameters (the token input `blink_proj`, the output
 # direction `blink_out`): what a warm start from a model without blink input may lack.
@@ -515,7 +513,7 @@ needs_dataset_tools = pytest.mark.skipif(shutil.which("flite") is None or shutil
 
 
 def tiny_training_config(blink: bool):
-    from training.common import training_config_from_dict
+    from tools.training.common import training_config_from_dict
 
     data = json.loads(TINY.read_text())
     data["model"]["overrides"]["blink_condition"] = blink
@@ -527,13 +525,13 @@ def tiny_training_config(blink: bool):
 
 @needs_dataset_tools
 def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path):
-    from synthetic_textalk4d.builder import BuildConfig, build
-    from training.common import Distributed, read_log
-    from training.data import open_dataset
-    from training.export import export_bundle
-    from training.artefacts import EMA_WEIGHTS, MODEL_WEIGHTS
-    from training.ldm_stage import train_ldm
-    from training.vq_stage import train_vq
+    from tools.synthetic_textalk4d.builder import BuildConfig, build
+    from tools.training.common import Distributed, read_log
+    from tools.training.data import open_dataset
+    from tools.training.export import export_bundle
+    from tools.training.artefacts import EMA_WEIGHTS, MODEL_WEIGHTS
+    from tools.training.ldm_stage import train_ldm
+    from tools.training.vq_stage import train_vq
 
     from textalker_blender.core.config import MODEL_FPS
     from textalker_blender.core.pipeline import Pipeline

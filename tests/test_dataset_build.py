@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from synthetic_textalk4d import SyntheticTextalk4D  # noqa: E402
-from synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
-from synthetic_textalk4d.stats import compute_stats  # noqa: E402
+from tools.synthetic_textalk4d import SyntheticTextalk4D  # noqa: E402
+from tools.synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
+from tools.synthetic_textalk4d.stats import compute_stats  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
                                 reason="needs the Debian packages flite and sox")

@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from synthetic_textalk4d import text as text_module  # noqa: E402
-from synthetic_textalk4d.geometry import lip_closure_model, lip_gap  # noqa: E402
-from synthetic_textalk4d.motion import FPS, face_unit_weights  # noqa: E402
-from synthetic_textalk4d.speech import FLITE_VOICES, parse_psdur, synthesize  # noqa: E402
-from synthetic_textalk4d.styles import make_subject  # noqa: E402
-from synthetic_textalk4d.visemes import ALL_PHONEMES, ARKIT_UNITS, BILABIALS, OPEN_VOWELS, UNIT_INDEX  # noqa: E402
+from tools.synthetic_textalk4d import text as text_module  # noqa: E402
+from tools.synthetic_textalk4d.geometry import lip_closure_model, lip_gap  # noqa: E402
+from tools.synthetic_textalk4d.motion import FPS, face_unit_weights  # noqa: E402
+from tools.synthetic_textalk4d.speech import FLITE_VOICES, parse_psdur, synthesize  # noqa: E402
+from tools.synthetic_textalk4d.styles import make_subject  # noqa: E402
+from tools.synthetic_textalk4d.visemes import ALL_PHONEMES, ARKIT_UNITS, BILABIALS, OPEN_VOWELS, UNIT_INDEX  # noqa: E402
 from textalker_blender.core.template import load_template  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,

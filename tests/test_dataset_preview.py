@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
+from tools.synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
                                 reason="needs the Debian packages flite and sox")

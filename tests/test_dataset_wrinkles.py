@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from synthetic_textalk4d.geometry import SubjectGeometry, region_masks  # noqa: E402
-from synthetic_textalk4d.styles import CREASE_REGIONS, WrinkleStyle, make_subject  # noqa: E402
-from synthetic_textalk4d.wrinkles import StrainField, WrinkleRenderer  # noqa: E402
+from tools.synthetic_textalk4d.geometry import SubjectGeometry, region_masks  # noqa: E402
+from tools.synthetic_textalk4d.styles import CREASE_REGIONS, WrinkleStyle, make_subject  # noqa: E402
+from tools.synthetic_textalk4d.wrinkles import StrainField, WrinkleRenderer  # noqa: E402
 from textalker_blender.core.template import load_template  # noqa: E402
 from textalker_blender.core.uv import UVRasterizer  # noqa: E402
 

@@ -16,9 +16,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from evaluation.metrics import (  # noqa: E402
+from tools.evaluation.metrics import (  # noqa: E402
     MotionScores,
     TextureScores,
     albedo_8bit,
@@ -32,8 +31,8 @@ from evaluation.metrics import (  # noqa: E402
     torchmetrics_ssim_map,
     upper_face_dynamics,
 )
-from evaluation.report import _ablation_section as ablation_section  # noqa: E402
-from evaluation.report import done_when_checks, render_markdown  # noqa: E402
+from tools.evaluation.report import _ablation_section as ablation_section  # noqa: E402
+from tools.evaluation.report import done_when_checks, render_markdown  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -206,7 +205,7 @@ def test_ablation_verdicts_compare_with_the_same_budget_reference_when_there_is_
 def tiny_dataset(tmp_path_factory) -> Path:
     if shutil.which("flite") is None or shutil.which("sox") is None:
         pytest.skip("needs the Debian packages flite and sox (dataset build)")
-    from synthetic_textalk4d.builder import BuildConfig, build
+    from tools.synthetic_textalk4d.builder import BuildConfig, build
 
     root = tmp_path_factory.mktemp("evaluate") / "ds"
     build(BuildConfig(out=root, subjects=3, minutes=1.3, seed=5), log=lambda *a: None)

@@ -1,15 +1,12 @@
 """Pause splicing and the learning-rate schedule of stage 2 (tools/training/pauses.py, ldm_stage)."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from training.common import learning_rate_factor  # noqa: E402
-from training.pauses import add_pauses, splice_with_pause  # noqa: E402
+from tools.training.common import learning_rate_factor  # noqa: E402
+from tools.training.pauses import add_pauses, splice_with_pause  # noqa: E402
 
 MEL_PER_FRAME = 100 / 30
 
@@ -93,7 +90,7 @@ def test_splice_carries_the_blink_track_and_holds_the_last_closure_in_the_gap():
 
 
 def test_add_pauses_keeps_blink_tracks_aligned_with_the_latents():
-    from training.ldm_stage import window_blink
+    from tools.training.ldm_stage import window_blink
 
     pool = [with_blink(utterance("S00", 60, 1.0), 1), with_blink(utterance("S00", 80, 3.0), 3)]
     generator = torch.Generator().manual_seed(5)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from real_speech.checks import (  # noqa: E402
+from tools.real_speech.checks import (  # noqa: E402
     MIN_PASS_RATE,
     THRESHOLDS,
     ClipStatistics,
@@ -26,7 +24,7 @@ from real_speech.checks import (  # noqa: E402
     pass_rates,
     set_passes,
 )
-from real_speech.measures import (  # noqa: E402
+from tools.real_speech.measures import (  # noqa: E402
     distance_to_speech,
     frame_levels_db,
     lip_vertex_pair,
@@ -34,14 +32,14 @@ from real_speech.measures import (  # noqa: E402
     rest_aperture_mm,
     voice_activity,
 )
-from real_speech.recordings import (  # noqa: E402
+from tools.real_speech.recordings import (  # noqa: E402
     DATA_DIR,
     alignment_error_ms,
     available_recordings,
     consensus_alignment,
     read_htk_phone_labels,
 )
-from real_speech.reference import aperture_from_unit_weights, derive_thresholds  # noqa: E402
+from tools.real_speech.reference import aperture_from_unit_weights, derive_thresholds  # noqa: E402
 
 RATE = 16000
 FPS = 30.0
@@ -109,7 +107,7 @@ def test_voice_activity_drops_a_click_and_keeps_digital_silence_silent():
 
 
 def test_aperture_is_the_dataset_lip_gap(template):
-    from synthetic_textalk4d.geometry import lip_gap
+    from tools.synthetic_textalk4d.geometry import lip_gap
 
     upper, lower = lip_vertex_pair(template)
     assert upper != lower and template.lip_mask[upper] and template.lip_mask[lower]
@@ -193,11 +191,11 @@ def test_the_set_verdict_tolerates_one_miss_in_ten_but_not_a_broken_check():
 @needs_flite
 def test_synthetic_ground_truth_passes_and_thresholds_derive_from_it(template):
     """A dataset subject speaking a sentence with bilabials: the ground-truth mouth passes."""
-    from synthetic_textalk4d.geometry import lip_closure_model
-    from synthetic_textalk4d.motion import face_unit_weights
-    from synthetic_textalk4d.speech import synthesize
-    from synthetic_textalk4d.styles import make_subject
-    from synthetic_textalk4d.visemes import ARKIT_UNITS
+    from tools.synthetic_textalk4d.geometry import lip_closure_model
+    from tools.synthetic_textalk4d.motion import face_unit_weights
+    from tools.synthetic_textalk4d.speech import synthesize
+    from tools.synthetic_textalk4d.styles import make_subject
+    from tools.synthetic_textalk4d.visemes import ARKIT_UNITS
     from textalker_blender.core.audio import load_audio
 
     sentence = "Bob and Pam bought a big map. Then the palm market by the harbor opened."
@@ -290,7 +288,7 @@ def test_bundled_model_lip_syncs_real_speech():
                     "check is meaningful only for the trained bundle")
     import torch
 
-    from real_speech.run import check_recording
+    from tools.real_speech.run import check_recording
     from textalker_blender.core.pipeline import Pipeline
 
     torch.set_num_threads(1)
@@ -315,7 +313,7 @@ def test_bundled_model_lip_syncs_real_speech():
 @pytest.mark.slow
 def test_tool_writes_the_report_without_a_dataset(tmp_path):
     """The whole tool on the bundle (any weights) with no dataset: report, PNG and JSON."""
-    import real_speech_check
+    from tools import real_speech_check
 
     out = tmp_path / "REAL_SPEECH.md"
     status = real_speech_check.main(["--dataset", str(tmp_path / "no_dataset"), "--out", str(out),
@@ -334,7 +332,7 @@ def test_spectral_matching_moves_the_long_term_spectrum_to_the_target():
     and its length and (after load_audio) loudness stay as they were."""
     from scipy.signal import lfilter
 
-    from real_speech.equalise import long_term_spectrum_db, match_spectrum
+    from tools.real_speech.equalise import long_term_spectrum_db, match_spectrum
     from textalker_blender.core.audio import load_audio
 
     rng = np.random.default_rng(3)

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +18,27 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
-from training.common import (  # noqa: E402
+from tools.synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
+from tools.training.common import (  # noqa: E402
     REFINE_DEFAULTS,
     Distributed,
     load_training_config,
     read_log,
     training_config_from_dict,
 )
-from training.data import EpochOrder, FrameTable, open_dataset  # noqa: E402
-from training.export import export_bundle  # noqa: E402
-from training.artefacts import MODEL_WEIGHTS, VQ_WEIGHTS, load_refined_motion_vq, load_trained_vq, same_codes  # noqa: E402
-from training.ldm_stage import train_ldm  # noqa: E402
-from training.refine_stage import (  # noqa: E402
+from tools.training.data import EpochOrder, FrameTable, open_dataset  # noqa: E402
+from tools.training.export import export_bundle  # noqa: E402
+from tools.training.artefacts import MODEL_WEIGHTS, VQ_WEIGHTS, load_refined_motion_vq, load_trained_vq, same_codes  # noqa: E402
+from tools.training.ldm_stage import train_ldm  # noqa: E402
+from tools.training.refine_stage import (  # noqa: E402
     VertexLoss,
     batch_indices,
     oversampling_rows,
     refine_motion_decoder,
     render_offsets_and_maps,
 )
-from training.vq_stage import train_vq  # noqa: E402
+from tools.training.vq_stage import train_vq  # noqa: E402
 
 from textalker_blender.core.weights import load_weights, sha256_file  # noqa: E402
 
@@ -292,7 +290,7 @@ def test_export_swaps_in_the_refined_decoder_and_rejects_another_vq(dataset, mot
 def test_ablations_that_decode_motion_get_the_refined_decoder(dataset, runs, refined, ldm, tmp_path):
     """tools/training/ablations.py: `motion_decoder` goes into the motion-only bundle (it decodes
     motion with the shared motion VQ) and not into the wrinkle-only one (no motion)."""
-    from training.ablations import train_ablation
+    from tools.training.ablations import train_ablation
 
     base = json.loads(runs["config"].read_text())
     refined_decoder = {k: v for k, v in load_file(str(refined / "checkpoint" / VQ_WEIGHTS)).items()

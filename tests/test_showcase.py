@@ -11,18 +11,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
 
-import render_showcase  # noqa: E402
-import style_swap  # noqa: E402
-from style_swap import (  # noqa: E402
+from tools import render_showcase  # noqa: E402
+from tools import style_swap  # noqa: E402
+from tools.style_swap import (  # noqa: E402
     MouthLandmarks,
     best_frame,
     choose_pair,
@@ -156,7 +154,7 @@ def test_best_frame_wants_an_open_mouth_and_creased_skin_together():
 def test_sheet_frames_are_spread_over_the_clip_and_maps_are_pictured():
     assert render_showcase.sheet_frame_indices(100, 4) == [12, 37, 62, 87]
     assert render_showcase.sheet_frame_indices(3, 10) == [0, 1, 2]
-    from showcase_common import map_picture, ratio_map_picture, region_crop
+    from tools.showcase_common import map_picture, ratio_map_picture, region_crop
 
     picture = ratio_map_picture(np.array([[[1.0, 0.9, 0.5]]], np.float32))
     np.testing.assert_allclose(picture, [[[1.0, 0.6, 0.0]]], atol=1e-6)
@@ -188,7 +186,7 @@ def test_flite_timings_are_used_only_when_they_match_the_audio():
 
 
 def test_close_ups_go_where_the_creases_are():
-    from showcase_common import closeup_group_of, strongest_region
+    from tools.showcase_common import closeup_group_of, strongest_region
 
     shape = (6, 6)
     regions = {name: np.zeros(shape, np.float32) for name in
@@ -211,7 +209,7 @@ def test_close_ups_go_where_the_creases_are():
 
 @needs_assets
 def test_wrinkle_region_maps_cover_the_crease_regions():
-    from showcase_common import wrinkle_region_maps
+    from tools.showcase_common import wrinkle_region_maps
 
     maps = wrinkle_region_maps(64)
     assert {"forehead", "glabella", "crows_feet", "nasolabial", "lips", "all", "upper_face", "lower_face"} <= set(maps)

@@ -17,20 +17,19 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
-from synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
-from training.common import (  # noqa: E402
+from tools.synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
+from tools.training.common import (  # noqa: E402
     Distributed,
     load_training_config,
     read_log,
     training_config_from_dict,
 )
-from training.data import BucketedOrder, EpochOrder  # noqa: E402
-from training.export import export_bundle  # noqa: E402
-from training.ldm_stage import train_ldm  # noqa: E402
-from training.artefacts import VQ_WEIGHTS  # noqa: E402
-from training.vq_stage import train_vq  # noqa: E402
+from tools.training.data import BucketedOrder, EpochOrder  # noqa: E402
+from tools.training.export import export_bundle  # noqa: E402
+from tools.training.ldm_stage import train_ldm  # noqa: E402
+from tools.training.artefacts import VQ_WEIGHTS  # noqa: E402
+from tools.training.vq_stage import train_vq  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
                                 reason="needs the Debian packages flite and sox (dataset build)")
@@ -75,7 +74,7 @@ def test_config_files_load_and_reject_unknown_keys():
 
 
 def test_config_extends_merges_dicts_and_refuses_cycles(tmp_path):
-    from training.common import read_config_file
+    from tools.training.common import read_config_file
 
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "a.json").write_text(json.dumps(

@@ -42,9 +42,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bench_support import current_rss_bytes, keep_blender_user_files_out_of_home, peak_rss_bytes, speech_file, speech_samples  # noqa: E402
+from tools.bench_support import current_rss_bytes, keep_blender_user_files_out_of_home, peak_rss_bytes, speech_file, speech_samples  # noqa: E402
 
 SCENE_FPS = 30
 # Stages in the order a generation runs them: (key, label).
@@ -342,8 +341,7 @@ def worker_baselines(seconds: float, repeats: int, threads: int, baselines_dir: 
     """Inference cost of the evaluation's learned baselines (tools/evaluation/baselines.py) on the
     same clip: `Baseline.predict` (audio features + generator; motion only, no texture)."""
     _set_threads(threads)
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    from evaluation.baselines import LEARNED_BASELINES, load_baseline
+    from tools.evaluation.baselines import LEARNED_BASELINES, load_baseline
     from textalker_blender.core.audio import load_audio
 
     samples, rate = speech_samples(seconds)

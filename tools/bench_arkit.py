@@ -12,13 +12,11 @@ solver must be negligible against.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textalker_blender.core.arkit import (  # noqa: E402
     arkit_fit_errors,

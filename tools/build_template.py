@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ import scipy.sparse as sparse
 from scipy.sparse.csgraph import connected_components
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from textalker_blender.core import template as template_module  # noqa: E402
 from textalker_blender.core.template import (  # noqa: E402

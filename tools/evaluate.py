@@ -43,12 +43,9 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, REPO_ROOT / "tools"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
-from evaluation.metrics import MotionScores, TextureScores  # noqa: E402
-from evaluation.report import write_results  # noqa: E402
+from tools.evaluation.metrics import MotionScores, TextureScores  # noqa: E402
+from tools.evaluation.report import write_results  # noqa: E402
 
 SPLITS = ("test-A", "test-B")
 DEFAULT_SWEEP_STEPS = (1, 2, 4, 6, 10, 25, 50)
@@ -309,7 +306,7 @@ class VQReconstructionPredictor:
     sweep reports it as its last row ("VQ bound"), and the done-when check never uses it."""
 
     def __init__(self, pipe, data_root: Path, split: str):
-        from synthetic_textalk4d import SyntheticTextalk4D
+        from tools.synthetic_textalk4d import SyntheticTextalk4D
 
         from textalker_blender.core.pipeline import DECODE_BATCH
 
@@ -323,7 +320,7 @@ class VQReconstructionPredictor:
     def __call__(self, sample, fps: float) -> Prediction:
         import torch
 
-        from training.data import to_physical
+        from tools.training.data import to_physical
 
         _, motion, wrinkle = self.dataset.render(sample.subject, sample.weights)
         sampler, movable = self.pipe._uv_sampler(None)
@@ -361,7 +358,7 @@ def generates(pipe, metadata: dict) -> tuple[bool, bool]:
 def learned_baselines(baselines_dir: Path | None, seed: int) -> tuple[list[Method], list[dict]]:
     """(trained learned baselines as Methods, rows for the ones that are not available)."""
     try:
-        from evaluation import baselines as module
+        from tools.evaluation import baselines as module
     except ImportError as exc:  # the module is someone else's and may be missing or broken
         reason = f"tools/evaluation/baselines.py cannot be imported ({exc})"
         return [], [{"name": n, "reason": reason, "command": "tools/train_baselines.py"} for n in LEARNED_BASELINE_NAMES]
@@ -398,7 +395,7 @@ def training_mean_offsets(root: Path, template) -> tuple[np.ndarray, int]:
     """Mean ground-truth offsets (V, 3) over all training frames. Offsets are linear in the
     face-unit weights and do not depend on the identity (docs/DATASET.md), so this is
     template.apply_units(mean weights)."""
-    from synthetic_textalk4d import SyntheticTextalk4D
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
 
     train = SyntheticTextalk4D(root, "train", template=template, maps=False)
     total, frames = None, 0
@@ -586,7 +583,7 @@ def sampler_sweep(pipe, styles, dataset, indices, steps_list, seed, masks, mask_
 def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
     import torch
 
-    from synthetic_textalk4d import SyntheticTextalk4D
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
 
     torch.set_num_threads(max(1, int(args.threads)))
     progress = Progress(args.quiet)

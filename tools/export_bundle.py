@@ -13,12 +13,10 @@ its metadata.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from training.export import export_bundle  # noqa: E402
+from tools.training.export import export_bundle  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

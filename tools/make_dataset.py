@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tools")]
 
 
 def main(argv=None) -> int:
@@ -41,8 +40,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    from synthetic_textalk4d.builder import BuildConfig, build, dump_json
-    from synthetic_textalk4d.speech import SpeechToolsMissing
+    from tools.synthetic_textalk4d.builder import BuildConfig, build, dump_json
+    from tools.synthetic_textalk4d.speech import SpeechToolsMissing
 
     out = args.out.resolve()
     if args.stats_only:
@@ -74,8 +73,8 @@ def main(argv=None) -> int:
 
 
 def _stats_and_docs(args, out, report, synthesis, started) -> int:
-    from synthetic_textalk4d.builder import dump_json
-    from synthetic_textalk4d.stats import compute_stats, measure_map_speed, write_report
+    from tools.synthetic_textalk4d.builder import dump_json
+    from tools.synthetic_textalk4d.stats import compute_stats, measure_map_speed, write_report
 
     t = time.perf_counter()
     stats = compute_stats(out)

@@ -15,11 +15,9 @@ log-ratio range to +-0.1 so that the random model gives visible but harmless mot
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 

@@ -36,9 +36,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bench_support import cpu_seconds, current_rss_bytes, keep_blender_user_files_out_of_home, peak_rss_bytes, speech_file  # noqa: E402
+from tools.bench_support import cpu_seconds, current_rss_bytes, keep_blender_user_files_out_of_home, peak_rss_bytes, speech_file  # noqa: E402
 
 GIB = 1024**3
 

@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tools")]
 
-from synthetic_textalk4d.geometry import identity_part_offsets, region_masks  # noqa: E402
-from synthetic_textalk4d.reader import SyntheticTextalk4D  # noqa: E402
-from synthetic_textalk4d.visemes import BILABIALS, OPEN_VOWELS  # noqa: E402
+from tools.synthetic_textalk4d.geometry import identity_part_offsets, region_masks  # noqa: E402
+from tools.synthetic_textalk4d.reader import SyntheticTextalk4D  # noqa: E402
+from tools.synthetic_textalk4d.visemes import BILABIALS, OPEN_VOWELS  # noqa: E402
 
 FACE_CENTRE_Z = 0.705   # metres, between the eyes and the mouth of the template head
 

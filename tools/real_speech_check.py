@@ -24,13 +24,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(REPO))
 
-from real_speech.checks import MIN_PASS_RATE, THRESHOLDS, pass_rates, set_passes  # noqa: E402
-from real_speech.measures import lip_vertex_pair, rest_aperture_mm  # noqa: E402
-from real_speech.plot import draw_panels  # noqa: E402
-from real_speech.recordings import (  # noqa: E402
+from tools.real_speech.checks import MIN_PASS_RATE, THRESHOLDS, pass_rates, set_passes  # noqa: E402
+from tools.real_speech.measures import lip_vertex_pair, rest_aperture_mm  # noqa: E402
+from tools.real_speech.plot import draw_panels  # noqa: E402
+from tools.real_speech.recordings import (  # noqa: E402
     ALIGNMENT_VOICES,
     DATA_DIR,
     alignment_error_ms,
@@ -39,9 +37,9 @@ from real_speech.recordings import (  # noqa: E402
     flite_available,
     read_htk_phone_labels,
 )
-from real_speech.reference import build_reference, derive_thresholds  # noqa: E402
-from real_speech.report import write_report  # noqa: E402
-from real_speech.run import (  # noqa: E402
+from tools.real_speech.reference import build_reference, derive_thresholds  # noqa: E402
+from tools.real_speech.report import write_report  # noqa: E402
+from tools.real_speech.run import (  # noqa: E402
     check_recording,
     log_mel_profile,
     percentile_rank,
@@ -91,7 +89,7 @@ def _diagnostics(pipeline, results, dataset: Path | None, limit: int | None) -> 
 
 def _equalised_results(pipeline, recordings, dataset: Path) -> list:
     """The checks again with each recording's long-term spectrum matched to the training voices'."""
-    from real_speech.equalise import match_spectrum, synthetic_long_term_spectrum
+    from tools.real_speech.equalise import match_spectrum, synthetic_long_term_spectrum
 
     from textalker_blender.core.audio import load_audio
 

@@ -18,13 +18,11 @@ stage). See docs/TRAINING.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
-from training.refine_stage import refine_motion_decoder  # noqa: E402
+from tools.training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
+from tools.training.refine_stage import refine_motion_decoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

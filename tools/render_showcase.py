@@ -29,7 +29,6 @@ import argparse
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +36,6 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, REPO_ROOT / "tools"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 SHEET_NAME = "showcase_contact_sheet.png"
 CLIP_NAME = "showcase.mp4"
@@ -106,7 +102,7 @@ def flite_phonemes(text: str, voice: str, offset_s: float, audio_s: float | None
     import subprocess
 
     import soundfile
-    from synthetic_textalk4d.speech import parse_psdur
+    from tools.synthetic_textalk4d.speech import parse_psdur
 
     if shutil.which("flite") is None:
         return []
@@ -192,12 +188,12 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    from showcase_common import (CLOSEUP_GROUPS, add_closeup_camera, closeup_group_of, compose_rows, generate_scene, labelled_tile, map_picture,
+    from tools.showcase_common import (CLOSEUP_GROUPS, add_closeup_camera, closeup_group_of, compose_rows, generate_scene, labelled_tile, map_picture,
                                  read_generated_offsets, read_generated_wrinkle_maps, region_crop,
                                  render_array, render_wrinkle_contribution, save_png, showcase_look,
                                  strongest_region, wrinkle_region_maps)
-    from showcase_common import crease_depth
-    from style_swap import MouthLandmarks, lip_aperture_mm
+    from tools.showcase_common import crease_depth
+    from tools.style_swap import MouthLandmarks, lip_aperture_mm
 
     from textalker_blender.blender import catalog
     from textalker_blender.core.template import load_template

@@ -111,6 +111,16 @@ ensure_debian_packages() {
     printf 'setup_env: install them with: sudo apt-get update && sudo apt-get install -y %s\n' "${missing[*]}" >&2
 }
 
+link_checkout() {
+    # The checkout on the venv's import path (what `pip install -e` does): scripts in tools/ then
+    # import `tools.*` and `textalker_blender` from any folder without editing sys.path. Written on
+    # every run (cheap), so a moved checkout or an old venv gets the right path.
+    local site_packages
+    site_packages="$("$venv_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+    printf '%s\n' "$repo_root" > "$site_packages/textalker-checkout.pth"
+}
+
 ensure_venv
+link_checkout
 ensure_debian_packages
 say "ready: $venv_dir/bin/python"

@@ -19,16 +19,12 @@ from __future__ import annotations
 import functools
 import io
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, REPO_ROOT / "tools"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 UPPER_FACE_REGIONS = ("forehead", "glabella", "crows_feet")
 LOWER_FACE_REGIONS = ("nasolabial", "lips")
@@ -71,7 +67,7 @@ def strongest_region(ratio_maps_list, region_maps: dict) -> str:
 def crease_region_vertices(template=None) -> dict[str, np.ndarray]:
     """Soft (V,) weights in [0, 1] of the crease regions on the template (the same regions the
     synthetic dataset creases, `tools/synthetic_textalk4d/geometry.py`)."""
-    from synthetic_textalk4d.geometry import region_masks
+    from tools.synthetic_textalk4d.geometry import region_masks
 
     from textalker_blender.core.template import load_template
 
@@ -107,7 +103,7 @@ def generate_scene(work: Path, audio: Path, *, fps: float, resolution: int, samp
     """The demo's scene (tools/demo.py: the add-on's own operators) in `work`, nothing rendered.
     Returns (bpy, scene, head, demo summary)."""
     os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="textalker-showcase-"))
-    import demo
+    from tools import demo
 
     argv = ["--out", str(work), "--audio", str(audio), "--frames-to-render", "0", "--fps", str(fps),
             "--resolution", str(resolution), "--samples", str(samples), "--steps", str(steps),
@@ -165,7 +161,7 @@ def showcase_look(bpy, scene, head, *, resolution: int, samples: int, azimuth_de
     import _cycles
     from mathutils import Vector
 
-    import demo
+    from tools import demo
 
     centre, height = _forehead_to_chin(head)
     camera = scene.camera
@@ -193,7 +189,7 @@ def add_closeup_camera(bpy, scene, head, aspect: float = 2.0, group: str = "uppe
     """A camera framing a group of crease regions (`CLOSEUP_GROUPS`: "upper_face" = forehead,
     glabella, crow's feet; "lower_face" = nasolabial folds and lips), nearly frontal; not made the
     scene camera. Render it at an aspect of `aspect`:1."""
-    import demo
+    from tools import demo
 
     centre, width, height = _region_box(head, CLOSEUP_GROUPS[group][0])
     data = bpy.data.cameras.new("Close-up")
@@ -212,7 +208,7 @@ def add_closeup_camera(bpy, scene, head, aspect: float = 2.0, group: str = "uppe
 def render_array(bpy, scene, frame: int, path: Path) -> np.ndarray:
     """Renders `frame` with the scene camera to `path` (PNG) and returns it, float (H, W, 3) in
     display values 0-1, top row first."""
-    import render_check
+    from tools import render_check
 
     scene.render.image_settings.media_type = "IMAGE"
     scene.render.image_settings.file_format = "PNG"
@@ -223,7 +219,7 @@ def render_wrinkle_contribution(bpy, scene, frame: int, work: Path, gain: float 
     """|render with the wrinkle maps - render without| x gain at `frame` (scene camera): what the
     add-on's "TexTalker Wrinkles" node groups add to the picture (muted = albedo unchanged), as
     tools/render_check.py measures it."""
-    import render_check
+    from tools import render_check
 
     nodes = render_check._wrinkle_group_nodes(bpy)
     if not nodes:

@@ -40,12 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from showcase_common import crease_depth
+from tools.showcase_common import crease_depth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, REPO_ROOT / "tools"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 MOTION_PRIMARY = "lip_aperture_std_mm"
 WRINKLE_PRIMARY = "crease_depth"
@@ -235,7 +232,7 @@ def measure(pipeline, audio, *, styles: tuple | None = None, seed: int = 0, step
     """Screens the styles (unless `styles` = (A, B) ids or keys), then measures the 2x2 swap."""
     from textalker_blender.core.template import load_template
 
-    from showcase_common import region_crop, wrinkle_region_maps
+    from tools.showcase_common import region_crop, wrinkle_region_maps
 
     template = pipeline.template if hasattr(pipeline, "template") else load_template()
     mouth = MouthLandmarks.from_template(template)
@@ -412,7 +409,7 @@ def render_grid(measurement: SwapMeasurement, *, audio: Path, work: Path, out_pn
     generated through the add-on: the demo scene for (A, A), then `api.generate` for the others
     (a re-run replaces the add-on's keys and wrinkle material). With `closeups`, each portrait
     has a close-up of the crease regions where the wrinkle styles differ most under it."""
-    from showcase_common import (CLOSEUP_GROUPS, add_closeup_camera, closeup_group_of, compose_rows,
+    from tools.showcase_common import (CLOSEUP_GROUPS, add_closeup_camera, closeup_group_of, compose_rows,
                                  generate_scene, labelled_tile, map_picture, render_array, save_png,
                                  showcase_look, strongest_region, wrinkle_region_maps)
 

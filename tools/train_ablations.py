@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from training.ablations import ABLATION_NAMES, train_ablation  # noqa: E402
-from training.common import set_threads, write_json  # noqa: E402
+from tools.training.ablations import ABLATION_NAMES, train_ablation  # noqa: E402
+from tools.training.common import set_threads, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,10 +36,8 @@ import numpy as np
 import torch
 
 TOOLS = Path(__file__).resolve().parent
-if str(TOOLS) not in sys.path:
-    sys.path.insert(0, str(TOOLS))
 
-from evaluation.baselines import (  # noqa: E402
+from tools.evaluation.baselines import (  # noqa: E402
     CHECKPOINT_DIR,
     WEIGHTS_NAME,
     Baseline,
@@ -48,8 +46,8 @@ from evaluation.baselines import (  # noqa: E402
     baseline_class,
     LEARNED_BASELINES,
 )
-from training.augment import augment_log_mel  # noqa: E402
-from training.common import (  # noqa: E402
+from tools.training.augment import augment_log_mel  # noqa: E402
+from tools.training.common import (  # noqa: E402
     Distributed,
     JsonlLog,
     StopFlag,
@@ -57,8 +55,8 @@ from training.common import (  # noqa: E402
     set_threads,
     write_json,
 )
-from training.data import BucketedOrder, FrameTable, open_dataset  # noqa: E402
-from training.loop import StageLoop, StepReport  # noqa: E402
+from tools.training.data import BucketedOrder, FrameTable, open_dataset  # noqa: E402
+from tools.training.loop import StageLoop, StepReport  # noqa: E402
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
 
@@ -96,7 +94,7 @@ BASELINE_SETTINGS: dict[str, dict[str, Any]] = {
 
 # ---------------------------------------------------------------------------- shared inputs
 def _mel_function():
-    from evaluation.baselines import make_audio_front_end
+    from tools.evaluation.baselines import make_audio_front_end
 
     front_end = make_audio_front_end(8)  # log_mel does not depend on the width
 

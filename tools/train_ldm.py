@@ -14,13 +14,11 @@ processes. Then `tools/export_bundle.py --run RUN --out ...`. See docs/TRAINING.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
-from training.ldm_stage import train_ldm  # noqa: E402
+from tools.training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
+from tools.training.ldm_stage import train_ldm  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,13 +13,10 @@ See docs/TRAINING.md.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
-from training.vq_stage import train_vq  # noqa: E402
+from tools.training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
+from tools.training.vq_stage import train_vq  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,14 +19,12 @@ Usage:  .venv/bin/python tools/uv_roundtrip.py [--out docs/UV.md] [--combos 64]
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from textalker_blender.core.template import load_template  # noqa: E402
 from textalker_blender.core.uv import MapLayout, UVSampler  # noqa: E402

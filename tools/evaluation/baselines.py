@@ -1,7 +1,7 @@
 """Learned baselines of the evaluation: small CPU-sized FaceFormer-, CodeTalker- and
 FaceDiffuser-like models trained on the same data and splits as TexTalker (docs/DATASET.md).
 
-    from evaluation.baselines import LEARNED_BASELINES, load_baseline
+    from tools.evaluation.baselines import LEARNED_BASELINES, load_baseline
     model = load_baseline("FaceFormer-like", Path("/work/textalker_runs/baselines/faceformer"))
     offsets = model.predict(audio_16k, n_frames, "S03")      # (n_frames, V, 3) float32 metres
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-for _path in (REPO_ROOT, REPO_ROOT / "tools"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
 from textalker_blender.core.config import SAMPLE_RATE, ModelConfig  # noqa: E402

@@ -60,7 +60,7 @@ def match_spectrum(audio: np.ndarray, target_db: np.ndarray, max_gain_db: float 
 def synthetic_long_term_spectrum(dataset_root, split: str = "train", every: int = 10) -> np.ndarray:
     """Mean LTAS (dB) of every `every`-th utterance of `split` (loudness-normalised as the model
     hears them)."""
-    from synthetic_textalk4d import SyntheticTextalk4D
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
 
     from textalker_blender.core.audio import load_audio
 

@@ -16,18 +16,9 @@ measured at its centre, the convention of `core.features` and `core.resample`.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-
-# tools/ (for synthetic_textalk4d) and the repository root (for textalker_blender), so the
-# package imports the same way from the tool, from tests and from a plain `python -c`.
-TOOLS_DIR = Path(__file__).resolve().parents[1]
-for _path in (TOOLS_DIR, TOOLS_DIR.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 from textalker_blender.core.config import MODEL_FPS, SAMPLE_RATE  # noqa: E402
 
@@ -111,7 +102,7 @@ def lip_vertex_pair(template) -> tuple[int, int]:
 
 
 def _lip_gap(template, vertices):
-    from synthetic_textalk4d.geometry import lip_gap
+    from tools.synthetic_textalk4d.geometry import lip_gap
 
     return lip_gap(template, vertices)
 

@@ -87,7 +87,7 @@ def align_with_flite(audio: np.ndarray, transcript: str, voice: str,
     import librosa
     import soundfile
 
-    from synthetic_textalk4d.speech import parse_psdur
+    from tools.synthetic_textalk4d.speech import parse_psdur
 
     with tempfile.TemporaryDirectory() as folder:
         wav = Path(folder) / "flite.wav"

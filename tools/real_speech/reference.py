@@ -63,7 +63,7 @@ def build_reference(dataset_root: Path, pipeline=None, limit: int | None = None,
     Pipeline is given."""
     import time
 
-    from synthetic_textalk4d import SyntheticTextalk4D
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
 
     from textalker_blender.core.audio import load_audio
 

@@ -74,7 +74,7 @@ def log_mel_profile(encoder, audio_16k: np.ndarray) -> dict:
 
 
 def synthetic_profiles(encoder, dataset_root, limit: int | None = None, split: str = "test-A") -> list[dict]:
-    from synthetic_textalk4d import SyntheticTextalk4D
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
 
     from textalker_blender.core.audio import load_audio
 

@@ -17,14 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import TOOLS_DIR  # noqa: F401  (puts tools/ on sys.path for the dataset package)
-
 MAP_KINDS = ("motion", "wrinkle")
 LOG_RATIO_FLOOR = 1e-4
 
 
 def open_dataset(root, split: str, motion_resolution: int, wrinkle_resolution: int):
-    from synthetic_textalk4d import SyntheticTextalk4D
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
 
     return SyntheticTextalk4D(
         root,
@@ -39,6 +37,22 @@ def to_physical(kind: str, maps: np.ndarray) -> np.ndarray:
     if kind == "motion":
         return maps.astype(np.float32, copy=False)
     return np.log(np.maximum(maps, LOG_RATIO_FLOOR)).astype(np.float32)
+
+
+def validation_frames(data_root, config, count: int, render):
+    """`render(dataset, utterances, frames, weights)` of `count` evenly spaced test-A frames, or
+    None when the dataset has no test-A split (or count is 0). Rendered once per session."""
+    if count <= 0:
+        return None
+    try:
+        val_set = open_dataset(data_root, "test-A", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)
+    except ValueError:
+        return None
+    if not len(val_set):
+        return None
+    table = FrameTable.build(val_set)
+    rows = table.evenly_spaced(count)
+    return render(val_set, table.utterances[rows], table.frames[rows], table.weights)
 
 
 def render_batch(dataset, utterances: np.ndarray, frames: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

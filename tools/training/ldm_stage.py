@@ -26,7 +26,6 @@ from .common import (
     JsonlLog,
     RunFolder,
     StopFlag,
-    TOOLS_DIR,
     TrainingConfig,
     dataset_fingerprint,
     gather_rng_states,
@@ -243,7 +242,7 @@ def _save_model(model: TexTalkerModel, path: Path, dataset: str, extra: dict) ->
 def record_template_layout(model_config) -> None:
     """Record the template's map layout in the config (the Pipeline refuses weights made for
     another layout); same helper as tools/make_untrained_weights.py."""
-    import make_untrained_weights as untrained
+    from tools import make_untrained_weights as untrained
 
     if hasattr(model_config, "uv_layouts") and hasattr(untrained, "template_layouts"):
         model_config.uv_layouts = untrained.template_layouts(None)

@@ -48,7 +48,7 @@ from .common import (
     learning_rate_factor,
     restore_rng,
 )
-from .data import EpochOrder, FrameTable, open_dataset, render_batch, to_physical
+from .data import EpochOrder, FrameTable, open_dataset, render_batch, to_physical, validation_frames
 from .loop import StageLoop, StepReport
 from .artefacts import VQ_WEIGHTS, load_trained_vq, same_codes
 
@@ -217,16 +217,8 @@ def refine_motion_decoder(
     if not train_encoder and not same_codes(reference, vq):
         raise ValueError(f"{run.path}: the checkpoint's encoder/codebook differ from {motion_run}'s")
 
-    validation = None
-    if dist.is_main and int(section["validation_frames"]) > 0:
-        try:
-            val_set = open_dataset(data_root, "test-A", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)
-        except ValueError:
-            val_set = None
-        if val_set is not None and len(val_set):
-            val_table = FrameTable.build(val_set)
-            rows = val_table.evenly_spaced(int(section["validation_frames"]))
-            validation = render_offsets_and_maps(val_set, val_table.utterances[rows], val_table.frames[rows], val_table.weights)
+    validation = (validation_frames(data_root, config, int(section["validation_frames"]), render_offsets_and_maps)
+                  if dist.is_main else None)
 
     log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
     started = time.monotonic()

@@ -32,7 +32,7 @@ from .common import (
     write_json,
 )
 from .artefacts import DISCRIMINATOR_WEIGHTS, VQ_WEIGHTS, vq_config_for
-from .data import FrameTable, EpochOrder, open_dataset, render_frames
+from .data import FrameTable, EpochOrder, open_dataset, render_frames, validation_frames
 from .loop import StageLoop, StepReport
 from .joint_maps import joint_reconstruction_errors, render_joint_frames
 from .vq_losses import VQLosses
@@ -222,16 +222,11 @@ def train_vq(
             print(f"note: checkpoint written by {progress.get('world_size')} process(es), resumed with {dist.world_size}")
 
     # Validation frames: evenly spaced test-A frames, rendered once.
-    validation_maps = None
-    if dist.is_main and int(section["validation_frames"]) > 0:
-        try:
-            val_set = open_dataset(data_root, "test-A", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)
-        except ValueError:
-            val_set = None
-        if val_set is not None and len(val_set):
-            val_table = FrameTable.build(val_set)
-            rows = val_table.evenly_spaced(int(section["validation_frames"]))
-            validation_maps = render_maps(val_set, kind, val_table.utterances[rows], val_table.frames[rows], val_table.weights).astype(np.float16)
+    def render_validation(dataset, utterances, frames, weights):
+        return render_maps(dataset, kind, utterances, frames, weights).astype(np.float16)
+
+    validation_maps = (validation_frames(data_root, config, int(section["validation_frames"]), render_validation)
+                       if dist.is_main else None)
 
     log = JsonlLog(run.path / "log.jsonl", dist.is_main, echo=tqdm.write)
     started = time.monotonic()

@@ -223,3 +223,30 @@ def test_linked_duplicate_of_an_animated_head_is_refused_until_its_output_is_rem
     assert first.sequence_folder.is_dir() and api.has_output(head)
     api.remove_output(head)
     assert api.generate(twin, str(speech_file), steps=1).n_frames == first.n_frames
+
+
+def test_target_renamed_while_the_model_runs_still_gets_the_animation(tmp_path, saved_scene, speech_file):
+    """The modal operator keeps the UI live: renaming the head meanwhile used to read as its
+    deletion at apply ('was deleted during generation') and threw the run away."""
+    head = template_head()
+    request = api.prepare(head, str(speech_file), steps=1)
+    head.name = "Renamed while generating"
+    summary = api.run(request)
+    assert summary.object_name == "Renamed while generating"
+    assert writers.generated_key_names(head)
+    request = api.prepare(head, str(speech_file), steps=1)
+    bpy.data.objects.remove(head)  # a real deletion is still refused, by id, not by name
+    template_head().name = "Renamed while generating"
+    with pytest.raises(MeshError, match="was deleted during generation"):
+        api.run(request)
+
+
+@pytest.mark.filterwarnings("ignore:TexTalkerSettings.audio_file:RuntimeWarning")  # Blender stores it anyway
+def test_panel_says_to_save_first_for_a_relative_audio_path(tmp_path, speech_file):
+    from robustness_support import registered_scene
+
+    scene = registered_scene()
+    head = template_head()
+    settings = scene.textalker
+    settings.audio_source, settings.audio_file, settings.target = "FILE", "//speech.wav", head
+    assert api.blocking_reason(bpy.context) == "Save the .blend first: the audio path is relative to it"

@@ -167,6 +167,12 @@ CASES = [
     Case(FR, "Unsaved file with //relative audio, strip sound or output folder",
          "TexTalkerError: relative to the .blend, which is not saved yet (was 'Audio file not found: speech.wav')",
          _t(FR, "test_relative_paths_in_an_unsaved_file_say_what_to_do")),
+    Case(FR, "Target renamed while the model runs (the modal operator keeps the UI live)",
+         "The renamed object gets the animation (found by its session id; it used to count as deleted and the run "
+         "was thrown away); a real deletion is still refused", _t(FR, "test_target_renamed_while_the_model_runs_still_gets_the_animation")),
+    Case(FR, "Panel with a //relative audio file in an unsaved file", "Generate disabled: 'Save the .blend first: the "
+         "audio path is relative to it' (was 'Audio file not found')",
+         _t(FR, "test_panel_says_to_save_first_for_a_relative_audio_path")),
     Case(FR, "Relative output folder (batch job's working directory)",
          "Made absolute: the .blend finds its maps from any other directory",
          _t(FR, "test_relative_output_folder_is_made_absolute")),

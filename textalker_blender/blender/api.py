@@ -93,6 +93,9 @@ class GenerationRequest:
     blink_rate: float | None = None
     # {template part: (3, 3) template frame -> the part mesh's frame, or None} (template head only)
     part_frames: dict = field(default_factory=dict)
+    # The target's ID.session_uid: `apply` finds it even if the artist renamed it while the
+    # model ran (None where Blender lacks it: then by name).
+    object_uid: int | None = None
 
 
 @dataclass
@@ -538,6 +541,7 @@ def prepare(
         write_wrinkles=arkit_plan.write_wrinkles if arkit_plan is not None else True,
         blink_rate=blink_rate,
         part_frames=part_frames(obj, template) if output_mode != ARKIT and vertex_uvs is None else {},
+        object_uid=getattr(obj, "session_uid", None),
     )
 
 
@@ -852,6 +856,14 @@ def run(request: GenerationRequest, progress=None, cancel: threading.Event | Non
 # Writing the result (main thread)
 
 
+def request_target(request: GenerationRequest) -> bpy.types.Object | None:
+    """The request's target now: by its session id (a rename while the model ran used to read
+    as a deletion and throw the generation away), by name where Blender has no session ids."""
+    if request.object_uid is None:
+        return bpy.data.objects.get(request.object_name)
+    return next((obj for obj in bpy.data.objects if getattr(obj, "session_uid", None) == request.object_uid), None)
+
+
 def template_parts(obj: bpy.types.Object) -> dict[str, bpy.types.Object]:
     """The part objects `Add Template Head` parented to `obj`, by part name."""
     return {
@@ -865,7 +877,7 @@ def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0
     """Writes the EXR files, then replaces the object's previous TexTalker output with the new
     keys and material. On failure the new output is removed again and the error re-raised."""
     started = time.perf_counter()
-    obj = bpy.data.objects.get(request.object_name)
+    obj = request_target(request)
     if obj is None or obj.type != "MESH":
         raise MeshError(f"The target '{request.object_name}' was deleted during generation")
     if request.output_mode == ARKIT:
@@ -1125,6 +1137,8 @@ def blocking_reason(context) -> str | None:
     if settings.audio_source == "FILE":
         if not settings.audio_file:
             return "Choose an audio file"
+        if settings.audio_file.startswith("//") and not bpy.data.filepath:
+            return "Save the .blend first: the audio path is relative to it"
         if not os.path.isfile(bpy.path.abspath(settings.audio_file)):
             return "Audio file not found"
         return None

@@ -1,0 +1,341 @@
+"""Crease geometry of a synthetic subject: the lines its skin folds along, and when they fold.
+
+Production rigs (MetaHuman, Character Creator) keep wrinkles as a high-resolution height/normal
+detail that animated, expression-driven region masks fade in. This module builds that for every
+synthetic subject, on the template's surface and in millimetres:
+
+- `CreaseStyle` (per subject, seeded): how aged the skin looks, which families crease, how deep,
+  how sensitive to expression.
+- `make_creases`: explicit crease curves for each family, placed from landmarks of the template
+  (eyes, brows, mouth corners, nose wings) found through its face units: horizontal forehead
+  lines, vertical glabella lines, crow's feet fanning from the outer eye corners, under-eye folds,
+  nasolabial folds, marionette lines, vertical lip lines. Each crease has its own depth, width and
+  length, tapers at its ends, and belongs to a *group* (a family, and a side where it has one).
+- `group_activations`: how far each group is folded in a frame, from the face-unit weights of
+  the muscles that fold that skin (brow raise -> forehead, brow down -> glabella, smile and squint
+  -> crow's feet and nasolabial folds, pucker -> lip lines, ...), plus a resting depth.
+- `CreaseField`: at any set of texels (3D positions on the subject's neutral surface), the static
+  full-depth height `detail` (mm, <= 0 in a groove) and each group's smooth `support` (where its
+  fold activation applies). A frame's crease height is `sum_k depth_k * profile_k * a_group(k)(t)`;
+  `detail * activation_map(t)` reproduces it from one static high-resolution map and one smooth
+  low-resolution map per frame, which is what the model learns and the add-on renders.
+
+Distances are measured in the face's frontal plane (x, z; the face looks towards -Y), as the strain
+wrinkles of wrinkles.py do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+FRONTAL_AXES = (0, 2)
+
+# (family, sides): one activation group per family and side.
+FAMILIES = (
+    ("forehead", ("",)),
+    ("glabella", ("",)),
+    ("crows_feet", ("Left", "Right")),
+    ("under_eye", ("Left", "Right")),
+    ("nasolabial", ("Left", "Right")),
+    ("marionette", ("Left", "Right")),
+    ("lip_lines", ("",)),
+)
+GROUPS = tuple(f"{family}{side}" for family, sides in FAMILIES for side in sides)
+
+# Face units that fold each family's skin (ARKit names; "{side}" takes Left or Right), with weights.
+# The weighted sum goes through the style's threshold/saturation ramp.
+DRIVERS = {
+    "forehead": {"browInnerUp": 0.6, "browOuterUpLeft": 0.2, "browOuterUpRight": 0.2},
+    "glabella": {"browDownLeft": 0.5, "browDownRight": 0.5},
+    "crows_feet": {"cheekSquint{side}": 0.45, "eyeSquint{side}": 0.25, "mouthSmile{side}": 0.45},
+    "under_eye": {"eyeSquint{side}": 0.4, "cheekSquint{side}": 0.4, "mouthSmile{side}": 0.25},
+    "nasolabial": {"mouthSmile{side}": 0.7, "noseSneer{side}": 0.3, "mouthUpperUp{side}": 0.3},
+    "marionette": {"mouthFrown{side}": 0.6, "mouthPress{side}": 0.3, "mouthStretch{side}": 0.2},
+    "lip_lines": {"mouthPucker": 0.7, "mouthFunnel": 0.4},
+}
+FAMILY_NAMES = tuple(family for family, _ in FAMILIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class CreaseStyle:
+    """How one subject's skin creases (drawn from a seeded Generator, stored in meta.json)."""
+
+    age: float                # 0 smooth young skin .. 1 deeply lined: scales depth, count, rest depth
+    family_depth: dict        # family -> depth multiplier (0: this subject never creases there)
+    threshold: float          # driver value below which nothing folds
+    saturation: float         # driver value at which the fold is complete
+    rest: float               # fraction of the full depth visible on the neutral face (at age 1)
+    seed: int                 # draws the crease curves
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> "CreaseStyle":
+        u = rng.uniform
+        age = float(u(0.15, 1.0))
+        family_depth = {}
+        for family in FAMILY_NAMES:
+            # Most subjects crease in most places, with their own strength; some never do.
+            family_depth[family] = 0.0 if u() < 0.15 else round(float(u(0.4, 1.2)), 4)
+        if not any(family_depth.values()):
+            family_depth["forehead"] = 1.0
+        return cls(age=round(age, 4), family_depth=family_depth, threshold=round(float(u(0.03, 0.15)), 4),
+                   saturation=round(float(u(0.45, 0.85)), 4), rest=round(float(u(0.05, 0.35)), 4),
+                   seed=int(rng.integers(0, 2**31 - 1)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CreaseStyle":
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # holds an array: compare fields explicitly
+class Crease:
+    """One crease: a polyline in the frontal plane (x, z metres) with its groove shape."""
+
+    group: str
+    points: np.ndarray        # (P, 2) frontal-plane polyline, metres
+    depth_mm: float           # groove depth at the crease's middle
+    width_mm: float           # groove half-width (Gaussian sigma)
+
+    @property
+    def length_m(self) -> float:
+        return float(np.linalg.norm(np.diff(self.points, axis=0), axis=1).sum())
+
+
+# ---------------------------------------------------------------------------- landmarks
+def _weighted_centroid(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return (points * weights[:, None]).sum(0) / max(float(weights.sum()), 1e-12)
+
+
+@functools.lru_cache(maxsize=4)
+def face_landmarks(template) -> dict[str, np.ndarray | float]:
+    """Landmarks (metres, template neutral) found through the face units: eye centres and outer /
+    inner corners (eyeBlink), brow height (brow raises), mouth centre and corners (lip mask),
+    nose-wing height. `side` entries are keyed "Left"/"Right" (ARKit's: the character's own)."""
+    x = template.vertices.astype(np.float64)
+
+    def support(name):
+        return np.linalg.norm(template.unit_offsets[template.unit_index(name)], axis=1)
+
+    marks: dict = {}
+    eyes = {}
+    for side in ("Left", "Right"):
+        blink = support(f"eyeBlink{side}")
+        lid = x[blink > 0.3 * blink.max()]
+        eyes[side] = (_weighted_centroid(x, blink), lid)
+    mid_x = 0.5 * (eyes["Left"][0][0] + eyes["Right"][0][0])
+    marks["mid_x"] = float(mid_x)
+    for side, (centre, lid) in eyes.items():
+        outward = np.sign(centre[0] - mid_x)
+        marks[f"eye_{side}"] = centre
+        marks[f"eye_outer_{side}"] = lid[np.argmax(outward * (lid[:, 0] - mid_x))]
+        marks[f"eye_inner_{side}"] = lid[np.argmin(outward * (lid[:, 0] - mid_x))]
+        marks[f"outward_{side}"] = float(outward)
+    brow_support = support("browInnerUp") + support("browOuterUpLeft") + support("browOuterUpRight")
+    marks["brow"] = _weighted_centroid(x, brow_support)
+    marks["eye_z"] = float(0.5 * (eyes["Left"][0][2] + eyes["Right"][0][2]))
+    lips = x[template.lip_mask]
+    marks["mouth"] = lips.mean(0)
+    marks["lip_top_z"] = float(lips[np.abs(lips[:, 0] - mid_x) < 0.004, 2].max())
+    marks["lip_bottom_z"] = float(lips[np.abs(lips[:, 0] - mid_x) < 0.004, 2].min())
+    for side in ("Left", "Right"):
+        outward = marks[f"outward_{side}"]
+        marks[f"mouth_corner_{side}"] = lips[np.argmax(outward * (lips[:, 0] - mid_x))]
+    marks["nose_z"] = float(marks["eye_z"] - 0.55 * (marks["eye_z"] - marks["mouth"][2]))
+    return marks
+
+
+# ---------------------------------------------------------------------------- crease curves
+def _polyline(start, end, bend: float = 0.0, wave: float = 0.0, wave_cycles: float = 1.0,
+              phase: float = 0.0, n: int = 24, towards=None) -> np.ndarray:
+    """(n, 2) points from start to end (frontal plane), bent sideways by `bend` metres at the
+    middle (a parabola; towards the direction `towards` when given) and rippled by `wave` metres."""
+    start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    t = np.linspace(0.0, 1.0, n)
+    along = end - start
+    normal = np.array([-along[1], along[0]]) / max(float(np.linalg.norm(along)), 1e-12)
+    if towards is not None and float(normal @ np.asarray(towards, np.float64)) < 0:
+        normal = -normal
+    offset = bend * 4 * t * (1 - t) + wave * np.sin(2 * np.pi * wave_cycles * t + phase) * np.sin(np.pi * t)
+    return start + t[:, None] * along + offset[:, None] * normal
+
+
+def make_creases(template, style: CreaseStyle) -> list[Crease]:
+    """The subject's crease curves, placed from the template's landmarks and drawn from
+    `style.seed` (the same style gives the same creases)."""
+    marks = face_landmarks(template)
+    rng = np.random.default_rng(style.seed)
+    u = rng.uniform
+    age = style.age
+    mid_x = marks["mid_x"]
+    creases: list[Crease] = []
+
+    def add(group: str, points: np.ndarray, depth_mm: float, width_mm: float) -> None:
+        family = group.removesuffix("Left").removesuffix("Right")
+        depth = depth_mm * style.family_depth.get(family, 0.0) * (0.35 + 0.65 * age)
+        if depth > 0.01:
+            creases.append(Crease(group, np.asarray(points, np.float64), round(float(depth), 4),
+                                  round(float(width_mm), 4)))
+
+    # Forehead: 2-6 horizontal lines above the brows, arcing down at the sides, some broken.
+    brow_z = float(marks["brow"][2])
+    eye_span = abs(marks["eye_outer_Left"][0] - marks["eye_outer_Right"][0])
+    n_lines = int(round(2 + 4 * age * u(0.6, 1.0)))
+    spacing = u(0.006, 0.010)
+    first = brow_z + u(0.010, 0.016)
+    for i in range(n_lines):
+        z = first + i * spacing + u(-0.0012, 0.0012)
+        half = 0.5 * eye_span * u(0.45, 0.95) * (1.0 - 0.12 * abs(i - (n_lines - 1) / 2))
+        centre = mid_x + u(-0.006, 0.006)
+        sag = u(0.002, 0.006)  # the line's ends droop: its middle bows upwards
+        depth = u(0.15, 0.5) * (1.0 - 0.15 * abs(i - (n_lines - 1) / 2))
+        width = u(0.5, 1.1)
+        if u() < 0.35:  # broken line: two pieces with a gap near the middle
+            gap = u(0.004, 0.012)
+            split = centre + u(-0.01, 0.01)
+            pieces = [((centre - half, z), (split - gap / 2, z)), ((split + gap / 2, z), (centre + half, z))]
+        else:
+            pieces = [((centre - half, z), (centre + half, z))]
+        for (x0, z0), (x1, z1) in pieces:
+            fraction = (x1 - x0) / max(2 * half, 1e-6)
+            points = _polyline((x0, z0), (x1, z1), bend=sag * fraction, wave=u(0.0003, 0.0012),
+                               wave_cycles=u(1.0, 2.5), phase=u(0, 2 * np.pi), towards=(0.0, 1.0))
+            add("forehead", points, depth, width)
+
+    # Glabella: 0-2 near-vertical lines between the brows ("the 11s"), converging upwards.
+    eye_z = marks["eye_z"]
+    for k in range(int(round(2 * age * u(0.5, 1.0) + 0.3))):
+        side = -1.0 if k % 2 == 0 else 1.0
+        x0 = mid_x + side * u(0.003, 0.007)
+        bottom = (x0, eye_z + u(0.004, 0.008))
+        top = (x0 - side * u(0.0, 0.002), bottom[1] + u(0.010, 0.018))
+        add("glabella", _polyline(bottom, top, bend=side * u(-0.001, 0.001)), u(0.15, 0.45), u(0.5, 0.9))
+
+    for side in ("Left", "Right"):
+        outward = marks[f"outward_{side}"]
+        corner = marks[f"eye_outer_{side}"]
+        eye = marks[f"eye_{side}"]
+        # Crow's feet: 2-4 lines fanning out from beside the outer eye corner.
+        for angle in np.sort(u(-0.6, 0.5, size=int(round(2 + 2 * age * u(0.5, 1.0))))):
+            start = np.array([corner[0] + outward * u(0.003, 0.006), corner[2] + u(-0.002, 0.002)])
+            length = u(0.008, 0.02) * (0.6 + 0.4 * age)
+            direction = np.array([outward * np.cos(angle), np.sin(angle)])
+            add(f"crows_feet{side}", _polyline(start, start + length * direction, bend=u(-0.001, 0.001)),
+                u(0.12, 0.4), u(0.35, 0.7))
+        # Under-eye fold: an arc below the lower lid, inner to outer.
+        for k in range(1 + int(age > 0.6 and u() < 0.5)):
+            z = eye[2] - u(0.011, 0.016) - 0.004 * k
+            inner = (eye[0] - outward * u(0.004, 0.008), z + u(0.0, 0.002))
+            outer = (eye[0] + outward * u(0.010, 0.016), z + u(0.002, 0.005))
+            add(f"under_eye{side}", _polyline(inner, outer, bend=u(0.001, 0.003), towards=(0.0, -1.0)),
+                u(0.08, 0.3), u(0.7, 1.3))
+        # Nasolabial fold: from beside the nose wing to outside the mouth corner, bulging outwards.
+        mouth_corner = marks[f"mouth_corner_{side}"]
+        top = (mid_x + outward * 0.75 * abs(mouth_corner[0] - mid_x) + outward * u(-0.002, 0.002),
+               marks["nose_z"] + u(-0.003, 0.003))
+        bottom = (mouth_corner[0] + outward * u(0.006, 0.012), mouth_corner[2] - u(0.002, 0.012))
+        add(f"nasolabial{side}", _polyline(top, bottom, bend=u(0.001, 0.004), towards=(outward, 0.0)),
+            u(0.35, 1.0), u(1.0, 2.2))
+        # Marionette line: from below the mouth corner downwards, slightly outwards.
+        start = (mouth_corner[0] + outward * u(0.0, 0.003), mouth_corner[2] - u(0.003, 0.006))
+        end = (start[0] + outward * u(0.001, 0.005), start[1] - u(0.008, 0.018) * (0.5 + 0.5 * age))
+        add(f"marionette{side}", _polyline(start, end), u(0.1, 0.45), u(0.7, 1.4))
+
+    # Lip lines: short vertical lines above the upper lip and below the lower lip.
+    lip_half_width = 0.6 * abs(marks["mouth_corner_Left"][0] - marks["mouth_corner_Right"][0]) / 2
+    for z_edge, direction in ((marks["lip_top_z"], 1.0), (marks["lip_bottom_z"], -1.0)):
+        count = int(round((6 if direction > 0 else 3) * age * u(0.4, 1.0)))
+        for x in mid_x + u(-lip_half_width, lip_half_width, size=count):
+            start = (x, z_edge + direction * u(0.0, 0.0015))
+            end = (x + u(-0.001, 0.001), start[1] + direction * u(0.003, 0.008))
+            add("lip_lines", _polyline(start, end, n=8), u(0.05, 0.22), u(0.25, 0.5))
+    return creases
+
+
+# ---------------------------------------------------------------------------- activations
+def group_activations(weights: np.ndarray, unit_names, style: CreaseStyle) -> np.ndarray:
+    """Face-unit weights (T, 52) in `unit_names` order -> (T, len(GROUPS)) fold activations in
+    [0, 1]: the style's resting depth plus the smoothstep ramp of the weighted driver units."""
+    weights = np.asarray(weights, np.float64)
+    index = {name: i for i, name in enumerate(unit_names)}
+    out = np.zeros((len(weights), len(GROUPS)), np.float64)
+    rest = style.rest * style.age
+    for g, group in enumerate(GROUPS):
+        side = "Left" if group.endswith("Left") else "Right" if group.endswith("Right") else ""
+        family = group.removesuffix(side) if side else group
+        drive = np.zeros(len(weights))
+        for unit, weight in DRIVERS[family].items():
+            drive += weight * weights[:, index[unit.format(side=side)]]
+        ramp = np.clip((drive - style.threshold) / (style.saturation - style.threshold), 0.0, 1.0)
+        ramp = ramp * ramp * (3.0 - 2.0 * ramp)
+        out[:, g] = rest + (1.0 - rest) * ramp
+    return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- fields on texels
+def _segment_distances(points: np.ndarray, polyline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from points (N, 2) to a polyline (P, 2), and the arc-length fraction (0..1) of
+    the nearest point along it."""
+    a, b = polyline[:-1], polyline[1:]
+    ab = b - a
+    lengths = np.linalg.norm(ab, axis=1)
+    cumulative = np.concatenate([[0.0], np.cumsum(lengths)])
+    best = np.full(len(points), np.inf)
+    along = np.zeros(len(points))
+    for k in range(len(ab)):
+        t = np.clip(((points - a[k]) @ ab[k]) / max(float(ab[k] @ ab[k]), 1e-18), 0.0, 1.0)
+        distance = np.linalg.norm(points - (a[k] + t[:, None] * ab[k]), axis=1)
+        closer = distance < best
+        best = np.where(closer, distance, best)
+        along = np.where(closer, cumulative[k] + t * lengths[k], along)
+    return best, along / max(float(cumulative[-1]), 1e-12)
+
+
+class CreaseField:
+    """Crease height and group supports at fixed points (texels) of one subject's face.
+
+    `positions` (N, 3) are the points on the neutral surface (metres); `valid` (N,) marks the ones
+    that may crease (the face); everything else gets 0.
+    """
+
+    # How far from its curve a crease's fold activation reaches (beyond its groove), metres.
+    SUPPORT_REACH_M = 0.006
+
+    def __init__(self, creases: list[Crease], positions: np.ndarray, valid: np.ndarray | None = None):
+        positions = np.asarray(positions, np.float64)
+        n = len(positions)
+        valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+        frontal = positions[:, FRONTAL_AXES]
+        self.detail_mm = np.zeros(n, np.float32)            # <= 0: groove depth at full fold
+        self.support = np.zeros((len(GROUPS), n), np.float32)
+        for crease in creases:
+            g = GROUPS.index(crease.group)
+            width = crease.width_mm * 1e-3
+            reach = 3.0 * width + self.SUPPORT_REACH_M
+            lo, hi = crease.points.min(0) - reach, crease.points.max(0) + reach
+            near = np.flatnonzero(valid & np.all((frontal >= lo) & (frontal <= hi), axis=1))
+            if near.size == 0:
+                continue
+            distance, fraction = _segment_distances(frontal[near], crease.points)
+            taper = np.sin(np.pi * np.clip(fraction, 0.0, 1.0)) ** 0.6   # thin out towards the ends
+            groove = crease.depth_mm * taper * np.exp(-0.5 * (distance / width) ** 2)
+            # Overlapping creases: the deeper groove wins (skin folds once).
+            self.detail_mm[near] = np.minimum(self.detail_mm[near], -groove).astype(np.float32)
+            reach_weight = np.exp(-0.5 * (distance / (width + self.SUPPORT_REACH_M / 2)) ** 2) * (0.3 + 0.7 * taper)
+            self.support[g, near] = np.maximum(self.support[g, near], reach_weight).astype(np.float32)
+
+    def activation(self, group_activations: np.ndarray) -> np.ndarray:
+        """(T, G) activations -> (T, N) smooth fold activation at the points: each point takes its
+        groups' activations weighted by their supports (a point between two groups blends them)."""
+        total = self.support.sum(axis=0)
+        weights = np.divide(self.support, total, out=np.zeros_like(self.support), where=total > 0)
+        reach = np.clip(total, 0.0, 1.0)
+        return (np.asarray(group_activations, np.float32) @ weights) * reach
+
+    def height_mm(self, group_activations: np.ndarray) -> np.ndarray:
+        """(T, G) -> (T, N) crease height in mm (<= 0) as the low-resolution activation times the
+        full-depth detail: what the add-on's material renders."""
+        return self.activation(group_activations) * self.detail_mm[None]

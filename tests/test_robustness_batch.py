@@ -348,3 +348,21 @@ def test_sweep_deletes_only_sequence_files_and_never_follows_links(tmp_path):
     assert (mixed / "notes.txt").read_text() == "keep me" and not (mixed / "wrinkle_0001.exr").exists()
     assert (elsewhere / "wrinkle_0001.exr").exists()
     assert not any(p.name.endswith(".lock") for p in parent.iterdir())
+
+
+def test_run_inside_blender_rereads_a_file_saved_since_it_was_opened(tmp_path, head_blend, speech_file):
+    """`blender -b head.blend --python-expr ...cli.main()`: another run saved head.blend after this
+    Blender read it. Saving the stale copy would drop that run's output (its EXR folder orphaned);
+    under the lock the file is read again, so both outputs' changes survive."""
+    blend, head = head_blend
+    # What another run left in the file meanwhile: here, an object it added.
+    bpy.data.objects.new("Saved by the other run", None).use_fake_user = True
+    newer = tmp_path / "newer.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(newer), copy=True)
+    bpy.ops.wm.open_mainfile(filepath=str(blend))  # this run's Blender opened the file earlier
+    shutil.copy(newer, blend)
+    assert cli.main(["--object", head, "--audio", str(speech_file), "--steps", "1"]) == 0
+    registered_scene()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    assert "Saved by the other run" in bpy.data.objects
+    assert writers.generated_key_names(bpy.data.objects[head])

@@ -185,6 +185,10 @@ CASES = [
          "references every EXR folder on disk; no lock file left",
          _t(BA, "test_second_run_on_a_locked_blend_refuses_at_once",
             "test_two_concurrent_batch_runs_on_one_blend_never_lose_it")),
+    Case(BA, "Run inside Blender on a .blend another run saved after this Blender opened it",
+         "Re-read under the lock: the other run's changes and this run's output are both in the saved file (the "
+         "stale copy used to be saved over them)",
+         _t(BA, "test_run_inside_blender_rereads_a_file_saved_since_it_was_opened")),
     Case(BA, "SIGTERM / SIGINT while the EXR files are written (and SIGTERM while the model runs)",
          "One line ('terminated (SIGTERM)' / 'interrupted'), exit 143 / 130; written files deleted; .blend untouched",
          _t(BA, "test_signal_while_writing_exrs_removes_the_partial_sequence_with_one_line",

@@ -25,8 +25,8 @@ Batch rules (issue #17), for farms that run many of these at once:
 - A run that will save a .blend holds an exclusive lock on it (`core.run_files.exclusive_lock`)
   from before it reads the file until the save is done. A second run on the same file refuses at
   once with one line, instead of both saving it (which once left only `x.blend1`). Under the lock
-  the file is read again from disk (in Blender itself too), so a run never saves over the output
-  of one that finished while it was starting.
+  the file is read again from disk (in Blender itself too: edits a script made before main() are
+  not kept), so a run never saves over the output of one that finished while it was starting.
 - If the save fails after all, the new output is removed from the scene and its EXR files are
   deleted: nothing is left that no .blend references.
 - SIGINT and SIGTERM stop the run like a cancel: the EXR files written so far are deleted (they
@@ -164,13 +164,14 @@ def _check_save_space(target: Path, summary: api.GenerationSummary, obj) -> None
 
 
 def _open_scene(args, target: Path | None) -> None:
-    """Opens --blend, or re-reads the file Blender opened when this run saves over it: a run that
-    finished while this one was starting may have saved it since (its output would be lost)."""
+    """Opens --blend, or (in Blender itself) re-reads the file Blender opened when this run saves
+    over it: a run that finished while this one was starting may have saved it since, and saving
+    the copy read before would drop that run's output. (Edits a script made before calling main()
+    are therefore not kept: make them after, or call `api.generate` from the script instead.
+    `bpy.data.is_dirty` cannot tell: it is already set right after loading.)"""
     if args.blend:
         bpy.ops.wm.open_mainfile(filepath=os.path.abspath(os.path.expanduser(args.blend)))
-    elif target is not None and bpy.data.filepath and not bpy.data.is_dirty and (
-        Path(os.path.abspath(bpy.data.filepath)) == target
-    ):
+    elif target is not None and bpy.data.filepath and Path(os.path.abspath(bpy.data.filepath)) == target:
         bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)
 
 

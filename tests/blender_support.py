@@ -17,6 +17,33 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+from textalker_blender.blender import compat  # noqa: E402
+
+# The bpy 4.2 module from PyPI is built without Audaspace: no sound strips (full Blender has them).
+SOUND_SUPPORT = compat.has_sound_support()
+needs_sound = pytest.mark.skipif(
+    not SOUND_SUPPORT, reason="this Blender build cannot load sounds (bpy 4.2 module: no Audaspace)"
+)
+
+
+def add_speech(scene, audio_path, frame_start: int, name: str = "voice"):
+    """The speech as the add-on's input, starting on `frame_start`: a sound strip there, or, where
+    this Blender cannot load sounds, the panel's file field with the scene starting on that frame
+    (a file's keys start on the scene's first frame). Returns the strip, or None."""
+    if SOUND_SUPPORT:
+        return compat.new_sound_strip(scene, name, str(audio_path), 1, frame_start)
+    scene.frame_start = frame_start
+    if hasattr(scene, "textalker"):
+        scene.textalker.audio_source = "FILE"
+        scene.textalker.audio_file = str(audio_path)
+    return None
+
+
+def action_curve_paths(action) -> set[str]:
+    """Data paths of every F-curve of an action (slotted from Blender 4.4, flat before)."""
+    return {curve.data_path for _, curve in compat.action_curves(action)}
+
+
 def fresh_scene(fps: int = 30, fps_base: float = 1.0) -> bpy.types.Scene:
     """Empty factory scene with the given frame rate."""
     bpy.ops.wm.read_factory_settings(use_empty=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_EXIT_STATUS = pytest.StashKey[int]()
 
 if "bpy" in sys.modules:  # pragma: no cover - only when a plugin imported bpy before us
     warnings.warn("bpy was imported before tests/conftest.py: BLENDER_USER_RESOURCES may be ignored")
@@ -55,3 +56,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
         for item in gpu_items:
             item.add_marker(skip_gpu)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Ends a bpy 4.2 or 4.5 test process here, with pytest's own exit status.
+
+    After a pytest session, the bpy 4.2 module segfaults and the 4.5 module deadlocks in their
+    C++ exit code, after Python has finalised (gdb: 4.2 in a SpaceType destructor calling back
+    into Python, even in a session that never registered the add-on; 4.5 in a static destructor
+    waiting for Blender's delayed-close thread). The same steps in a plain script exit normally:
+    this is bpy's teardown under pytest, not the add-on. The add-on's own clean exit is tested in
+    a process of its own (tests/test_compat_smoke.py). bpy 5.0 and later exit normally, so
+    nothing changes there. By now pytest has printed its summary and written its reports."""
+    bpy = sys.modules.get("bpy")
+    if bpy is None or tuple(bpy.app.version) >= (5, 0, 0):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    shutil.rmtree(BLENDER_USER_RESOURCES, ignore_errors=True)
+    os._exit(config.stash.get(_EXIT_STATUS, 1))

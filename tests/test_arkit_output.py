@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from blender_support import (  # one_second_speech, unregister_addon_after_module: fixtures
+    add_speech,
     bpy,
     grid_mesh_object,
     one_second_speech,  # noqa: F401
@@ -16,7 +17,7 @@ from blender_support import (  # one_second_speech, unregister_addon_after_modul
     unregister_addon_after_module,  # noqa: F401
 )
 from robustness_support import needs_assets
-from textalker_blender.blender import api, arkit_writer, cli, writers
+from textalker_blender.blender import api, arkit_writer, cli, compat, writers
 from textalker_blender.core.arkit import ARKIT_NAMES, ArkitNameError
 from textalker_blender.core.arkit_export import read_csv, read_json
 from textalker_blender.core.errors import MeshError, TexTalkerError
@@ -29,8 +30,7 @@ def _curves(key):
     action = key.animation_data.action if key.animation_data else None
     if action is None:
         return {}
-    return {c.data_path: c for layer in action.layers for strip in layer.strips
-            for bag in strip.channelbags for c in bag.fcurves}
+    return {c.data_path: c for _, c in compat.action_curves(action)}
 
 
 def _keyframes(curve):
@@ -95,7 +95,7 @@ def test_template_head_in_arkit_mode_gets_52_keys_with_one_curve_each(tmp_path, 
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
     bpy.ops.textalker.add_template_head()
     head = bpy.context.active_object
-    scene.sequence_editor_create().strips.new_sound("voice", str(one_second_speech), 1, 5)
+    add_speech(scene, one_second_speech, 5)
     before = _snapshot()
     settings = scene.textalker
     settings.steps = 1
@@ -173,7 +173,7 @@ def test_user_arkit_keys_in_any_spelling_are_driven_and_others_untouched(tmp_pat
     key.animation_data_create()
     key.animation_data.action = action
     for path, points in ((_path("JawOpen"), [(1, 0.2), (20, 0.9)]), (_path("Custom Brow"), [(1, 0.0), (10, 1.0)])):
-        curve = action.fcurve_ensure_for_datablock(key, path)
+        curve = compat.ensure_fcurve(action, key, path)
         for frame, value in points:
             curve.keyframe_points.insert(frame, value)
     key.key_blocks["EyeBlinkRight"].value = 0.7

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blender_support import bpy, fresh_scene, grid_mesh_object
-from textalker_blender.blender import writers
+from textalker_blender.blender import compat, writers
 
 pytestmark = pytest.mark.blender
 
@@ -32,13 +32,13 @@ def test_wrinkle_sequence_changes_rendered_brightness_inside_uv_region_only(tmp_
     scene.render.resolution_x = scene.render.resolution_y = 32
     scene.render.image_settings.file_format = "PNG"
     scene.view_settings.view_transform = "Standard"
-    world = bpy.data.worlds.new("World")
+    world = compat.new_world("World")
     background = next(n for n in world.node_tree.nodes if n.bl_idname == "ShaderNodeBackground")
     background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
     scene.world = world
 
     plane = grid_mesh_object("Plane", n=2)  # x, z in [0, 1], facing -Y
-    material = bpy.data.materials.new("Grey")
+    material = compat.new_material("Grey")
     bsdf = next(n for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
     bsdf.inputs["Base Color"].default_value = (0.8, 0.8, 0.8, 1.0)
     bsdf.inputs["Roughness"].default_value = 1.0

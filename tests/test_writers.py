@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from blender_support import bpy, fresh_scene, grid_mesh_object, key_values
-from textalker_blender.blender import writers
+from blender_support import action_curve_paths, bpy, fresh_scene, grid_mesh_object, key_values
+from textalker_blender.blender import compat, writers
 
 pytestmark = pytest.mark.blender
 
@@ -84,7 +84,7 @@ def test_rerun_replaces_only_generated_keys_and_keeps_user_animation():
     assert removed == 4
     assert [b.name for b in obj.data.shape_keys.key_blocks] == ["Basis", "Smile"]
     assert user_action.name in bpy.data.actions
-    paths = {c.data_path for c in user_action.layers[0].strips[0].channelbags[0].fcurves}
+    paths = action_curve_paths(user_action)
     assert paths == {'key_blocks["Smile"].value'}
     scene.frame_set(20)
     assert obj.data.shape_keys.key_blocks["Smile"].value == pytest.approx(0.7)
@@ -124,7 +124,7 @@ def test_exr_sequence_is_half_float_in_image_row_order(tmp_path):
 
 
 def _material_with_albedo_texture(obj):
-    material = bpy.data.materials.new("Skin")
+    material = compat.new_material("Skin")
     tree = material.node_tree
     bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
     albedo = tree.nodes.new("ShaderNodeTexImage")

@@ -8,7 +8,9 @@ Runs in plain Python with bpy as a module, through the add-on's own operators:
 1. new empty scene, the add-on registered, the file saved as DIR/textalker_demo.blend first (so
    the wrinkle sequence lands beside it, under DIR/textalker/, with relative paths);
 2. Add Template Head (operator `textalker.add_template_head`);
-3. the speech as a sound strip on the Video Sequencer (frame 1);
+3. the speech as a sound strip on the Video Sequencer (frame 1), or as the panel's audio file
+   where this Blender cannot load sounds (the bpy 4.2 module is built without Audaspace) or
+   `--audio-source file` asks for it;
 4. Generate Talking Avatar (operator `textalker.generate`, synchronous in background mode):
    the bundled Pipeline (untrained weights until training lands) -> one shape key per frame and a
    half-float EXR wrinkle sequence multiplied into the skin albedo;
@@ -45,6 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speaking-style", default=None, help="style key (default: the first)")
     parser.add_argument("--wrinkle-style", default=None, help="style key (default: the first)")
+    parser.add_argument("--audio-source", default="auto", choices=["auto", "strip", "file"],
+                        help="sound strip on the sequencer, or the panel's file field (auto: a strip "
+                             "where this Blender can load sounds)")
     return parser.parse_args(argv)
 
 
@@ -113,7 +118,9 @@ def _frame_the_face(bpy, scene, head, resolution: int) -> None:
     area_light("Key", 60.0, 0.6, (-0.6, -0.9, 0.5))
     area_light("Fill", 20.0, 1.0, (0.8, -0.7, 0.1), (0.9, 0.95, 1.0))
     area_light("Rim", 30.0, 0.5, (0.3, 0.8, 0.6))
-    world = bpy.data.worlds.new("World")
+    from textalker_blender.blender import compat
+
+    world = compat.new_world("World")
     background = next(n for n in world.node_tree.nodes if n.bl_idname == "ShaderNodeBackground")
     background.inputs["Color"].default_value = (0.05, 0.05, 0.06, 1.0)
     scene.world = world
@@ -140,7 +147,7 @@ def main(argv=None) -> dict:
     import bpy
 
     import textalker_blender
-    from textalker_blender.blender import api, catalog, writers
+    from textalker_blender.blender import api, catalog, compat, writers
 
     timings["import_s"] = time.perf_counter() - started
     audio = (args.audio or catalog.SAMPLE_SPEECH_PATH).resolve()
@@ -158,10 +165,19 @@ def main(argv=None) -> dict:
     head = bpy.context.active_object
     timings["add_head_s"] = time.perf_counter() - step
 
-    strip = scene.sequence_editor_create().strips.new_sound("Speech", str(audio), 1, 1)
+    audio_source = args.audio_source
+    if audio_source == "auto":
+        audio_source = "strip" if compat.has_sound_support() else "file"
     settings = scene.textalker
-    settings.audio_source = "STRIP"
-    settings.sound_strip = strip.name
+    if audio_source == "strip":
+        strip = compat.new_sound_strip(scene, "Speech", str(audio), 1, 1)
+        settings.audio_source = "STRIP"
+        settings.sound_strip = strip.name
+        first = int(round(compat.strip_content_start(strip)))
+    else:
+        settings.audio_source = "FILE"
+        settings.audio_file = str(audio)
+        first = scene.frame_start  # a file's keys start on the scene's first frame
     settings.target = head
     styles = catalog.read_style_names()
     if styles:
@@ -178,7 +194,6 @@ def main(argv=None) -> dict:
     keys = writers.generated_key_names(head)
     folder = writers.output_folder_of(head)
     exr_files = sorted(folder.glob("wrinkle_*.exr"))
-    first = int(round(strip.frame_start))
     scene.frame_start = first
     scene.frame_end = first + len(keys) - 1
 
@@ -207,6 +222,8 @@ def main(argv=None) -> dict:
     summary = {
         "blend": str(blend_path),
         "audio": str(audio),
+        "audio_source": audio_source,
+        "blender": bpy.app.version_string,
         "object": head.name,
         "vertices": len(head.data.vertices),
         "fps": api.scene_fps(scene),

@@ -17,8 +17,10 @@ them in a row; the modal operator runs `compute_streamed` in a worker thread (`G
 writes the queued maps on its timer, and calls `apply` when the worker is done. `compute` (the
 whole clip in memory) stays for callers that want the arrays.
 
-Nothing in the scene changes before `apply` (the EXR files go to a new folder), so an error or a
-cancel leaves the user's scene as it was, and the files written so far are deleted.
+Nothing in the scene changes before `apply` (the EXR files go to a new folder, under a hidden
+staging name until the sequence is complete: `core.run_files`), so an error or a cancel leaves the
+user's scene as it was, and the files written so far are deleted; a killed run's staging folder
+is swept by the next run on the object.
 
 Example (inside Blender, or `import bpy` in Python)::
 
@@ -51,7 +53,7 @@ import numpy as np
 from ..core import arguments, mesh_match, part_motion, resources, run_files
 from ..core.frame_store import FrameStore
 from ..core.errors import MeshError, ResourceError, TexTalkerError
-from . import arkit_output, catalog, writers
+from . import arkit_output, catalog, compat, writers
 from .preferences import get_preferences
 
 # One shape key per frame stores every vertex per frame: refuse clips whose keys alone would
@@ -177,7 +179,7 @@ def sound_strips(scene: bpy.types.Scene | None) -> list:
     editor = scene.sequence_editor if scene is not None else None
     if editor is None:
         return []
-    return [s for s in editor.strips_all if s.type == "SOUND"]
+    return [s for s in compat.all_strips(editor) if s.type == "SOUND"]
 
 
 def strip_audio_path(strip) -> str:
@@ -207,7 +209,7 @@ def resolve_audio(scene: bpy.types.Scene, audio) -> tuple[object, str, int]:
 
     `audio` is a sound strip (keys start on its start frame), a path or an (array, rate) tuple
     (keys start on the scene's start frame)."""
-    if isinstance(audio, bpy.types.Strip):
+    if compat.is_strip(audio):
         if audio.type != "SOUND":
             raise TexTalkerError(f"Strip '{audio.name}' is not a sound strip")
         path = strip_audio_path(audio)
@@ -215,7 +217,7 @@ def resolve_audio(scene: bpy.types.Scene, audio) -> tuple[object, str, int]:
             raise TexTalkerError(f"The sound of strip '{audio.name}' is missing: {path}")
         # The strip plays second t of the file at frame_start + (t + sound_offset) * fps (measured
         # with a mixdown); trimming (frame_offset_start) only mutes frames, it does not move it.
-        start = audio.frame_start + getattr(audio, "sound_offset", 0.0) * scene_fps(scene)
+        start = compat.strip_content_start(audio) + getattr(audio, "sound_offset", 0.0) * scene_fps(scene)
         return path, f"strip '{audio.name}'", int(round(start))
     if isinstance(audio, tuple):
         return audio, "audio array", scene.frame_start

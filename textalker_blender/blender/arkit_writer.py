@@ -25,6 +25,7 @@ import bpy
 import numpy as np
 
 from ..core.arkit import ARKIT_NAMES
+from . import compat
 from .writers import TAG, ensure_key_action
 
 RECORD = "textalker_arkit"  # JSON on the object
@@ -70,15 +71,9 @@ def generated_timing(obj: bpy.types.Object) -> tuple[int, int, float] | None:
 # Actions and curves
 
 
-def _channelbag_curves(action: bpy.types.Action, key: bpy.types.Key):
-    """(channelbag, curve) pairs of the slot the Key animates with."""
-    slot = key.animation_data.action_slot if key.animation_data is not None else None
-    for layer in action.layers:
-        for strip in layer.strips:
-            for bag in strip.channelbags:
-                if slot is None or bag.slot == slot:
-                    for curve in bag.fcurves:
-                        yield bag, curve
+def _key_curves(action: bpy.types.Action, key: bpy.types.Key):
+    """(curve collection, curve) pairs of the curves animating the Key (its slot's, from 4.4)."""
+    return compat.action_curves(action, key)
 
 
 def _save_curve(curve: bpy.types.FCurve) -> dict:
@@ -99,7 +94,7 @@ def _save_curve(curve: bpy.types.FCurve) -> dict:
 
 
 def _restore_curve(action: bpy.types.Action, key: bpy.types.Key, saved: dict) -> None:
-    curve = action.fcurve_ensure_for_datablock(key, saved["data_path"])
+    curve = compat.ensure_fcurve(action, key, saved["data_path"])
     points = curve.keyframe_points
     points.add(saved["n"])
     points.foreach_set("co", saved["co"])
@@ -115,7 +110,7 @@ def _restore_curve(action: bpy.types.Action, key: bpy.types.Key, saved: dict) ->
 
 
 def _write_curve(action, key, key_name: str, frames: np.ndarray, values: np.ndarray) -> None:
-    curve = action.fcurve_ensure_for_datablock(key, _value_path(key_name))
+    curve = compat.ensure_fcurve(action, key, _value_path(key_name))
     curve.keyframe_points.add(len(frames))
     coordinates = np.empty(2 * len(frames), dtype=np.float32)
     coordinates[0::2] = frames
@@ -168,10 +163,10 @@ def write_arkit_curves(
     paths = {_value_path(name): name for name in key_names.values()}
     if record["mode"] == "drive":
         record["saved_values"] = {name: key.key_blocks[name].value for name in key_names.values()}
-        for bag, curve in list(_channelbag_curves(action, key)):
+        for curves, curve in list(_key_curves(action, key)):
             if curve.data_path in paths:
                 record["saved_curves"].append(_save_curve(curve))
-                bag.fcurves.remove(curve)
+                curves.remove(curve)
     obj[RECORD] = json.dumps(record)
 
     frames = np.arange(len(weights), dtype=np.float32) + float(frame_start)
@@ -241,14 +236,14 @@ def remove_arkit_output(obj: bpy.types.Object) -> int:
     paths = {_value_path(name) for name in record.get("keys", {}).values()}
     if key is not None and action is not None:
         if record.get("created_action") and action.get(TAG):
-            removed = sum(1 for _, curve in _channelbag_curves(action, key) if curve.data_path in paths)
+            removed = sum(1 for _, curve in _key_curves(action, key) if curve.data_path in paths)
             if key.animation_data is not None and key.animation_data.action == action:
                 key.animation_data.action = None
             bpy.data.actions.remove(action)
         else:
-            for bag, curve in list(_channelbag_curves(action, key)):
+            for curves, curve in list(_key_curves(action, key)):
                 if curve.data_path in paths:
-                    bag.fcurves.remove(curve)
+                    curves.remove(curve)
                     removed += 1
             for saved in record.get("saved_curves", []):
                 _restore_curve(action, key, saved)

@@ -6,7 +6,7 @@ import bpy
 import numpy as np
 
 from ..core.errors import TexTalkerError
-from . import api, writers
+from . import api, compat, writers
 
 
 def _redraw_panels(context) -> None:
@@ -246,7 +246,7 @@ def build_mesh(
 
 
 def _skin_material(template) -> bpy.types.Material:
-    material = bpy.data.materials.new("TexTalker Neutral Skin")
+    material = compat.new_material("TexTalker Neutral Skin")
     tree = material.node_tree
     bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
     bsdf.inputs["Roughness"].default_value = 0.5
@@ -264,7 +264,7 @@ def _skin_material(template) -> bpy.types.Material:
 
 def _part_material(part_name: str, roughness: float) -> bpy.types.Material:
     """Eyes, teeth, tongue: colour from the part's vertex colours (iris, pupil, ...)."""
-    material = bpy.data.materials.new(f"TexTalker {part_name}")
+    material = compat.new_material(f"TexTalker {part_name}")
     tree = material.node_tree
     bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
     colour = tree.nodes.new("ShaderNodeAttribute")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import api
+from . import api, compat
 
 
 class TEXTALKER_PT_main(bpy.types.Panel):
@@ -31,7 +31,8 @@ class TEXTALKER_PT_main(bpy.types.Panel):
         if settings.audio_source == "STRIP":
             editor_scene = api.sequencer_scene(context)
             if editor_scene.sequence_editor is not None:
-                box.prop_search(settings, "sound_strip", editor_scene.sequence_editor, "strips_all",
+                editor = editor_scene.sequence_editor
+                box.prop_search(settings, "sound_strip", editor, compat.strips_all_name(editor),
                                 text="Strip", icon="SOUND")
             else:
                 box.label(text="The Sequencer has no strips", icon="INFO")
@@ -60,9 +61,9 @@ class TEXTALKER_PT_main(bpy.types.Panel):
             layout.label(text=reason, icon="ERROR")
         if job.last_message:
             layout.label(text=job.last_message, icon="INFO")
-        target = api.target_object(context)
         for warning in getattr(job, "last_warnings", "").splitlines():  # the audio's (core/audio.py)
             layout.label(text=warning, icon="ERROR")
+        target = api.target_object(context)
         if api.has_output(target):
             timing = api.output_timing(target)
             if timing is not None:

@@ -22,6 +22,8 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from . import compat
+
 KEY_PREFIX = "TT_"
 TAG = "textalker_generated"
 NODE_GROUP_NAME = "TexTalker Wrinkles"
@@ -98,7 +100,7 @@ def write_shape_keys(
     action, created_action = ensure_key_action(key, f"TexTalker_{obj.name}")
     for i, name in enumerate(names):
         frame = float(frame_start + i)
-        curve = action.fcurve_ensure_for_datablock(key, f'key_blocks["{name}"].value')
+        curve = compat.ensure_fcurve(action, key, f'key_blocks["{name}"].value')
         curve.keyframe_points.add(3)
         curve.keyframe_points.foreach_set(
             "co", [frame - 1.0, 0.0, frame, 1.0, frame + 1.0, 0.0]
@@ -184,11 +186,9 @@ def remove_shape_keys(obj: bpy.types.Object) -> int:
 
 
 def _remove_curves(action: bpy.types.Action, key: bpy.types.Key, data_paths: set[str]) -> None:
-    for layer in action.layers:
-        for strip in layer.strips:
-            for bag in strip.channelbags:
-                for curve in [c for c in bag.fcurves if c.data_path in data_paths]:
-                    bag.fcurves.remove(curve)
+    for curves, curve in compat.action_curves(action, key):
+        if curve.data_path in data_paths:
+            curves.remove(curve)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ def ensure_wrinkle_material(
             materials.append(material.name)
     created_material = ""
     if not materials:
-        material = bpy.data.materials.new(f"TexTalker {obj.name}")
+        material = compat.new_material(f"TexTalker {obj.name}")
         material[TAG] = True
         mesh.materials.append(material)
         _insert_group(material, group)

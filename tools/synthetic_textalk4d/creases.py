@@ -183,9 +183,11 @@ def make_creases(template, style: CreaseStyle) -> list[Crease]:
     # Forehead: 2-6 horizontal lines above the brows, arcing down at the sides, some broken.
     brow_z = float(marks["brow"][2])
     eye_span = abs(marks["eye_outer_Left"][0] - marks["eye_outer_Right"][0])
-    n_lines = int(round(2 + 4 * age * u(0.6, 1.0)))
-    spacing = u(0.006, 0.010)
     first = brow_z + u(0.010, 0.016)
+    spacing = u(0.006, 0.010)
+    # Lines stay in the lower forehead (within ~4.5 cm of the brows), where frontalis folds it.
+    room = int((brow_z + 0.045 - first) / spacing) + 1
+    n_lines = min(room, int(round(2 + 4 * age * u(0.6, 1.0))))
     for i in range(n_lines):
         z = first + i * spacing + u(-0.0012, 0.0012)
         half = 0.5 * eye_span * u(0.45, 0.95) * (1.0 - 0.12 * abs(i - (n_lines - 1) / 2))

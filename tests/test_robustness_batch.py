@@ -366,3 +366,19 @@ def test_run_inside_blender_rereads_a_file_saved_since_it_was_opened(tmp_path, h
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     assert "Saved by the other run" in bpy.data.objects
     assert writers.generated_key_names(bpy.data.objects[head])
+
+
+def test_tilde_paths_mean_the_home_folder(tmp_path, head_blend, speech_file, monkeypatch):
+    """Quoted or generated argument lists keep '~' unexpanded: it used to become a folder named
+    '~' in the working directory (maps, exports) or 'Audio file not found'."""
+    blend, head = head_blend
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(speech_file, home / "speech.wav")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["--blend", str(blend), "--object", head, "--audio", "~/speech.wav", "--steps", "1",
+                     "--output-folder", "~/maps", "--save", "~/out.blend"])
+    assert code == 0
+    assert (home / "out.blend").is_file() and list((home / "maps" / "textalker").glob("*/*/wrinkle_0001.exr"))
+    assert not (tmp_path / "~").exists()

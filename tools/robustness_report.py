@@ -213,6 +213,9 @@ CASES = [
          "traceback); the file untouched", _t(BA, "test_corrupt_blend_is_one_line_not_a_traceback")),
     Case(BA, "Lock file left by a run killed with SIGKILL", "Does not block: the OS dropped the lock; the next run "
          "takes it and deletes the file", _t(BA, "test_lock_file_left_by_a_killed_run_does_not_block_the_next")),
+    Case(BA, "'~' in path arguments the shell did not expand (quoted, generated job lists)",
+         "Means the home folder for --audio, --output-folder, --save (was a literal '~' folder / 'not found')",
+         _t(BA, "test_tilde_paths_mean_the_home_folder")),
     Case(BA, "Two processes, two .blend files, one --output-folder", "Both succeed, each in its own complete run folder",
          _t(BA, "test_concurrent_runs_into_one_output_folder_both_work")),
     Case(CO, "DC offset (DC only; quiet speech on a 0.5 offset)",

@@ -195,7 +195,20 @@ def _save(args, target: Path, summary: api.GenerationSummary, obj) -> None:
         raise
 
 
+PATH_ARGUMENTS = ("blend", "audio", "output_folder", "arkit_export", "save")
+
+
+def _expand_paths(args) -> None:
+    """`~` in path arguments means the home folder, also when the shell did not expand it (a
+    quoted path, a farm job's argument list); it used to be taken literally (a folder named '~')."""
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if value:
+            setattr(args, name, os.path.expanduser(value))
+
+
 def run(args) -> api.GenerationSummary:
+    _expand_paths(args)
     target = _save_target(args)
     _check_files(args, target)
     lock = run_files.exclusive_lock(target, f"saving {target.name}") if target else contextlib.nullcontext()

@@ -72,3 +72,45 @@ def test_pip_platform_tags_reach_back_to_manylinux2014_for_linux():
     # safetensors and tokenizers only publish manylinux_2_17 wheels: an exact 2_28 tag would miss them
     tags = build_extension.PLATFORM_TAGS["linux-x64"]
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags
+
+
+@pytest.mark.parametrize(("platform", "torch"), [("linux-x64", "==2.13.0"), ("windows-x64", "==2.13.0"),
+                                                  ("macos-arm64", "==2.11.0")])
+@pytest.mark.parametrize("python", ["3.11", "3.13"])
+def test_each_target_gets_one_torch_pin_chosen_by_its_marker(python, platform, torch):
+    """extension-requirements.txt pins torch per platform with markers, evaluated for the target."""
+    selected = build_extension.requirements_for_target(
+        build_extension.requirements_for_set("full"), build_extension.PYTHON_TARGETS[python], platform
+    )
+    torches = [r for r in selected if r.name == "torch"]
+    assert [str(r.specifier) for r in torches] == [torch]
+    assert all(r.marker is None for r in selected)  # pip gets bare requirements
+
+
+def test_overlapping_markers_are_refused():
+    from packaging.requirements import Requirement
+
+    both = [Requirement('torch==2.13.0; sys_platform != "win32"'), Requirement("torch==2.11.0")]
+    with pytest.raises(build_extension.BuildError, match="exclusive"):
+        build_extension.requirements_for_target(both, build_extension.PYTHON_TARGETS["3.11"], "linux-x64")
+
+
+def test_wheel_dependencies_follow_the_target_not_this_machine(tmp_path):
+    """A Windows torch must not pull the Linux-only nvidia wheels (pip alone would: it evaluates
+    dependency markers for the machine it runs on)."""
+    import zipfile
+
+    wheel = tmp_path / "torch-2.13.0-cp311-cp311-win_amd64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("torch-2.13.0.dist-info/METADATA", "\n".join([
+            "Metadata-Version: 2.1", "Name: torch", "Version: 2.13.0",
+            "Requires-Dist: filelock",
+            'Requires-Dist: nvidia-nccl-cu13==2.29.7; platform_system == "Linux"',
+            'Requires-Dist: setuptools; python_version >= "3.12"',
+            'Requires-Dist: opt-einsum>=3.3; extra == "opt-einsum"',
+        ]))
+    names = lambda python, platform: [r.name for r in build_extension.wheel_dependencies(  # noqa: E731
+        wheel, build_extension.PYTHON_TARGETS[python], platform)]
+    assert names("3.11", "windows-x64") == ["filelock"]
+    assert names("3.13", "windows-x64") == ["filelock", "setuptools"]
+    assert names("3.11", "linux-x64") == ["filelock", "nvidia-nccl-cu13"]

@@ -24,6 +24,18 @@ from tools import build_extension
 pytestmark = pytest.mark.blender
 
 MODULE = "bl_ext.user_default.textalker"
+# The zip for the Blender running these tests (its embedded Python: 3.11 for Blender 4.2-5.0, 3.13
+# for 5.1+), and the other Python's zip, which this Blender must refuse.
+RUNNING_PYTHON = "{}.{}".format(*sys.version_info[:2])
+OTHER_PYTHON = {"3.11": "3.13", "3.13": "3.11"}.get(RUNNING_PYTHON)
+REFUSAL_OF_OTHER_PYTHON = {  # keyed by the running Python
+    "3.11": "minimum supported version (5.1.0)",  # a Python 3.11 Blender (4.2-5.0), given the 3.13 zip
+    "3.13": "must be less than the maximum version (5.1.0)",  # a Python 3.13 Blender, given the 3.11 zip
+}
+needs_known_python = pytest.mark.skipif(
+    RUNNING_PYTHON not in build_extension.PYTHON_TARGETS,
+    reason=f"no extension zip is built for Python {RUNNING_PYTHON}",
+)
 
 # Runs inside a fresh Python process; prints one JSON line prefixed with RESULT.
 BLENDER_SESSION = textwrap.dedent(
@@ -100,7 +112,7 @@ def linux_zip_with_a_wheel(tmp_path_factory) -> build_extension.BuiltZip:
     root = tmp_path_factory.mktemp("build-minimal")
     try:
         (built,) = build_extension.build(
-            pythons=["3.11"], platforms=["linux-x64"], wheel_set="minimal",
+            pythons=[RUNNING_PYTHON], platforms=["linux-x64"], wheel_set="minimal",
             out_dir=root / "dist", wheel_dir=root / "wheels", stage_root=root / "stage",
         )
     except build_extension.WheelDownloadError as error:
@@ -111,9 +123,11 @@ def linux_zip_with_a_wheel(tmp_path_factory) -> build_extension.BuiltZip:
 
 
 @pytest.mark.network
+@needs_known_python
 def test_zip_installs_enables_and_disables_cleanly(linux_zip_with_a_wheel, tmp_path):
     built = linux_zip_with_a_wheel
     assert built.platform == "linux-x64" and len(built.wheels) == 1 and built.wheels[0].startswith("safetensors-")
+    assert built.python == RUNNING_PYTHON and f"-py{RUNNING_PYTHON.replace('.', '')}-" in built.path.name
 
     report, log = run_blender_session(built.path, tmp_path / "blender-user")
 
@@ -130,12 +144,14 @@ def test_zip_installs_enables_and_disables_cleanly(linux_zip_with_a_wheel, tmp_p
     assert not report["errors"], "\n".join(report["errors"])
 
 
+@needs_known_python
 @pytest.mark.parametrize(
     ("python", "platform", "reason"),
     [
-        ("3.13", "linux-x64", "minimum supported version (5.1.0)"),
-        ("3.11", "windows-x64", "isn't one of (windows-x64)"),
+        (OTHER_PYTHON, "linux-x64", REFUSAL_OF_OTHER_PYTHON.get(RUNNING_PYTHON)),
+        (RUNNING_PYTHON, "windows-x64", "isn't one of (windows-x64)"),
     ],
+    ids=["other-python", "other-platform"],
 )
 def test_zip_for_another_blender_python_or_platform_is_refused(tmp_path, python, platform, reason):
     """The per-Python and per-platform zips carry the metadata Blender uses to refuse them."""

@@ -52,6 +52,16 @@ PLATFORM_TAGS: dict[str, list[str]] = {
 }
 PLATFORMS = tuple(PLATFORM_TAGS)
 
+# What a requirement's environment marker sees for each target platform. tools/extension-requirements.txt
+# pins some distributions per platform with markers (`torch==X; sys_platform == "darwin"`): pip
+# download evaluates markers against the machine it runs on, not the --platform it downloads for,
+# so the build evaluates them for the target itself and hands pip the bare requirement.
+PLATFORM_MARKERS: dict[str, dict[str, str]] = {
+    "linux-x64": {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": "x86_64"},
+    "windows-x64": {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt", "platform_machine": "AMD64"},
+    "macos-arm64": {"sys_platform": "darwin", "platform_system": "Darwin", "os_name": "posix", "platform_machine": "arm64"},
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class PythonTarget:
@@ -148,6 +158,35 @@ def requirements_for_set(wheel_set: str) -> list[Requirement]:
     return requirements
 
 
+def target_environment(python: PythonTarget, platform: str) -> dict[str, str]:
+    """Environment-marker values of Blender's Python on the target platform."""
+    return {
+        **PLATFORM_MARKERS[platform],
+        "python_version": python.version,
+        "python_full_version": f"{python.version}.0",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+    }
+
+
+def requirements_for_target(requirements: list[Requirement], python: PythonTarget, platform: str) -> list[Requirement]:
+    """The requirements whose environment marker holds on `platform` with `python`, markers removed."""
+    environment = target_environment(python, platform)
+    selected = []
+    for requirement in requirements:
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        bare = Requirement(str(requirement))
+        bare.marker = None
+        selected.append(bare)
+    names = [canonicalize_name(r.name) for r in selected]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise BuildError(f"{platform}, Python {python.version}: more than one requirement for {duplicates} "
+                         "holds: make the markers in tools/extension-requirements.txt exclusive")
+    return selected
+
+
 def download_wheels(
     requirements: list[Requirement],
     python: PythonTarget,
@@ -158,6 +197,7 @@ def download_wheels(
 ) -> list[Path]:
     """pip-download the wheels (with dependencies) for one platform and Python; returns the wheels to
     bundle, Blender's own distributions removed. Already downloaded files are reused by pip."""
+    requirements = requirements_for_target(requirements, python, platform)
     if not requirements:
         return []
     target_dir = wheel_dir / f"{python.tag}-{platform}"
@@ -194,24 +234,54 @@ def download_wheels(
             index_url = None
         if index_url:
             command += ["--extra-index-url", index_url]
-    command += [str(r) for r in requirements]
 
-    print(f"[build_extension] pip download for {python.tag} {platform}: {' '.join(map(str, requirements))}", flush=True)
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise WheelDownloadError(
-            f"pip download failed for {python.tag} {platform} (exit {result.returncode}):\n"
-            + (result.stderr or result.stdout)[-4000:]
-        )
+    def pip_download(arguments: list[str], what: list[Requirement]) -> set[str]:
+        print(f"[build_extension] pip download for {python.tag} {platform}: {' '.join(map(str, what))}", flush=True)
+        result = subprocess.run(command + arguments + [str(r) for r in what], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise WheelDownloadError(
+                f"pip download failed for {python.tag} {platform} (exit {result.returncode}):\n"
+                + (result.stderr or result.stdout)[-4000:]
+            )
+        # pip keeps earlier downloads in the folder: bundle only what this resolution named.
+        return resolved_wheel_names(result.stdout)
 
-    # pip keeps earlier downloads in the folder: bundle only what this resolution named.
-    wanted = resolved_wheel_names(result.stdout)
+    wanted: set[str] = set()
+    if wants_torch:
+        # pip evaluates dependency markers for the machine it runs on, not for --platform: asked for
+        # a Windows or macOS torch on Linux it also wants torch's `platform_system == "Linux"`
+        # nvidia-* wheels, which do not exist for those platforms. So torch comes alone, and its
+        # dependencies, selected by their markers for the target, join the main resolution.
+        torch_requirements = [r for r in requirements if canonicalize_name(r.name) == "torch"]
+        wanted |= pip_download(["--no-deps"], torch_requirements)
+        torch_wheel = next(target_dir / name for name in wanted if name.startswith("torch-"))
+        if platform == "linux-x64":  # before its dependencies: the CUDA build's are gigabytes
+            check_torch_flavour([torch_wheel], torch_flavour)
+        requirements = [r for r in requirements if canonicalize_name(r.name) != "torch"]
+        requirements += wheel_dependencies(torch_wheel, python, platform)
+    wanted |= pip_download([], requirements)
     wheels = sorted(p for p in target_dir.glob("*.whl") if p.name in wanted)
     if not wheels:
         raise WheelDownloadError(f"pip download reported no wheels for {python.tag} {platform}:\n{result.stdout[-2000:]}")
     if wants_torch and platform == "linux-x64":
         check_torch_flavour(wheels, torch_flavour)
     return [p for p in wheels if canonicalize_name(parse_wheel_filename(p.name)[0]) not in BLENDER_BUNDLED]
+
+
+def wheel_dependencies(wheel: Path, python: PythonTarget, platform: str) -> list[Requirement]:
+    """The Requires-Dist of a wheel whose markers hold on the target (extras not asked for)."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        text = archive.read(metadata).decode("utf-8")
+    dependencies = [Requirement(line.split(":", 1)[1].strip())
+                    for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    selected = []
+    for requirement in dependencies:
+        environment = {**target_environment(python, platform), "extra": ""}
+        if requirement.marker is None or requirement.marker.evaluate(environment):
+            requirement.marker = None
+            selected.append(requirement)
+    return selected
 
 
 def check_torch_flavour(wheels: list[Path], torch_flavour: str) -> None:

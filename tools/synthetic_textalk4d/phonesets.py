@@ -18,6 +18,7 @@ its duration.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from .speech import Phoneme
@@ -69,8 +70,12 @@ _MAX_KEY = max(len(key) for key in IPA_TO_SHARED)
 
 # Marks that change no mouth shape worth modelling at 30 fps: length, stress, aspiration,
 # palatalisation, nasalisation, syllabicity, tie bars, espeak's joiners and boundary marks.
-# "^" follows some of espeak-ng 1.51's Russian vowels ("ɪ^") and is no IPA.
-_IGNORED_MARKS = frozenset("ːˑˈˌʰʱʲʷˠˤʼ‿͜͡-‍.|‖'^")
+# espeak-ng 1.51 also writes marks that are no IPA: "^" after some Russian vowels ("ɪ^"), '"'
+# after some Russian stressed vowels ('u"').
+_IGNORED_MARKS = frozenset("ːˑˈˌʰʱʲʷˠˤʼ‿͜͡-‍.|‖'^\"")
+# espeak-ng announces a switch of language inside a sentence (an English word in French text) with
+# an event such as "(en)"; it is no sound.
+_LANGUAGE_SWITCH = re.compile(r"\([a-z]{2,3}(-[a-z0-9]+)?\)")
 # Per-language corrections of espeak-ng 1.51's IPA where it writes a symbol that is not the IPA
 # value: Russian "ы" comes out as "y" (rounded in IPA) but is the unrounded [ɨ].
 ESPEAK_IPA_OVERRIDES: dict[str, dict[str, str]] = {"ru": {"y": "ɨ"}}
@@ -192,6 +197,7 @@ def festival_to_shared(phoneset: str, phone: str) -> tuple[str, ...]:
 
 def espeak_to_shared(ipa: str, language: str = "", strict: bool = True) -> tuple[str, ...]:
     """One espeak-ng phoneme event (IPA) -> shared labels; () for a pause."""
+    ipa = _LANGUAGE_SWITCH.sub("", ipa)
     for wrong, right in ESPEAK_IPA_OVERRIDES.get(language.split("-")[0], {}).items():
         ipa = ipa.replace(wrong, right)
     return ipa_to_shared(ipa, strict=strict)

@@ -122,7 +122,7 @@ def synthesize(sentence: str, voice: EngineVoice) -> tuple[np.ndarray, list[Phon
                 sentence, voice.voice, rate_wpm, voice.espeak_pitch, voice.espeak_range)
             soundfile.write(str(raw), pcm, rate, subtype="PCM_16")
             words = words_of(sentence) if voice.language == "en" else words_of_any(sentence)
-            phonemes = voices_espeak.espeak_phonemes(events, len(pcm), rate, voice.language,
+            phonemes = voices_espeak.espeak_phonemes(events, pcm, rate, voice.language,
                                                      n_text_words=len(words))
         audio = postprocess(raw, voice)
     return audio, _clip_to(phonemes, len(audio) / SAMPLE_RATE)

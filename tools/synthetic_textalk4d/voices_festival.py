@@ -32,6 +32,10 @@ class FestivalVoice:
     speed: str = "stretch"   # how duration_stretch acts: "stretch" (Duration_Stretch, diphone
                              # voices), "hts" (HTS engine "-r" rate), "none" (clunits: recorded
                              # units keep their durations; measured: no change)
+    approximate_timing: bool = False   # clunits: segment ends are the target times, the joined
+                                       # units move them (measured lag of the vowel labels against
+                                       # the loudness -30..+5 ms over 8 sentences, diphone and HTS
+                                       # voices -10..+25 ms with a constant offset); use with care
 
 
 # Measured with festival 2.5.0 (Debian 12): phone set printed by (Param.get 'PhoneSet) after
@@ -48,7 +52,7 @@ FESTIVAL_VOICES = {
         FestivalVoice("czech_machac", "cs", "czech", "iso-8859-2", "festvox-czech-machac", False),
         FestivalVoice("suo_fi_lj_diphone", "fi", "finnish", "latin-1", "festvox-suopuhe-lj", True),
         FestivalVoice("hy_fi_mv_diphone", "fi", "finnish", "latin-1", "festvox-suopuhe-mv", False),
-        FestivalVoice("msu_ru_nsh_clunits", "ru", "msu_ru", "utf-8", "festvox-ru", False, "none"),
+        FestivalVoice("msu_ru_nsh_clunits", "ru", "msu_ru", "utf-8", "festvox-ru", False, "none", True),
         FestivalVoice("upc_ca_ona_hts", "ca", "upc_catalan-central", "latin-1", "festvox-ca-ona-hts", True, "hts"),
         FestivalVoice("hindi_NSK_diphone", "hi", "hindi", "utf-8", "festvox-hi-nsk", False),
         FestivalVoice("marathi_NSK_diphone", "mr", "marathi", "utf-8", "festvox-mr-nsk", False),

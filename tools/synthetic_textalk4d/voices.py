@@ -1,7 +1,7 @@
 """One interface over the speech engines: synthesize(sentence, voice) -> (audio, phonemes).
 
-`EngineVoice` says which engine speaks (flite, Festival or espeak-ng), with which of its voices,
-in which language, and how the subject's voice is varied. Every engine returns float32 mono audio
+`EngineVoice` says which engine speaks (flite, Festival, espeak-ng or, where installed, a Piper
+neural voice), with which of its voices, in which language, and how the subject's voice is varied. Every engine returns float32 mono audio
 at speech.SAMPLE_RATE and `speech.Phoneme`s whose labels are in the shared inventory of
 phonesets.py (flite's US set plus visemes.EXTENSION_PHONEMES), so motion.face_unit_weights
 works unchanged for every language.
@@ -9,8 +9,9 @@ works unchanged for every language.
 The variation after synthesis is the one speech.synthesize applies to flite (sox pitch shift,
 bass/treble EQ, resampling to 16 kHz, loudness normalisation): all of it keeps the number of
 samples per second of speech, so the timings stay valid. Same inputs, same bytes: the engines are
-deterministic (measured: repeated runs give identical WAVs) and sox runs without dither (-D) in
-repeatable mode (-R).
+deterministic as called here (measured: repeated runs give identical WAVs; espeak-ng needs a
+process per sentence, Piper its noise switched off) and sox runs without dither (-D) in repeatable
+mode (-R).
 """
 from __future__ import annotations
 
@@ -23,22 +24,24 @@ import numpy as np
 import soundfile
 
 from . import speech
-from . import voices_espeak, voices_festival
+from . import voices_espeak, voices_festival, voices_piper
 from .speech import SAMPLE_RATE, Phoneme, normalise_loudness
 from .text import words_of
 from .text_languages import words_of_any
 
-ENGINES = ("flite", "festival", "espeak")
+ENGINES = ("flite", "festival", "espeak", "piper")
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineVoice:
     """How one synthetic subject sounds, for any engine (stored in subjects/SNN.json)."""
-    engine: str                  # "flite", "festival" or "espeak"
+    engine: str                  # "flite", "festival", "espeak" or "piper"
     voice: str                   # flite voice ("slt"), Festival voice ("czech_dita"),
-                                 # espeak-ng voice with optional variant ("es+f3")
+                                 # espeak-ng voice with optional variant ("es+f3"),
+                                 # Piper voice ("en_US-joe-medium", voices_piper.PIPER_VOICES)
     language: str                # ISO 639-1 code of the sentences this subject speaks
-    duration_stretch: float      # >1 speaks slower (flite/Festival stretch; espeak rate = 175/x wpm)
+    duration_stretch: float      # >1 speaks slower (flite/Festival stretch, Piper length_scale;
+                                 # espeak rate = 175/x words per minute)
     pitch_shift_cents: float     # sox pitch shift, keeps duration (all engines)
     bass_db: float               # sox low shelf (timbre)
     treble_db: float             # sox high shelf (timbre)
@@ -116,6 +119,12 @@ def synthesize(sentence: str, voice: EngineVoice) -> tuple[np.ndarray, list[Phon
             native_duration = soundfile.info(str(raw)).duration
             phonemes = voices_festival.phonemes_for(sentence, voice.voice, segments, word_ids,
                                                     native_duration)
+        elif voice.engine == "piper":
+            out = voices_piper.synthesize_raw(sentence, voice.voice, voice.duration_stretch)
+            soundfile.write(str(raw), out.audio, out.sample_rate, subtype="PCM_16")
+            phonemes = voices_piper.piper_phonemes(out.phoneme_ids, out.id_samples,
+                                                   out.id_symbols, out.sample_rate,
+                                                   len(out.audio), voice.language)
         else:
             rate_wpm = int(round(voices_espeak.DEFAULT_RATE_WPM / voice.duration_stretch))
             pcm, rate, events = voices_espeak.synthesize_raw(

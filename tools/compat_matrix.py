@@ -21,6 +21,8 @@ For each Blender it
 The tool needs only the standard library: any Python 3.10+ runs it. Exit status 0 when every
 Blender passed, 1 otherwise.
 
+Environments go in .venv-compat/ (git-ignored), or in $TEXTALKER_COMPAT_VENVS.
+
 Torch: pip takes `torch==<pin>` from pip's find-links where a CPU wheel for that Python lies
 there (this machine kind: cp311 only), else from PyPI, whose Linux torch is the CUDA build (about
 4 GB of nvidia wheels; it runs on CPU). The doc records which build each environment got and its size.
@@ -59,7 +61,7 @@ class BlenderTarget:
 
     @property
     def venv(self) -> Path:
-        return VENV_ROOT / f"bpy-{self.bpy}"
+        return Path(os.environ.get("TEXTALKER_COMPAT_VENVS", VENV_ROOT)) / f"bpy-{self.bpy}"
 
 
 # Newest bpy wheel of each supported Blender on PyPI (`pip index versions bpy` with each Python).
@@ -75,11 +77,11 @@ TARGETS = (
 )
 TARGETS_BY_KEY = {target.key: target for target in TARGETS}
 
-# The add-on's runtime packages and what the tests import, at tools/requirements.txt's versions.
-# Left out: bpy and numpy (per Blender), anny (template build only), torchmetrics (evaluation only),
-# pytest-xdist (one process per run here).
+# The add-on's runtime packages and what the tests import, at tools/requirements.txt's versions
+# (anny: the hm08 meshes some add-on and core tests use). Left out: bpy and numpy (per Blender),
+# torchmetrics (evaluation only), pytest-xdist (one process per run here).
 PACKAGES = ("torch", "scipy", "librosa", "soundfile", "safetensors", "transformers", "tqdm", "OpenEXR",
-            "tomli-w", "packaging", "pytest", "hypothesis")
+            "tomli-w", "packaging", "pytest", "hypothesis", "anny")
 
 # bpy-facing tests: operators, panel drawing, API, CLI, undo, modal path, writers, ARKit mode,
 # a Cycles render of the wrinkle material, the extension zip installed into this Blender.
@@ -109,6 +111,14 @@ CORE_TESTS = (
 )
 PYTEST_TIMEOUT_S = 3600
 DEMO_TIMEOUT_S = 1200
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the repository when inside it (what the doc's commands use)."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def say(message: str) -> None:
@@ -170,12 +180,12 @@ def ensure_venv(target: BlenderTarget, fresh: bool) -> dict:
     if fresh and target.venv.exists():
         shutil.rmtree(target.venv)
     if stamp_file.is_file() and stamp_file.read_text().strip() == stamp:
-        say(f"{target.label}: reusing {target.venv.relative_to(REPO_ROOT)}")
+        say(f"{target.label}: reusing {shown(target.venv)}")
         link_checkout(target)
         return {"setup": "reused", "setup_s": 0.0, "pip": command}
     started = time.perf_counter()
     if not (target.venv / "bin" / "python").exists():
-        say(f"{target.label}: creating {target.venv.relative_to(REPO_ROOT)} with {python}")
+        say(f"{target.label}: creating {shown(target.venv)} with {python}")
         subprocess.run([python, "-m", "venv", str(target.venv)], check=True)
     say(f"{target.label}: pip install (bpy {target.bpy}, {target.numpy}, torch and the rest)")
     subprocess.run([str(target.venv / "bin" / "python"), *command], check=True)
@@ -239,7 +249,7 @@ def run_pytest(target: BlenderTarget, tests: tuple[str, ...], report_dir: Path, 
     if not passed:
         say(f"{target.label}: {name} FAILED (exit {returncode}):\n{tail}")
     return {"ok": passed, "returncode": returncode, "seconds": elapsed, **counts,
-            "command": f"{target.venv.relative_to(REPO_ROOT)}/bin/python {' '.join(arguments[:-len(tests)])} "
+            "command": f"{shown(target.venv)}/bin/python {' '.join(arguments[:-len(tests)])} "
                        + " ".join(tests), "skip_reasons": skip_reasons(output)}
 
 
@@ -293,7 +303,7 @@ def run_demo(target: BlenderTarget, report_dir: Path) -> dict:
         say(f"{target.label}: demo FAILED (exit {returncode}):\n" + "\n".join(output.strip().splitlines()[-30:]))
     return {"ok": passed, "returncode": returncode, "seconds": elapsed, "frames": summary.get("frames"),
             "audio_source": summary.get("audio_source"), "exr_files": summary.get("exr_files"),
-            "command": f"{target.venv.relative_to(REPO_ROOT)}/bin/python {' '.join(arguments[:2])} OUT "
+            "command": f"{shown(target.venv)}/bin/python {' '.join(arguments[:2])} OUT "
                        + " ".join(arguments[3:])}
 
 
@@ -341,6 +351,54 @@ def _demo_cell(result: dict | None) -> str:
         return f"FAIL (exit {result['returncode']})"
     return (f"PASS: {result['frames']} frames, {result['exr_files']} EXRs, audio from a "
             f"{result['audio_source']} ({result['seconds'] / 60:.1f} min)")
+
+
+CI_BEGIN = "<!-- ci-smoke: written by tools/compat_matrix.py --smoke --ci-section -->"
+CI_END = "<!-- /ci-smoke -->"
+
+
+def ci_block(path: Path) -> str | None:
+    """The CI section of the doc as it stands (kept when the full matrix rewrites the rest)."""
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    if CI_BEGIN not in text or CI_END not in text:
+        return None
+    return text[text.index(CI_BEGIN): text.index(CI_END) + len(CI_END)]
+
+
+def write_ci_section(rows: list[dict], argv: list[str], path: Path, wall_s: float) -> None:
+    """The cost of CI's smoke step (what the README's test command adds to the full suite)."""
+    lines = [
+        CI_BEGIN,
+        "## CI: smoke generation on the oldest and the newest Blender",
+        "",
+        "The README's test command (so `.ci/run`) ends with the smoke step below: it makes each",
+        "environment (bpy, the Blender's Python and numpy, torch ...) and runs",
+        "`tests/test_compat_smoke.py` there (add head, generate from a file, keys + EXRs + material",
+        "checked, remove; and a clean exit). Measured from scratch (`--fresh`, pip's cache off, as on",
+        f"a fresh machine), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPU cores:",
+        "",
+        "```bash",
+        "PIP_NO_CACHE_DIR=1 python3 " + " ".join(["tools/compat_matrix.py", *argv]),
+        "```",
+        "",
+        "| Blender | Python | numpy | torch | set-up | smoke tests | total |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        addon = row.get("addon") or {}
+        lines.append(f"| {row['label']} | {row.get('python', '-')} | {row.get('numpy', '-')} | {row.get('torch', '-')} "
+                     f"| {row.get('setup_s', 0) / 60:.1f} min ({row.get('setup', '-')}) | {_tests_cell(addon or None)} "
+                     f"| {row['total_s'] / 60:.1f} min |")
+    lines += ["", f"Whole smoke step: **{wall_s / 60:.1f} min** on top of the full suite on the pinned Blender.",
+              CI_END]
+    block = "\n".join(lines)
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Compatibility: every supported Blender\n"
+    old = ci_block(path)
+    text = text.replace(old, block) if old else text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+    say(f"wrote the CI section of {path.relative_to(REPO_ROOT)}")
 
 
 def write_doc(rows: list[dict], argv: list[str], path: Path) -> None:
@@ -407,6 +465,7 @@ def write_doc(rows: list[dict], argv: list[str], path: Path) -> None:
                          + (f"; set-up {row['setup_s'] / 60:.1f} min" if row.get("setup") == "installed" else ""))
     lines += ["", "Set-up times include downloads, so they depend on the network and on pip's cache",
               "(`--fresh` rebuilds an environment; pip's cache is kept)."]
+    lines += ["", ci_block(path) or CI_BEGIN + "\n(not measured yet: run the --smoke command with --ci-section)\n" + CI_END]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     say(f"wrote {path.relative_to(REPO_ROOT)}")
 
@@ -422,13 +481,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-after", action="store_true",
                         help="delete each environment after its run (saves disk: up to 6.5 GB each)")
     parser.add_argument("--no-doc", action="store_true", help=f"do not write {DOC_PATH.relative_to(REPO_ROOT)}")
+    parser.add_argument("--ci-section", action="store_true",
+                        help="with --smoke: write the timings into the CI section of the doc")
     parser.add_argument("--reports", type=Path, default=None,
                         help="folder for pytest logs, junit files and demo output (default: a temp folder)")
     args = parser.parse_args(argv)
     targets = [TARGETS_BY_KEY[key] for key in args.blender] if args.blender else list(TARGETS)
     report_dir = args.reports or Path(tempfile.mkdtemp(prefix="textalker-compat-"))
     report_dir.mkdir(parents=True, exist_ok=True)
-    VENV_ROOT.mkdir(exist_ok=True)
+    run_started = time.perf_counter()
+    for target in targets:
+        target.venv.parent.mkdir(parents=True, exist_ok=True)
     # The core tests run once more on the newest Blender chosen (numpy 2.x from 5.1 on); the pinned
     # environment's full suite runs them on numpy 1.26.
     core_target = targets[-1]
@@ -436,13 +499,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for target in targets:
         row = run_target(target, args, report_dir, core_target)
-        row["venv_path"] = str(target.venv.relative_to(REPO_ROOT))
+        row["venv_path"] = shown(target.venv)
         row["pip_args"] = install_command(target)
         rows.append(row)
         say(f"{target.label}: {'PASS' if row['ok'] else 'FAIL'} in {row['total_s'] / 60:.1f} min")
     (report_dir / "matrix.json").write_text(json.dumps(rows, indent=2))
     if not args.smoke and not args.no_doc:
         write_doc(rows, argv, DOC_PATH)
+    if args.smoke and args.ci_section:
+        write_ci_section(rows, argv, DOC_PATH, time.perf_counter() - run_started)
     for row in rows:
         say(f"{row['label']:8} {'PASS' if row['ok'] else 'FAIL'}  ({row['total_s'] / 60:.1f} min)")
     return 0 if all(row["ok"] for row in rows) else 1

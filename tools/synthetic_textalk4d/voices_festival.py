@@ -138,12 +138,16 @@ def festival_phonemes(segments: list[tuple[str, float, str]], word_ids: list[str
                       duration: float, n_text_words: int | None = None) -> list[Phoneme]:
     """Parsed segments -> shared-inventory Phonemes tiling [0, duration].
 
-    Word indices follow Festival's Word relation; when its word count differs from the
-    sentence's (`n_text_words`; Festival may split or expand tokens), all words are -1, as
+    Word indices follow Festival's Word relation (words without segments skipped); when its word
+    count differs from the sentence's (`n_text_words`; Festival may split or expand tokens), all words are -1, as
     speech.assign_words does for flite.
     """
-    index_of = {word_id: i for i, word_id in enumerate(word_ids)}
-    use_words = n_text_words is None or n_text_words == len(word_ids)
+    # Only words that own segments count: the Hindi front end makes Word items for the danda and
+    # other tokens that are not spoken (measured: 11 Word items, 9 with segments, 9 text words).
+    with_segments = {word_id for _, _, word_id in segments}
+    spoken = [word_id for word_id in word_ids if word_id in with_segments]
+    index_of = {word_id: i for i, word_id in enumerate(spoken)}
+    use_words = n_text_words is None or n_text_words == len(spoken)
     raw = []
     start = 0.0
     for name, end, word_id in segments:

@@ -126,7 +126,8 @@ def test_shared_edges_go_to_exactly_one_triangle():
 )
 def test_any_triangle_reproduces_a_linear_field(corners, coefficients):
     triangle_uv = np.asarray(corners).reshape(1, 3, 2)
-    area = np.cross(triangle_uv[0, 1] - triangle_uv[0, 0], triangle_uv[0, 2] - triangle_uv[0, 0])
+    (ax, ay), (bx, by) = triangle_uv[0, 1] - triangle_uv[0, 0], triangle_uv[0, 2] - triangle_uv[0, 0]
+    area = ax * by - ay * bx  # 2D cross product (np.cross of 2-vectors is deprecated in numpy 2)
     if abs(area) < 1e-3:
         return
     a, b, c = coefficients

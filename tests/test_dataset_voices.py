@@ -415,3 +415,18 @@ def test_piper_voice_speaks_with_aligned_shared_phonemes():
     # Measured: vowel-label lag -20..0 ms on 6 sentences.
     _check_synthesis(EngineVoice("piper", "en_US-joe-medium", "en", 1.0, 0.0, 0.0, 0.0, 0.0),
                      "Bob bought a big apple at the park.")
+
+
+def test_voice_catalog_and_drawn_voices_are_reproducible():
+    from tools.synthetic_textalk4d import voices
+    catalog = voices.voice_catalog()
+    assert len({(c.engine, c.voice) for c in catalog}) == len(catalog)
+    assert {c.engine for c in catalog} == set(voices.ENGINES)
+    assert {"en", "es", "fr", "de", "it", "pt", "ru", "cs", "fi", "ca", "hi", "mr", "te"} <= {c.language for c in catalog}
+    for choice in catalog[::7]:
+        a = voices.draw_engine_voice(choice, np.random.default_rng([0, 5]))
+        b = voices.draw_engine_voice(choice, np.random.default_rng([0, 5]))
+        assert a == b and a.engine == choice.engine and 0.88 <= a.duration_stretch <= 1.25
+        if choice.engine == "festival" and voices_festival.FESTIVAL_VOICES[choice.voice].speed == "none":
+            assert a.duration_stretch == 1.0          # clunits cannot change speed
+    assert voices.sentences_for("en", 3, 0)[0][0].isupper()

@@ -135,3 +135,74 @@ def synthesize(sentence: str, voice: EngineVoice) -> tuple[np.ndarray, list[Phon
                                                      n_text_words=len(words))
         audio = postprocess(raw, voice)
     return audio, _clip_to(phonemes, len(audio) / SAMPLE_RATE)
+
+
+# --- voices a subject can be given ------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class VoiceChoice:
+    engine: str
+    voice: str
+    language: str
+    female: bool
+
+
+# espeak-ng languages with a sentence generator (text.py for English, text_languages.py
+# otherwise). Its human-like variants: m1-m8 male, f1-f5 female (others are robots, whisper...).
+ESPEAK_LANGUAGES = ("en-us", "es", "fr", "de", "it", "pt", "ru", "cs", "ca", "hi", "te")
+ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 9)) + tuple(f"f{i}" for i in range(1, 6))
+
+
+def voice_catalog() -> list[VoiceChoice]:
+    """Every voice this module can drive, installed or not (stable order)."""
+    choices = [VoiceChoice("flite", name, "en", name == "slt") for name in speech.FLITE_VOICES]
+    for spec in voices_festival.FESTIVAL_VOICES.values():
+        choices.append(VoiceChoice("festival", spec.name, spec.language, spec.female))
+    for language in ESPEAK_LANGUAGES:
+        for variant in ESPEAK_VARIANTS:
+            choices.append(VoiceChoice("espeak", f"{language}+{variant}", language.split("-")[0],
+                                       variant.startswith("f")))
+    for name, (_, language) in voices_piper.PIPER_VOICES.items():
+        choices.append(VoiceChoice("piper", name, language, False))
+    return choices
+
+
+def voice_installed(choice: VoiceChoice) -> bool:
+    import shutil
+    if choice.engine == "flite":
+        return shutil.which("flite") is not None
+    if choice.engine == "festival":
+        return voices_festival.festival_available(choice.voice)
+    if choice.engine == "espeak":
+        return voices_espeak.espeak_available()
+    return voices_piper.piper_available(choice.voice)
+
+
+def draw_engine_voice(choice: VoiceChoice, rng: np.random.Generator) -> EngineVoice:
+    """A subject's voice on `choice`, varied like styles.make_subject varies flite voices
+    (duration stretch, pitch shift, EQ, gain; f0 target for flite, pitch/range for espeak)."""
+    u = rng.uniform
+    stretch = 1.0 if (choice.engine == "festival"
+                      and voices_festival.FESTIVAL_VOICES[choice.voice].speed == "none") \
+        else round(float(u(0.88, 1.25)), 4)
+    female = choice.female
+    voice = EngineVoice(
+        engine=choice.engine, voice=choice.voice, language=choice.language,
+        duration_stretch=stretch,
+        pitch_shift_cents=round(float(u(-120, 120)), 1),
+        bass_db=round(float(u(-4, 4)), 2), treble_db=round(float(u(-5, 3)), 2),
+        gain_db=round(float(u(-4, 2)), 2),
+        f0_mean_hz=round(float(u(170, 240) if female else u(85, 135)), 2)
+        if choice.engine == "flite" else 0.0,
+        f0_std_hz=round(float(u(8, 35)), 2) if choice.engine == "flite" else 0.0,
+        espeak_pitch=int(rng.integers(35, 66)) if choice.engine == "espeak" else 50,
+        espeak_range=int(rng.integers(30, 81)) if choice.engine == "espeak" else 50,
+    )
+    return EngineVoice.from_dict(voice.to_dict())
+
+
+def sentences_for(language: str, count: int, seed: int) -> list[str]:
+    """The sentence pool of a language: text.py's grammar for English, word lists otherwise."""
+    from . import text, text_languages
+    if language == "en":
+        return text.make_sentences(count, seed)
+    return text_languages.make_sentences(language, count, seed)

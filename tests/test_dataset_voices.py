@@ -430,3 +430,32 @@ def test_voice_catalog_and_drawn_voices_are_reproducible():
         if choice.engine == "festival" and voices_festival.FESTIVAL_VOICES[choice.voice].speed == "none":
             assert a.duration_stretch == 1.0          # clunits cannot change speed
     assert voices.sentences_for("en", 3, 0)[0][0].isupper()
+
+
+@pytest.mark.parametrize("voice_name, language", [("es+f2", "es"), ("ru+m1", "ru")])
+def test_other_languages_close_the_lips_on_bilabials_like_english(voice_name, language):
+    """Through motion.face_unit_weights unchanged: mouthClose reaches the lip-gap model's closing
+    weight (REST + PER_JAW * jawOpen) at the centre of every /p b m/, and open vowels open the jaw."""
+    if not voices_espeak.espeak_available() or not _word_list_installed(language):
+        pytest.skip("espeak-ng or the word list is missing")
+    from tools.synthetic_textalk4d import voices
+    from tools.synthetic_textalk4d.motion import DEFAULT_LIP_CLOSURE_MODEL, FPS, face_unit_weights
+    from tools.synthetic_textalk4d.styles import SpeakingStyle
+    from tools.synthetic_textalk4d.visemes import OPEN_VOWELS, UNIT_INDEX
+    style = SpeakingStyle.random(np.random.default_rng(3))
+    rest, per_jaw = DEFAULT_LIP_CLOSURE_MODEL
+    n_bilabial = 0
+    jaw_open_vowels = []
+    for sentence in voices.sentences_for(language, 3, seed=2):
+        audio, phonemes = synthesize(sentence, EngineVoice("espeak", voice_name, language, 1.0, 0, 0, 0, 0))
+        weights = face_unit_weights(phonemes, sentence, len(audio) / SAMPLE_RATE, style,
+                                    np.random.default_rng(0))
+        for p in phonemes:
+            frame = min(max(int((0.5 * (p.start + p.end) - style.lead_s) * FPS), 0), len(weights) - 1)
+            close, jaw = weights[frame, UNIT_INDEX["mouthClose"]], weights[frame, UNIT_INDEX["jawOpen"]]
+            if p.label in BILABIALS:
+                n_bilabial += 1
+                assert close >= rest + per_jaw * jaw - 0.005, (sentence, p)
+            elif p.label in OPEN_VOWELS:
+                jaw_open_vowels.append(jaw)
+    assert n_bilabial >= 3 and np.median(jaw_open_vowels) > 0.25

@@ -232,11 +232,17 @@ def test_engine_voice_round_trip_and_old_flite_dicts():
 # --- sentences from word lists ----------------------------------------------------------------
 def test_word_list_parsing_filters_names_abbreviations_and_foreign_scripts():
     hunspell = "6\nмама/AB\nМосква/X\nпапа\nabc\nа\nмолоко/ZZ\tpo:noun\n"
-    spec = text_languages.WordList("x", "x", hunspell=True, keep_capitals=False)
+    spec = text_languages.WordList("x", "x", format="hunspell", keep_capitals=False)
     assert text_languages.parse_word_list(hunspell, "ru", spec) == ["мама", "молоко", "папа"]
     german = "Apfel\nABC\nbaden\nx\nMüller's\n"
-    spec = text_languages.WordList("x", "x", hunspell=False, keep_capitals=True)
+    spec = text_languages.WordList("x", "x", format="plain", keep_capitals=True)
     assert text_languages.parse_word_list(german, "de", spec) == ["Apfel", "baden"]
+    dictd = "00databaseshort\tRc\t6\nisä\tB4\tc\npäivä\tCd\tz\nAsema\tx\ty\n"
+    spec = text_languages.WordList("x", "x", format="dictd", keep_capitals=False)
+    assert text_languages.parse_word_list(dictd + "šakki\tA\tB\n", "fi", spec) == ["isä", "päivä"]
+    marathi = "ंकृती\nमाझे\nabc\n"                   # a word cannot start with a vowel sign
+    spec = text_languages.WordList("aspell:mr", "x", format="aspell", keep_capitals=False)
+    assert text_languages.parse_word_list(marathi, "mr", spec) == ["माझे"]
 
 
 def test_sentences_are_reproducible_from_the_seed():
@@ -249,7 +255,7 @@ def test_sentences_are_reproducible_from_the_seed():
 
 
 def _word_list_installed(language: str) -> bool:
-    return Path(text_languages.WORD_LISTS[language].path).exists()
+    return text_languages.word_list_installed(language)
 
 
 @pytest.mark.parametrize("language", sorted(text_languages.WORD_LISTS))
@@ -323,7 +329,17 @@ FESTIVAL_CASES = [
     ("msu_ru_nsh_clunits", "Мама мыла раму и пила молоко."),
     ("upc_ca_ona_hts", "El pare compra un pa molt bo al mercat."),
     ("hindi_NSK_diphone", "मेरा नाम राम है और मैं पानी पीता हूँ।"),
+    ("marathi_NSK_diphone", "माझे नाव राम आहे आणि मी पाणी पितो."),
 ]
+
+
+def test_festival_speaks_generated_finnish_and_marathi_sentences():
+    for voice_name, language in (("hy_fi_mv_diphone", "fi"), ("marathi_NSK_diphone", "mr")):
+        if not voices_festival.festival_available(voice_name) or not _word_list_installed(language):
+            pytest.skip("festival voice or word list missing")
+        for sentence in text_languages.make_sentences(language, 2, seed=5):
+            audio, phonemes = synthesize(sentence, EngineVoice("festival", voice_name, language, 1.0, 0, 0, 0, 0))
+            assert _tiles(phonemes, len(audio) / SAMPLE_RATE) and any(p.word >= 0 for p in phonemes)
 
 
 @pytest.mark.parametrize("voice_name, sentence", FESTIVAL_CASES)
@@ -371,7 +387,7 @@ def test_espeak_voice_speaks_with_aligned_shared_phonemes(voice_name, language, 
     _check_synthesis(EngineVoice("espeak", voice_name, language, 1.0, -50.0, 0.0, 1.0, 0.0), sentence)
 
 
-@pytest.mark.parametrize("language", ["es", "fr", "de", "it", "pt", "ru", "cs", "ca"])
+@pytest.mark.parametrize("language", ["es", "fr", "de", "it", "pt", "ru", "cs", "ca", "fi", "hi", "mr", "te"])
 def test_generated_sentences_need_no_unknown_phones(language):
     if not voices_espeak.espeak_available() or not _word_list_installed(language):
         pytest.skip("espeak-ng or the word list is missing")

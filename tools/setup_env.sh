@@ -29,15 +29,15 @@ stamp_file="$venv_dir/.textalker-stamp"
 #   festival + festvox-*: Festival voices with segment timings (English kal/ked/slt-hts, Italian,
 #     Czech, Finnish, Russian, Catalan, Hindi, Marathi, Telugu; about 420 MB); festival-hi/-mr/-te
 #     are the Hindi/Marathi/Telugu front ends, which the NSK voices do not depend on.
-#   w* word lists and hunspell-* dictionaries: words for the sentences of each language
-#     (tools/synthetic_textalk4d/text_languages.py).
+#   w* word lists, hunspell-* dictionaries, dict-freedict-fin-eng (Finnish headwords) and aspell-mr:
+#     words for the sentences of each language (tools/synthetic_textalk4d/text_languages.py).
 debian_packages=(flite espeak-ng sox alsa-utils
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
     festvox-itapc16k festvox-italp16k festvox-czech-dita festvox-czech-machac
     festvox-suopuhe-lj festvox-suopuhe-mv festvox-ru festvox-ca-ona-hts
     festival-hi festvox-hi-nsk festival-mr festvox-mr-nsk festival-te festvox-te-nsk
     wspanish witalian wfrench wngerman wportuguese
-    hunspell-ru hunspell-cs hunspell-ca hunspell-hi hunspell-te)
+    hunspell-ru hunspell-cs hunspell-ca hunspell-hi hunspell-te dict-freedict-fin-eng aspell-mr)
 
 say() { printf 'setup_env: %s\n' "$*"; }
 die() { printf 'setup_env: ERROR: %s\n' "$*" >&2; exit 1; }

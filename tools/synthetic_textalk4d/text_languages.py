@@ -10,7 +10,8 @@ at commas, final lengthening).
 Word lists: the plain /usr/share/dict lists of the w* packages where Debian has one (wspanish,
 witalian, wfrench, wngerman, wportuguese), otherwise the stems of the hunspell-* dictionary
 (hunspell-ru, hunspell-cs, hunspell-ca, hunspell-hi, hunspell-te). Debian has neither for Finnish
-or Marathi (voikko-fi ships a compiled automaton), so those languages have no generator yet.
+or Marathi (voikko-fi ships a compiled automaton): Finnish takes the headwords of the FreeDict
+Finnish-English dictionary (dict-freedict-fin-eng), Marathi the word list of aspell-mr.
 
 Same seed, same sentences as long as the word list file is the same: `wordlist_fingerprint`
 gives its sha256, for the dataset's meta.json.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import subprocess
 import unicodedata
 from pathlib import Path
 
@@ -28,27 +30,36 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class WordList:
-    path: str
+    path: str                 # file, or "aspell:<dictionary>" for `aspell -d <dictionary> dump master`
     package: str
-    hunspell: bool            # "word/FLAGS" lines after a count line (else one word a line)
+    format: str               # "plain": one word a line; "hunspell": "word/FLAGS" after a count
+                              # line; "dictd": dictd index "headword<TAB>offset<TAB>length"
     keep_capitals: bool       # German nouns are capitalised; elsewhere capitals mark names
 
 
 WORD_LISTS = {
-    "es": WordList("/usr/share/dict/spanish", "wspanish", False, False),
-    "it": WordList("/usr/share/dict/italian", "witalian", False, False),
-    "fr": WordList("/usr/share/dict/french", "wfrench", False, False),
-    "de": WordList("/usr/share/dict/ngerman", "wngerman", False, True),
-    "pt": WordList("/usr/share/dict/portuguese", "wportuguese", False, False),
-    "ru": WordList("/usr/share/hunspell/ru_RU.dic", "hunspell-ru", True, False),
-    "cs": WordList("/usr/share/hunspell/cs_CZ.dic", "hunspell-cs", True, False),
-    "ca": WordList("/usr/share/hunspell/ca.dic", "hunspell-ca", True, False),
-    "hi": WordList("/usr/share/hunspell/hi_IN.dic", "hunspell-hi", True, False),
-    "te": WordList("/usr/share/hunspell/te_IN.dic", "hunspell-te", True, False),
+    "es": WordList("/usr/share/dict/spanish", "wspanish", "plain", False),
+    "it": WordList("/usr/share/dict/italian", "witalian", "plain", False),
+    "fr": WordList("/usr/share/dict/french", "wfrench", "plain", False),
+    "de": WordList("/usr/share/dict/ngerman", "wngerman", "plain", True),
+    "pt": WordList("/usr/share/dict/portuguese", "wportuguese", "plain", False),
+    "ru": WordList("/usr/share/hunspell/ru_RU.dic", "hunspell-ru", "hunspell", False),
+    "cs": WordList("/usr/share/hunspell/cs_CZ.dic", "hunspell-cs", "hunspell", False),
+    "ca": WordList("/usr/share/hunspell/ca.dic", "hunspell-ca", "hunspell", False),
+    "hi": WordList("/usr/share/hunspell/hi_IN.dic", "hunspell-hi", "hunspell", False),
+    "te": WordList("/usr/share/hunspell/te_IN.dic", "hunspell-te", "hunspell", False),
+    # Debian has no Finnish word list or hunspell dictionary: the headwords of the FreeDict
+    # Finnish-English dictionary; no Marathi one either: the aspell dictionary's word list.
+    "fi": WordList("/usr/share/dictd/freedict-fin-eng.index", "dict-freedict-fin-eng", "dictd", False),
+    "mr": WordList("aspell:mr", "aspell-mr", "aspell", False),
 }
 # Scripts whose letters are accepted in a word (besides combining marks): a stray Latin
 # abbreviation in a Cyrillic list would be spelled letter by letter.
-_SCRIPT = {"ru": "CYRILLIC", "hi": "DEVANAGARI", "te": "TELUGU"}
+_SCRIPT = {"ru": "CYRILLIC", "hi": "DEVANAGARI", "mr": "DEVANAGARI", "te": "TELUGU"}
+# Festival's front ends for these languages read bytes in this encoding (voices_festival): a word
+# it cannot encode (Finnish loan words with š, ž) is left out so any voice of the language can
+# speak every sentence.
+_FESTIVAL_ENCODING = {"fi": "latin-1", "it": "latin-1", "ca": "latin-1", "cs": "iso-8859-2"}
 # Sentence-final punctuation: the Devanagari danda for Hindi (Festival's Hindi front end knows it).
 _FULL_STOP = {"hi": "\u0964"}
 MIN_WORD_CHARS, MAX_WORD_CHARS = 2, 12
@@ -80,6 +91,12 @@ def _acceptable(word: str, language: str, spec: WordList) -> bool:
         return False
     if spec.keep_capitals and sum(ch.isupper() for ch in word) > 1:
         return False                     # abbreviations such as "ABC"
+    encoding = _FESTIVAL_ENCODING.get(language)
+    if encoding:
+        try:
+            word.encode(encoding)
+        except UnicodeEncodeError:
+            return False
     script = _SCRIPT.get(language)
     if script and not all(unicodedata.category(ch).startswith("M")
                           or unicodedata.name(ch, "").startswith(script) for ch in word):
@@ -94,10 +111,12 @@ def parse_word_list(text: str, language: str, spec: WordList) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if spec.hunspell:
+        if spec.format == "hunspell":
             if number == 0 and line.isdigit():
                 continue                  # first line: approximate word count
             line = line.split("/", 1)[0].split("\t", 1)[0].strip()
+        elif spec.format == "dictd":
+            line = line.split("\t", 1)[0].strip()    # "00database..." entries fail the filter
         line = unicodedata.normalize("NFC", line)
         if _acceptable(line, language, spec):
             words.add(line)
@@ -109,14 +128,36 @@ def load_words(language: str) -> tuple[str, ...]:
     spec = WORD_LISTS.get(language)
     if spec is None:
         raise KeyError(f"no word list for language {language!r}; have {sorted(WORD_LISTS)}")
+    return tuple(parse_word_list(_read_word_list(spec), language, spec))
+
+
+def _read_word_list(spec: WordList) -> str:
+    if spec.format == "aspell":
+        dictionary = spec.path.split(":", 1)[1]
+        try:
+            result = subprocess.run(["aspell", "-d", dictionary, "dump", "master"],
+                                    capture_output=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise WordListMissing(f"aspell {dictionary} dictionary missing ({error}): "
+                                  f"apt-get install {spec.package}") from error
+        return result.stdout.decode("utf-8", errors="strict")
     path = Path(spec.path)
     if not path.exists():
         raise WordListMissing(f"{path} missing: apt-get install {spec.package}")
-    return tuple(parse_word_list(path.read_text(encoding="utf-8", errors="strict"), language, spec))
+    return path.read_text(encoding="utf-8", errors="strict")
+
+
+def word_list_installed(language: str) -> bool:
+    try:
+        _read_word_list(WORD_LISTS[language])
+    except WordListMissing:
+        return False
+    return True
 
 
 def wordlist_fingerprint(language: str) -> str:
-    return hashlib.sha256(Path(WORD_LISTS[language].path).read_bytes()).hexdigest()
+    """sha256 of the word list's text (for meta.json: same seed, same sentences, same list)."""
+    return hashlib.sha256(_read_word_list(WORD_LISTS[language]).encode("utf-8")).hexdigest()
 
 
 def make_sentence_from(words: tuple[str, ...] | list[str], rng: np.random.Generator,

@@ -148,7 +148,7 @@ class VoiceChoice:
 
 # espeak-ng languages with a sentence generator (text.py for English, text_languages.py
 # otherwise). Its human-like variants: m1-m8 male, f1-f5 female (others are robots, whisper...).
-ESPEAK_LANGUAGES = ("en-us", "es", "fr", "de", "it", "pt", "ru", "cs", "ca", "hi", "te")
+ESPEAK_LANGUAGES = ("en-us", "es", "fr", "de", "it", "pt", "ru", "cs", "ca", "fi", "hi", "mr", "te")
 ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 9)) + tuple(f"f{i}" for i in range(1, 6))
 
 

@@ -11,6 +11,7 @@ API 1.51); this module runs it and turns its events into phonemes.
 """
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import dataclasses
 import json
@@ -44,8 +45,12 @@ class EspeakMissing(RuntimeError):
 
 
 def espeak_available() -> bool:
-    return ctypes.util.find_library("espeak-ng") is not None or Path(
-        "/usr/lib/x86_64-linux-gnu/libespeak-ng.so.1").exists()
+    """True when the library loads (it is initialised only in espeak_child.py's process)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def synthesize_raw(sentence: str, voice: str, rate_wpm: int = DEFAULT_RATE_WPM, pitch: int = 50,

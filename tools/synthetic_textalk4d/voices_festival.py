@@ -4,7 +4,7 @@ Festival builds the waveform from the utterance's Segment relation, whose items 
 times; a Scheme script saves the WAV and prints every segment's name, end time and the id of the
 word it belongs to (through the syllable structure), so the timings come from the same structure
 as the audio (checked by tests/test_dataset_voices.py: pauses are silent, vowels loud).
-`festival --batch` runs one script per sentence: about 0.2 s start-up, 0.2-0.6 s in all.
+`festival --batch` runs one script per sentence: 0.2-0.6 s per sentence, start-up included.
 """
 from __future__ import annotations
 

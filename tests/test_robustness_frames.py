@@ -250,3 +250,28 @@ def test_panel_says_to_save_first_for_a_relative_audio_path(tmp_path, speech_fil
     settings = scene.textalker
     settings.audio_source, settings.audio_file, settings.target = "FILE", "//speech.wav", head
     assert api.blocking_reason(bpy.context) == "Save the .blend first: the audio path is relative to it"
+
+
+def test_folder_of_an_undone_run_is_deleted_by_the_next_generation_unless_a_saved_file_uses_it(
+    tmp_path, saved_scene, speech_file
+):
+    """Ctrl+Z after Generate removes the keys and the material, not the EXR folder; once a new
+    generation succeeds the undone run can never come back (the redo history is gone), so its
+    folder is deleted then. A folder a saved .blend used is kept (that file still needs it)."""
+    head_name = template_head().name
+    bpy.ops.ed.undo_push(message="before the first run")
+    undone = api.generate(bpy.data.objects[head_name], str(speech_file), steps=1)
+    bpy.ops.ed.undo_push(message="first run")
+    assert bpy.ops.ed.undo() == {"FINISHED"}  # what Ctrl+Z does
+    assert not writers.generated_key_names(bpy.data.objects[head_name]) and undone.sequence_folder.is_dir()
+    second = api.generate(bpy.data.objects[head_name], str(speech_file), steps=1)
+    assert not undone.sequence_folder.exists() and second.sequence_folder.is_dir()
+
+    api.remove_output(bpy.data.objects[head_name])
+    bpy.ops.ed.undo_push(message="before the saved run")
+    saved = api.generate(bpy.data.objects[head_name], str(speech_file), steps=1)
+    bpy.ops.wm.save_mainfile()  # the file on disk uses this run's folder
+    bpy.ops.ed.undo_push(message="saved run")
+    assert bpy.ops.ed.undo() == {"FINISHED"}
+    api.generate(bpy.data.objects[head_name], str(speech_file), steps=1)
+    assert saved.sequence_folder.is_dir()  # head.blend on disk still needs it

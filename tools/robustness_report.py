@@ -176,6 +176,10 @@ CASES = [
     Case(FR, "Relative output folder (batch job's working directory)",
          "Made absolute: the .blend finds its maps from any other directory",
          _t(FR, "test_relative_output_folder_is_made_absolute")),
+    Case(FR, "Undo (Ctrl+Z) after Generate, then Generate again",
+         "The undone run's EXR folder (nothing uses it; the redo history is gone) is deleted by the next successful "
+         "run; a folder a saved .blend used is kept", _t(FR,
+         "test_folder_of_an_undone_run_is_deleted_by_the_next_generation_unless_a_saved_file_uses_it")),
     Case(FR, "Linked duplicate (Alt+D, shared mesh) of a head that has output",
          "MeshError 'shares its mesh with ...' (a run used to wipe the other object's keys and pile a second "
          "wrinkle setup on the shared material); scene unchanged; works once the other output is removed",

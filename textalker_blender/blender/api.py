@@ -877,7 +877,63 @@ def template_parts(obj: bpy.types.Object) -> dict[str, bpy.types.Object]:
 
 def apply(request: GenerationRequest, animation: Animation, compute_s: float = 0.0) -> GenerationSummary:
     """Writes the EXR files, then replaces the object's previous TexTalker output with the new
-    keys and material. On failure the new output is removed again and the error re-raised."""
+    keys and material. On failure the new output is removed again and the error re-raised.
+    After a success, the EXR folders of this session's runs that were undone are deleted
+    (`sweep_undone_runs`)."""
+    summary = _apply_output(request, animation, compute_s)
+    if summary.exr_files:
+        _SESSION_RUNS.setdefault(Path(summary.sequence_folder), False)
+        _watch_saves()
+    sweep_undone_runs(keep=Path(summary.sequence_folder))
+    return summary
+
+
+# The EXR folders this Blender session wrote -> whether a saved file referenced them. A run that
+# was undone (Ctrl+Z removes its keys and material, not its files) leaves a folder nothing uses;
+# once a new generation succeeds the undo history past it is gone, so such a folder can never be
+# used again unless a file saved while it was in use refers to it.
+_SESSION_RUNS: dict[Path, bool] = {}
+
+
+def _referenced_folders() -> set[Path]:
+    """Folders of the image sequences in the open file (any image, not only the add-on's)."""
+    folders = set()
+    for image in bpy.data.images:
+        if image.filepath:
+            path = bpy.path.abspath(image.filepath, library=image.library)
+            folders.add(Path(os.path.abspath(path)).parent)
+    return folders
+
+
+def sweep_undone_runs(keep: Path | None = None) -> list[Path]:
+    """Deletes the sequence files of this session's runs that no image of the open file uses and
+    no saved file used (undone, or from a file closed unsaved); returns their folders."""
+    used = _referenced_folders()
+    removed = []
+    for folder, saved in list(_SESSION_RUNS.items()):
+        if saved or folder == keep or Path(os.path.abspath(folder)) in used:
+            continue
+        writers.delete_sequence_files(folder)
+        del _SESSION_RUNS[folder]
+        removed.append(folder)
+    return removed
+
+
+@bpy.app.handlers.persistent
+def _mark_saved_runs(*_args) -> None:
+    """save_post: the session's run folders the saved file uses are never swept."""
+    used = _referenced_folders()
+    for folder in _SESSION_RUNS:
+        if Path(os.path.abspath(folder)) in used:
+            _SESSION_RUNS[folder] = True
+
+
+def _watch_saves() -> None:
+    if _mark_saved_runs not in bpy.app.handlers.save_post:
+        bpy.app.handlers.save_post.append(_mark_saved_runs)
+
+
+def _apply_output(request: GenerationRequest, animation: Animation, compute_s: float = 0.0) -> GenerationSummary:
     started = time.perf_counter()
     obj = request_target(request)
     if obj is None or obj.type != "MESH":

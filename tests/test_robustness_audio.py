@@ -398,3 +398,25 @@ def test_silent_six_channel_96k_file_with_non_ascii_path_generates(tmp_path, add
     head.data.shape_keys.key_blocks[summary.shape_keys[7]].data.foreach_get("co", moved)
     assert np.all(np.isfinite(moved)) and np.abs(moved - basis).max() < 0.05  # a face, not a blow-up
     assert math.isfinite(summary.compute_s)
+
+
+def test_damaged_stretch_inside_a_flac_becomes_silence_and_keeps_the_timing(tmp_path):
+    """libsndfile alone (no ffmpeg, as inside Blender): a corrupted stretch in the middle of a FLAC
+    is skipped with a fresh decoder and filled with silence, so the rest stays where the sound strip
+    plays it; a file that breaks off ends at its last decodable block."""
+    full = write_audio(tmp_path / "full.flac", seconds=3.0, rate=44100)
+    data = bytearray(full.read_bytes())
+    start = len(data) // 3
+    data[start:start + 2000] = np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.flac"
+    damaged.write_bytes(bytes(data))
+    import soundfile
+
+    with pytest.raises(Exception):  # the plain read gives up: the fallback is what is tested
+        soundfile.read(str(damaged))
+    samples = load_audio(damaged)
+    assert _duration(samples) == pytest.approx(3.0, abs=0.05)
+    frames = np.abs(samples).reshape(-1, 160).max(axis=1)  # 10 ms frames at 16 kHz
+    silent = np.flatnonzero(frames < 1e-4)
+    assert silent.size >= 5 and 0.25 < silent.mean() / len(frames) < 0.45  # where a third of the bytes are
+    assert frames[-50:].max() > 0.05  # the last half second is still there

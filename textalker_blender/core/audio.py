@@ -315,8 +315,11 @@ def _read_file(path: Path) -> tuple[np.ndarray, int]:
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         return samples, int(rate)
-    except Exception:  # noqa: BLE001 - any libsndfile failure: fall back to librosa/audioread
+    except Exception:  # noqa: BLE001 - any libsndfile failure: try its decodable part, then librosa
         pass
+    partial = _read_decodable_part(path)
+    if partial is not None:
+        return partial
     try:
         import warnings
 
@@ -334,6 +337,50 @@ def _read_file(path: Path) -> tuple[np.ndarray, int]:
     if samples.ndim == 2:  # librosa gives (channels, samples)
         samples = samples.T
     return samples, int(rate)
+
+
+def _read_decodable_part(path: Path, block_frames: int = 4096, max_failed_blocks: int = 64
+                         ) -> tuple[np.ndarray, int] | None:
+    """What libsndfile can decode of a damaged file (a truncated or corrupted FLAC or OGG: "decoder
+    lost sync"), block by block, or None when it decodes nothing. Needs no ffmpeg, which the add-on
+    cannot count on inside Blender.
+
+    After a block fails the decoder is reopened past it. A damaged stretch inside the file becomes
+    silence, so the rest stays in time with the sound strip; a file that breaks off (or fails for
+    `max_failed_blocks` blocks in a row) ends at its last decodable block."""
+    import soundfile
+
+    try:
+        handle = soundfile.SoundFile(str(path))
+    except Exception:  # noqa: BLE001 - not even a header libsndfile knows
+        return None
+    rate, channels, declared = int(handle.samplerate), int(handle.channels), int(handle.frames)
+    blocks: list[np.ndarray] = []
+    position = decoded_end = failed = 0
+    try:
+        while position < declared and failed < max_failed_blocks:
+            try:
+                handle.seek(position)
+                block = handle.read(block_frames, dtype="float32", always_2d=True)
+            except Exception:  # noqa: BLE001 - a damaged block: skip it with a fresh decoder
+                failed += 1
+                position += block_frames
+                handle.close()
+                handle = soundfile.SoundFile(str(path))
+                continue
+            if not len(block):
+                break
+            if position > decoded_end:  # the damaged stretch before this block: silence
+                blocks.append(np.zeros((position - decoded_end, channels), np.float32))
+            blocks.append(block)
+            position += len(block)
+            decoded_end = position
+            failed = 0
+    finally:
+        handle.close()
+    if not blocks:
+        return None
+    return np.concatenate(blocks), rate
 
 
 def _check_array(samples, rate) -> tuple[np.ndarray, int]:

@@ -29,6 +29,10 @@ BLENDER_USER_RESOURCES = Path(tempfile.mkdtemp(prefix="textalker-blender-user-")
 os.environ["BLENDER_USER_RESOURCES"] = str(BLENDER_USER_RESOURCES)
 atexit.register(shutil.rmtree, BLENDER_USER_RESOURCES, ignore_errors=True)
 
+# Scripts the tests start (tools/*.py, tools/retrain.sh) import this checkout's `tools` and
+# `textalker_blender`, not whichever checkout the venv's .pth names (a venv shared by two checkouts).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -370,9 +370,10 @@ def worker_baselines(seconds: float, repeats: int, threads: int, baselines_dir: 
 
 
 def run_worker(arguments: list[str], threads: int) -> dict:
+    # The worker runs as a module of this checkout (cwd first on its path), whatever the venv's .pth names.
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", *arguments, "--threads", str(threads)],
+        [sys.executable, "-m", "tools.bench", "--worker", *arguments, "--threads", str(threads)],
         capture_output=True, text=True, env=environment, cwd=str(REPO_ROOT),
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]

@@ -185,7 +185,8 @@ def worker_core(seconds: float, fps: float, steps: int, whole_clip: bool) -> dic
 
 
 def run_worker(seconds: float, args) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--seconds", str(seconds),
+    # The worker runs as a module of this checkout (cwd first on its path), whatever the venv's .pth names.
+    command = [sys.executable, "-m", "tools.measure_long_audio", "--worker", "--seconds", str(seconds),
                "--fps", str(args.fps), "--steps", str(args.steps), "--threads", str(args.threads),
                "--mode", args.mode] + (["--whole-clip"] if args.whole_clip else [])
     environment = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))

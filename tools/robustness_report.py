@@ -261,7 +261,9 @@ class Outcome:
 def run_pytest(junit: Path, slow: bool) -> int:
     tests = sorted(str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob(TEST_GLOB))
     command = [sys.executable, "-m", "pytest", "-q", *tests, f"--junitxml={junit}", "-o", "junit_family=xunit1"]
-    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # PYTHONPATH: the tests' scripts import this checkout even with a venv made for another.
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     if slow:
         environment["TEXTALKER_LONG_TESTS"] = "1"  # the 10-minute run is opt-in even in full runs
     else:

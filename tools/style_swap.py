@@ -243,7 +243,7 @@ def measure(pipeline, audio, *, styles: tuple | None = None, seed: int = 0, step
     if styles is None:
         excerpt = _excerpt(audio, screen_seconds)
         for info in pipeline.styles:
-            result = pipeline.generate(excerpt, info.id, info.id, fps=fps, seed=seed, steps=steps)
+            result = pipeline.generate(excerpt, speaking_style=info.id, wrinkle_style=info.id, fps=fps, seed=seed, steps=steps)
             entry = {"id": info.id, "key": info.key, "name": info.name,
                      **motion_statistics(result.offsets, mouth, template.lip_mask),
                      **wrinkle_statistics(result.wrinkle_maps, regions)}
@@ -263,7 +263,7 @@ def measure(pipeline, audio, *, styles: tuple | None = None, seed: int = 0, step
     started = time.perf_counter()
     n_frames = 0
     for speaking, wrinkle in COMBINATIONS:
-        result = pipeline.generate(audio, infos[speaking].id, infos[wrinkle].id, fps=fps, seed=seed, steps=steps)
+        result = pipeline.generate(audio, speaking_style=infos[speaking].id, wrinkle_style=infos[wrinkle].id, fps=fps, seed=seed, steps=steps)
         n_frames = result.n_frames
         stats = {**motion_statistics(result.offsets, mouth, template.lip_mask),
                  **wrinkle_statistics(result.wrinkle_maps, regions)}

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import argparse_type, check_blink_rate, check_fps, check_seed, check_steps
+from .arguments import ArgumentError, check_fps, number_from_text
 from .errors import TexTalkerError
+from .options import GenerationOptions
 
 EXIT_USER_ERROR = 1
 
@@ -59,15 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wrinkle-style", type=_style, default=0, help="style id or key (wrinkles)"
     )
-    # The same rules as the Pipeline and the add-on (core/arguments.py), checked before any work.
-    parser.add_argument("--fps", type=argparse_type(check_fps), default=30.0, help="output frame rate")
-    parser.add_argument("--seed", type=argparse_type(check_seed), default=0)
+    # Read as numbers here; checked once, by the same rules as the Pipeline and the add-on, when
+    # main() makes the GenerationOptions (core/options.py), before any work.
+    parser.add_argument("--fps", type=number_from_text, default=30.0, help="output frame rate")
+    parser.add_argument("--seed", type=number_from_text, default=0)
     parser.add_argument(
-        "--steps", type=argparse_type(check_steps), default=None, help="DDIM steps (default: the config's)"
+        "--steps", type=number_from_text, default=None, help="DDIM steps (default: the config's)"
     )
     parser.add_argument(
         "--blink-rate",
-        type=argparse_type(check_blink_rate),
+        type=number_from_text,
         default=None,
         metavar="R",
         help="blinks per minute, 0-120 (default: the speaking style's own rate; 0: no blinks)",
@@ -172,22 +174,13 @@ def generate(args) -> int:
     progress = _StderrProgress(not args.quiet)
     pipeline = _load_pipeline(args)
     try:
-        result = pipeline.generate(
-            str(audio),
-            speaking_style=args.speaking_style,
-            wrinkle_style=args.wrinkle_style,
-            fps=args.fps,
-            seed=args.seed,
-            steps=args.steps,
-            progress=progress,
-            blink_rate=args.blink_rate,
-        )
+        result = pipeline.generate(str(audio), args.options, progress=progress)
     except ValueError as exc:  # steps out of range and the like: the user's input
         raise TexTalkerError(str(exc)) from exc
     for warning in result.warnings:  # core/audio.py: silent, very quiet, clipped, not speech
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        write_npz(args.out, result_arrays(result, pipeline, args.blink_rate))
+        write_npz(args.out, result_arrays(result, pipeline, args.options.blink_rate))
     except OSError as exc:
         from .errors import ResourceError
 
@@ -484,7 +477,7 @@ def describe(args) -> int:
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         raise TexTalkerError("--seconds must be a positive number")
     print(f"### `{config.name}` config, {args.seconds:g} s of audio\n")
-    print(format_table(describe_shapes(config, args.seconds, n_styles, args.fps)))
+    print(format_table(describe_shapes(config, args.seconds, n_styles, check_fps(args.fps))))
     return 0
 
 
@@ -509,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give an audio file (or --list-styles / --describe)")
         if args.out is None:
             parser.error("--out is required to write the results")
+        try:
+            args.options = GenerationOptions(args.speaking_style, args.wrinkle_style, args.fps, args.seed,
+                                             args.steps, args.blink_rate)
+        except ArgumentError as exc:
+            parser.error(str(exc))
     try:
         if args.describe is not None:
             return describe(args)

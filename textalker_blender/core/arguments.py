@@ -36,7 +36,7 @@ class ArgumentError(TexTalkerError, ValueError):
     """A generation argument outside its rule."""
 
 
-def _whole_number(value) -> int | None:
+def whole_number(value) -> int | None:
     """`value` as an int when it is a whole number (an int, or a float with a whole value), else None."""
     if isinstance(value, bool):
         return None
@@ -54,7 +54,7 @@ def check_steps(value, max_steps: int | None = None, default: int | None = None)
     `max_steps` (None: no upper bound known yet, e.g. before the weights are read)."""
     if value is None:
         return None
-    steps = _whole_number(value)
+    steps = whole_number(value)
     top = f" to {max_steps}" if max_steps is not None else " or more"
     if steps is None or steps < 1 or (max_steps is not None and steps > max_steps):
         hint = f" (the model's default is {default})" if default is not None else ""
@@ -65,9 +65,21 @@ def check_steps(value, max_steps: int | None = None, default: int | None = None)
     return steps
 
 
+def check_steps_within(steps: int | None, max_steps: int, default: int | None = None) -> int | None:
+    """Already-checked steps (a whole number >= 1, or None) against a model's number of diffusion
+    steps, which only the loaded weights know."""
+    if steps is not None and steps > max_steps:
+        hint = f" (the model's default is {default})" if default is not None else ""
+        raise ArgumentError(
+            f"steps must be a whole number from 1 to {max_steps}, or left unset for the model's default{hint}; "
+            f"not {steps!r}"
+        )
+    return steps
+
+
 def check_seed(value) -> int:
     """The sampler's seed: a whole number from -2**63 to 2**64 - 1 (what torch accepts)."""
-    seed = _whole_number(value)
+    seed = whole_number(value)
     if seed is None or not MIN_SEED <= seed <= MAX_SEED:
         raise ArgumentError(f"seed must be a whole number (for example 0, 1, 42), not {value!r}")
     return seed

@@ -39,6 +39,7 @@ from .audio import AudioSource, load_audio_with_report
 from .config import MODEL_FPS, SAMPLE_RATE
 from .errors import Cancelled, DeviceError, WeightsError
 from .model import TexTalkerModel
+from .options import GenerationOptions
 from .resample import output_frame_count, source_positions
 from .style import StyleInfo
 from .weights import load_weights
@@ -308,22 +309,18 @@ class Pipeline:
     def generate(
         self,
         audio: AudioSource,
-        speaking_style: int | str = 0,
-        wrinkle_style: int | str = 0,
-        fps: float = 30.0,
-        seed: int = 0,
-        steps: int | None = None,
+        options: GenerationOptions | None = None,
+        *,
         vertex_uvs: np.ndarray | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-        blink_rate: float | None = None,
+        **option_values,
     ) -> GenerationResult:
         """The whole clip at once: `generate_chunks` gathered into two arrays (so both APIs give
-        the same numbers; the arrays are the only per-frame memory)."""
-        stream = self.generate_chunks(
-            audio, speaking_style, wrinkle_style, fps, seed, steps, vertex_uvs, progress, cancel,
-            blink_rate=blink_rate,
-        )
+        the same numbers; the arrays are the only per-frame memory). `options`, or its fields as
+        keywords (`speaking_style=1, fps=24, ...`): see `GenerationOptions`."""
+        stream = self.generate_chunks(audio, options, vertex_uvs=vertex_uvs, progress=progress, cancel=cancel,
+                                      **option_values)
         offsets = np.empty((stream.n_frames, stream.n_points, 3), np.float32)
         ratio = np.empty((stream.n_frames, *stream.map_shape), np.float16)
         with stream:
@@ -335,16 +332,13 @@ class Pipeline:
     def generate_chunks(
         self,
         audio: AudioSource,
-        speaking_style: int | str = 0,
-        wrinkle_style: int | str = 0,
-        fps: float = 30.0,
-        seed: int = 0,
-        steps: int | None = None,
+        options: GenerationOptions | None = None,
+        *,
         vertex_uvs: np.ndarray | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         chunk_frames: int | None = None,
-        blink_rate: float | None = None,
+        **option_values,
     ) -> GenerationStream:
         """Streamed generation for long clips: same arguments and numbers as `generate`.
 
@@ -354,22 +348,24 @@ class Pipeline:
         consumer asks for them. Memory then stays constant in the clip's length as long as the
         consumer writes each chunk away (shape keys, EXR files) instead of keeping it.
 
-        `blink_rate`: blinks per minute for a blink-conditioned model (core/blinks.py); None
-        uses the speaking style's measured rate, 0 gives no blinks. Ignored by other models.
+        `options.blink_rate`: blinks per minute for a blink-conditioned model (core/blinks.py);
+        None uses the speaking style's measured rate, 0 gives no blinks. Ignored by other models.
         """
-        # One rule per argument (core/arguments.py), the same in the API and both command lines.
-        fps = arguments.check_fps(fps)
-        seed = arguments.check_seed(seed)
+        # Checked once where the options were made (core/options.py); here only what needs the
+        # model: its number of diffusion steps and its style table.
+        if option_values.get("steps") is not None:  # keyword callers: name the model's range in the message
+            arguments.check_steps(option_values["steps"], self.config.diffusion_steps, self.config.sampling_steps)
+        options = GenerationOptions.from_values(options, **option_values)
+        fps, seed, blink_rate = options.fps, options.seed, options.blink_rate
         chunk_frames = CHUNK_FRAMES if chunk_frames is None else chunk_frames
         if int(chunk_frames) < 1:
             raise ValueError(f"chunk_frames must be at least 1, not {chunk_frames!r}")
-        steps = arguments.check_steps(steps, self.config.diffusion_steps, self.config.sampling_steps)
+        steps = arguments.check_steps_within(options.steps, self.config.diffusion_steps, self.config.sampling_steps)
         steps = self.config.sampling_steps if steps is None else steps
-        blink_rate = arguments.check_blink_rate(blink_rate)
         pivots = self.model.pivots
         try:
-            speaking = pivots.index(speaking_style)
-            wrinkle = pivots.index(wrinkle_style)
+            speaking = pivots.index(options.speaking_style)
+            wrinkle = pivots.index(options.wrinkle_style)
         except ValueError as exc:
             from .errors import TexTalkerError
 

@@ -343,7 +343,7 @@ def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     assert requests["CUSTOM"].blink_rate == 40.0
     assert requests["OFF"].blink_rate == 0.0
     for request in requests.values():  # what Pipeline.generate / generate_chunks are given
-        assert api._generation_options(request, None, None)["blink_rate"] == request.blink_rate
+        assert api._generation_options(request, None, None)["options"].blink_rate == request.blink_rate
 
     weights = write_blink_input_weights(tmp_path / "weights")
     blinked = False
@@ -351,7 +351,7 @@ def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     # the audio), so several seeds are tried: some must blink, and "OFF" must then differ.
     for seed in range(6):
         offsets = {
-            choice: api.compute(dataclasses.replace(request, weights=str(weights), seed=seed)).result.offsets
+            choice: api.compute(dataclasses.replace(request, weights=str(weights), options=request.options.replace(seed=seed))).result.offsets
             for choice, request in requests.items()
         }
         assert np.abs(offsets["STYLE"]).max() > 0

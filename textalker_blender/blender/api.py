@@ -52,6 +52,7 @@ import numpy as np
 
 from ..core import arguments, mesh_match, part_motion, resources, run_files
 from ..core.frame_store import FrameStore
+from ..core.options import GenerationOptions
 from ..core.errors import MeshError, ResourceError, TexTalkerError
 from . import arkit_output, catalog, compat, writers
 from .preferences import get_preferences
@@ -73,12 +74,8 @@ class GenerationRequest:
     object_name: str
     audio: object  # a path (str) or (samples, sample_rate)
     audio_label: str
-    speaking_style: int | str
-    wrinkle_style: int | str
+    options: GenerationOptions  # styles, scene fps, seed, steps, blink rate: checked once, in prepare
     device: str  # "auto" | "cuda" | "cpu"
-    steps: int | None
-    seed: int
-    fps: float
     frame_start: int
     vertex_uvs: np.ndarray | None  # None: the mesh is the template head itself
     mesh_frame: np.ndarray | None  # (3, 3) template-frame offsets -> mesh local frame; None: same
@@ -91,14 +88,38 @@ class GenerationRequest:
     output_mode: str = SHAPE_KEYS
     arkit: arkit_output.ArkitPlan | None = None  # ARKit mode: which keys, where to export
     write_wrinkles: bool = True  # False: the mesh lacks the template UV layout (ARKit mode only)
-    # Blinks per minute for weights with blink input; None: the speaking style's own rate, 0: none.
-    blink_rate: float | None = None
     # {template part: (3, 3) template frame -> the part mesh's frame, or None} (template head only)
     part_frames: dict = field(default_factory=dict)
     # The target's ID.session_uid: `apply` finds it even if the artist renamed it while the
     # model ran (None where Blender lacks it: then by name).
     object_uid: int | None = None
 
+
+
+    # Read-only views of the options, for the writers and the summary.
+    @property
+    def fps(self) -> float:
+        return self.options.fps
+
+    @property
+    def steps(self) -> int | None:
+        return self.options.steps
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def speaking_style(self) -> int | str:
+        return self.options.speaking_style
+
+    @property
+    def wrinkle_style(self) -> int | str:
+        return self.options.wrinkle_style
+
+    @property
+    def blink_rate(self) -> float | None:
+        return self.options.blink_rate
 
 @dataclass
 class Animation:
@@ -353,11 +374,11 @@ def _wrinkle_resolution(weights: str | None) -> int:
 
 
 def check_steps(steps, weights: str | None = None) -> int | None:
-    """`steps` by the one rule of core.arguments (None: the model's default; else 1..the number
-    of diffusion steps the weights were trained with, read from their header)."""
+    """Checked `steps` (None: the model's default) against the number of diffusion steps the
+    weights were trained with, read from their header before the model loads."""
     config = _weights_config(weights)
     maximum, default = config.get("diffusion_steps"), config.get("sampling_steps")
-    return arguments.check_steps(steps, int(maximum) if maximum else None, default)
+    return arguments.check_steps_within(steps, int(maximum), default) if maximum else steps
 
 
 def _check_resources(audio, request_folder: Path, n_points: int, key_vertices: int, fps: float,
@@ -464,8 +485,13 @@ def prepare(
     output_mode: str = SHAPE_KEYS,
     arkit_export: str | None = None,
     blink_rate: float | None = None,
+    options: GenerationOptions | None = None,
 ) -> GenerationRequest:
-    """Checks the inputs and gathers them; changes nothing. Raises TexTalkerError."""
+    """Checks the inputs and gathers them; changes nothing. Raises TexTalkerError.
+
+    The generation choices come as keywords (speaking_style ... blink_rate) or, from a caller that
+    already made them, as `options` (then those keywords are ignored); either way the frame rate
+    is the scene's."""
     scene = scene or bpy.context.scene
     if obj is None:
         raise MeshError("No target object: select a mesh")
@@ -480,10 +506,13 @@ def prepare(
         raise TexTalkerError(f"Unknown output mode '{output_mode}': use one of {', '.join(OUTPUT_MODES)}")
     if arkit_export and output_mode != ARKIT:
         raise TexTalkerError("The ARKit export needs the output mode 'ARKit curves'")
-    blink_rate = check_blink_rate(blink_rate)
-    steps = check_steps(steps, weights)
-    seed = arguments.check_seed(seed)
-    for role, style in (("speaking", speaking_style), ("wrinkle", wrinkle_style)):
+    # The one place the add-on's choices are checked (core/options.py); then what the weights know.
+    if options is None:
+        options = GenerationOptions(speaking_style, wrinkle_style, scene_fps(scene), seed, steps, blink_rate)
+    elif options.fps != scene_fps(scene):
+        options = options.replace(fps=scene_fps(scene))
+    check_steps(options.steps, weights)
+    for role, style in (("speaking", options.speaking_style), ("wrinkle", options.wrinkle_style)):
         check_style(style, role, weights)
     mesh = obj.data
     template = _template()
@@ -523,12 +552,8 @@ def prepare(
         object_name=obj.name,
         audio=pipeline_audio,
         audio_label=label,
-        speaking_style=speaking_style,
-        wrinkle_style=wrinkle_style,
+        options=options,
         device=_device_name(device),
-        steps=steps,
-        seed=seed,
-        fps=scene_fps(scene),
         frame_start=int(frame_start),
         vertex_uvs=vertex_uvs,
         mesh_frame=mesh_frame,
@@ -541,7 +566,6 @@ def prepare(
         output_mode=output_mode,
         arkit=arkit_plan,
         write_wrinkles=arkit_plan.write_wrinkles if arkit_plan is not None else True,
-        blink_rate=blink_rate,
         part_frames=part_frames(obj, template) if output_mode != ARKIT and vertex_uvs is None else {},
         object_uid=getattr(obj, "session_uid", None),
     )
@@ -581,12 +605,6 @@ def _audio_duration_or_none(audio) -> float | None:
     from ..core.audio import audio_duration
 
     return audio_duration(audio)
-
-
-def check_blink_rate(blink_rate) -> float | None:
-    """`blink_rate` as a float (None stays None: the speaking style's own rate); TexTalkerError
-    unless it is a number of blinks per minute in 0..120 (`core.blinks.check_rate`)."""
-    return arguments.check_blink_rate(blink_rate)
 
 
 # --------------------------------------------------------------------------------------------
@@ -666,14 +684,9 @@ def _generate(pipeline, request: GenerationRequest, progress, cancel):
 
 
 def _generation_options(request: GenerationRequest, progress, cancel) -> dict:
-    """The request's keyword arguments to `Pipeline.generate` / `generate_chunks`."""
+    """The request's arguments to `Pipeline.generate` / `generate_chunks`."""
     return {
-        "speaking_style": request.speaking_style,
-        "wrinkle_style": request.wrinkle_style,
-        "fps": request.fps,
-        "seed": request.seed,
-        "steps": request.steps,
-        "blink_rate": request.blink_rate,
+        "options": request.options,
         "vertex_uvs": request.vertex_uvs,
         "progress": progress,
         "cancel": cancel,
@@ -1091,6 +1104,7 @@ def generate(
     output_mode: str = SHAPE_KEYS,
     arkit_export: str | None = None,
     blink_rate: float | None = None,
+    options: GenerationOptions | None = None,
 ) -> GenerationSummary:
     """Animates `obj` from `audio` (a path, a sound strip, or (samples, rate)); synchronous.
 
@@ -1105,10 +1119,12 @@ def generate(
     `blink_rate`: blinks per minute (0..120) for weights with blink input; None (the default)
     blinks at the rate measured for the speaking style, 0 gives no blinks. Weights without blink
     input ignore it.
+    `options`: a `core.options.GenerationOptions` made beforehand; it replaces speaking_style ...
+    blink_rate (the frame rate is always the scene's).
     """
     request = prepare(
         obj, audio, speaking_style, wrinkle_style, device, steps, seed, scene, output_folder, weights,
-        output_mode, arkit_export, blink_rate,
+        output_mode, arkit_export, blink_rate, options=options,
     )
     return run(request, progress=progress)
 
@@ -1215,18 +1231,19 @@ def request_from_context(context) -> GenerationRequest:
     audio = selected_audio(context)
     if audio is None:
         raise TexTalkerError(blocking_reason(context) or "Choose the audio")
+    # The panel's choices as options (its steps field shows "default" as 0); checked in prepare.
     return prepare(
         target_object(context),
         audio,
         speaking_style=_style_id(settings.speaking_style),
         wrinkle_style=_style_id(settings.wrinkle_style),
-        device=settings.device,
         steps=settings.steps or None,
         seed=settings.seed,
+        blink_rate=blink_rate_setting(settings),
+        device=settings.device,
         scene=context.scene,  # its fps and timeline drive the keys, wherever the strip lives
         output_mode=settings.output_mode,
         arkit_export=settings.arkit_export_path if settings.output_mode == ARKIT else None,
-        blink_rate=blink_rate_setting(settings),
     )
 
 

@@ -51,8 +51,9 @@ from pathlib import Path
 import bpy
 
 from ..core import resources, run_files
-from ..core.arguments import argparse_type, check_blink_rate, check_seed, check_steps
+from ..core.arguments import ArgumentError, number_from_text
 from ..core.errors import TexTalkerError
+from ..core.options import GenerationOptions
 from . import api
 
 EXIT_ERROR = 1
@@ -84,13 +85,14 @@ def parse_args(argv=None):
     parser.add_argument("--speaking-style", default="0", help="style id or key")
     parser.add_argument("--wrinkle-style", default="0", help="style id or key")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    # The same rules as the API and the core CLI (core/arguments.py); the upper bound of --steps
-    # comes from the weights and is checked with the other inputs before the model runs.
-    parser.add_argument("--steps", type=argparse_type(check_steps), default=None,
+    # Read as numbers; checked once, by the rules of the API and the core CLI, when the options
+    # are made right after parsing (core/options.py). The upper bound of --steps comes from the
+    # weights and is checked with the other inputs before the model runs.
+    parser.add_argument("--steps", type=number_from_text, default=None,
                         help="sampler steps (default: the model's)")
-    parser.add_argument("--seed", type=argparse_type(check_seed), default=0)
+    parser.add_argument("--seed", type=number_from_text, default=0)
     parser.add_argument(
-        "--blink-rate", type=argparse_type(check_blink_rate), default=None, metavar="R",
+        "--blink-rate", type=number_from_text, default=None, metavar="R",
         help="blinks per minute, 0-120 (default: the speaking style's own rate; 0: no blinks)",
     )
     parser.add_argument(
@@ -106,7 +108,13 @@ def parse_args(argv=None):
     saving = parser.add_mutually_exclusive_group()
     saving.add_argument("--save", help="save the result to this .blend (default: in place)")
     saving.add_argument("--no-save", action="store_true", help="do not save the .blend")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # the scene's frame rate replaces the default fps once the .blend is open
+        args.options = GenerationOptions(_style(args.speaking_style), _style(args.wrinkle_style),
+                                         seed=args.seed, steps=args.steps, blink_rate=args.blink_rate)
+    except ArgumentError as error:
+        parser.error(str(error))
+    return args
 
 
 def _style(value: str) -> int | str:
@@ -221,12 +229,8 @@ def run(args) -> api.GenerationSummary:
         request = api.prepare(
             obj,
             _audio(scene, args),
-            speaking_style=_style(args.speaking_style),
-            wrinkle_style=_style(args.wrinkle_style),
+            options=args.options,
             device=args.device,
-            steps=args.steps,
-            seed=args.seed,
-            blink_rate=args.blink_rate,
             scene=scene,
             output_folder=args.output_folder,
             output_mode=args.output_mode.replace("-", "_").upper(),

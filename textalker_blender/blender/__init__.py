@@ -7,6 +7,7 @@ result back (`writers`). Nothing here does maths that `core` could do.
 from __future__ import annotations
 
 import atexit
+import threading
 
 import bpy
 
@@ -25,20 +26,50 @@ def _add_menu_entry(self, context):
     self.layout.operator(operators.TEXTALKER_OT_add_template_head.bl_idname, icon="USER")
 
 
+_registered = False
+_exit_hook_armed = False
+
+
+def _unregister_at_exit():
+    if _registered:
+        unregister()
+
+
+def _arm_exit_hook():
+    """Unregisters the add-on when the interpreter shuts down, if nothing did before.
+
+    The bpy 4.2 module segfaults and the 4.5 module deadlocks at exit when Python ends with the
+    add-on still registered (a script or tool that never unregisters it). Measured on 4.5 after a
+    generation: unregistering from an `atexit` handler is too late (it still deadlocks, whatever
+    the handler order), unregistering from threading's exit hooks, which run as shutdown begins
+    and before any `atexit` handler, works. Python has no public hook at that point, so the
+    private `threading._register_atexit` (3.9+, what concurrent.futures uses) is taken where it
+    exists, `atexit` otherwise. Full Blender unregisters add-ons before Python ends: then this is a
+    no-op."""
+    global _exit_hook_armed
+    if _exit_hook_armed:
+        return
+    register_early = getattr(threading, "_register_atexit", None)
+    try:
+        (register_early or atexit.register)(_unregister_at_exit)
+    except RuntimeError:  # registering while the interpreter already shuts down
+        atexit.register(_unregister_at_exit)
+    _exit_hook_armed = True
+
+
 def register():
+    global _registered
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
     _MESH_ADD_MENU.append(_add_menu_entry)  # Add > Mesh > Add Template Head
-    # The bpy 4.2 module segfaults and 4.5 deadlocks when Python exits with the add-on still
-    # registered (a script or tool that never unregisters it; measured: unregistering first
-    # avoids both, removing only the menu entry does not). Python runs exit handlers
-    # last-registered first, so this one runs before bpy's own, registered at `import bpy`.
-    atexit.register(unregister)
+    _registered = True
+    _arm_exit_hook()
 
 
 def unregister():
-    atexit.unregister(unregister)
+    global _registered
+    _registered = False
     _MESH_ADD_MENU.remove(_add_menu_entry)  # Blender ignores an absent one
     properties.unregister_properties()
     for cls in reversed(_CLASSES):

@@ -23,7 +23,7 @@ from blender_support import (  # one_second_speech, unregister_addon_after_modul
 )
 from core_helpers import write_blink_input_weights
 from robustness_support import needs_assets
-from textalker_blender.blender import api, catalog, compat, panel, writers
+from textalker_blender.blender import api, catalog, compat, generation, panel, preflight, writers
 from textalker_blender.core.errors import MeshError, TexTalkerError
 
 pytestmark = pytest.mark.blender
@@ -157,7 +157,7 @@ def test_style_dropdowns_list_the_pipeline_styles_without_loading_it():
     assert [(key, name) for key, name, _, _ in items] == [(s.key, s.name) for s in pipeline.styles]
     settings = bpy.context.scene.textalker
     settings.speaking_style = items[-1][0]
-    assert api._style_id(settings.speaking_style) == len(items) - 1
+    assert api.style_id(settings.speaking_style) == len(items) - 1
     # Reading the names for the panel does not import torch (panel drawing stays cheap).
     code = (
         "import sys; from textalker_blender.blender import catalog; "
@@ -343,7 +343,7 @@ def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     assert requests["CUSTOM"].blink_rate == 40.0
     assert requests["OFF"].blink_rate == 0.0
     for request in requests.values():  # what Pipeline.generate / generate_chunks are given
-        assert api._generation_options(request, None, None)["options"].blink_rate == request.blink_rate
+        assert generation._generation_options(request, None, None)["options"].blink_rate == request.blink_rate
 
     weights = write_blink_input_weights(tmp_path / "weights")
     blinked = False
@@ -597,7 +597,7 @@ def test_audio_too_long_for_one_key_per_frame_is_refused_before_any_work(monkeyp
     head = _add_head_and_strip(scene, one_second_speech, frame_start=1)
     before = _snapshot(scene)
     # 1 s at 60 fps on 4,418 vertices is 3.2 MB of keys: lower the limit below that.
-    monkeypatch.setattr(api, "MAX_SHAPE_KEY_BYTES", 2 * 1024**2)
+    monkeypatch.setattr(preflight, "MAX_SHAPE_KEY_BYTES", 2 * 1024**2)
     with pytest.raises(TexTalkerError, match="Split it into clips"):
         api.prepare(head, one_second_speech)
     assert _snapshot(scene) == before

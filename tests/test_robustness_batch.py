@@ -23,7 +23,7 @@ bpy = pytest.importorskip("bpy")
 
 from blender_support import unregister_addon_after_module  # noqa: E402,F401
 
-from textalker_blender.blender import api, cli, writers  # noqa: E402
+from textalker_blender.blender import api, cli, generation, writers  # noqa: E402
 from textalker_blender.core import run_files  # noqa: E402
 
 pytestmark = [pytest.mark.blender, needs_assets]
@@ -44,7 +44,7 @@ def _model_must_not_run(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model ran although the input was refused")
 
-    monkeypatch.setattr(api, "load_pipeline", refuse)
+    monkeypatch.setattr(generation, "load_pipeline", refuse)
 
 
 def _one_line_error(capsys) -> str:

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from blender_support import ModalOperatorStandIn, unregister_addon_after_module  # noqa: E402,F401
 
-from textalker_blender.blender import api, writers  # noqa: E402
+from textalker_blender.blender import api, generation, writers  # noqa: E402
 from textalker_blender.core import resources  # noqa: E402
 from textalker_blender.core.errors import Cancelled, DeviceError, ResourceError, TexTalkerError  # noqa: E402
 
@@ -98,7 +98,7 @@ def test_injected_cuda_out_of_memory_falls_back_to_the_cpu(tmp_path, head, speec
         devices.append(request.device)
         return gpu if request.device == "cuda" else real_load(request)
 
-    monkeypatch.setattr(api, "load_pipeline", load_pipeline)
+    monkeypatch.setattr(generation, "load_pipeline", load_pipeline)
     request = api.prepare(head, str(speech_file), device="cuda", steps=1)
     animation = api.compute(request)
     assert gpu.calls == 1 and devices == ["cuda", "cpu"]
@@ -112,12 +112,12 @@ def test_injected_cuda_out_of_memory_falls_back_to_the_cpu(tmp_path, head, speec
 def test_other_gpu_errors_and_cpu_out_of_memory_are_not_retried(tmp_path, head, speech_file, monkeypatch):
     request = api.prepare(head, str(speech_file), device="cpu", steps=1)
     gpu = _OutOfMemoryGpuPipeline(ValueError("a bug, not a full GPU"))
-    monkeypatch.setattr(api, "load_pipeline", lambda request: gpu)
+    monkeypatch.setattr(generation, "load_pipeline", lambda request: gpu)
     with pytest.raises(ValueError, match="a bug"):
         api.compute(request)
     cpu = _OutOfMemoryGpuPipeline(RuntimeError("out of memory"))
     cpu.device = torch.device("cpu")
-    monkeypatch.setattr(api, "load_pipeline", lambda request: cpu)
+    monkeypatch.setattr(generation, "load_pipeline", lambda request: cpu)
     with pytest.raises(RuntimeError, match="out of memory"):
         api.compute(request)
     assert cpu.calls == 1  # no endless retry on the CPU
@@ -195,7 +195,6 @@ def test_blender_quitting_mid_run_stops_the_worker_and_writes_nothing(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        sys.path[:0] = [{str(REPO_ROOT)!r}, {str(REPO_ROOT / "tests")!r}]
         from blender_support import bpy
         from robustness_support import registered_scene, template_head, write_audio
         from textalker_blender.blender import api
@@ -214,7 +213,9 @@ def test_blender_quitting_mid_run_stops_the_worker_and_writes_nothing(tmp_path):
         sys.exit(0)  # bpy-module mode: quit_blender does not end Python
         """
     )
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The checkout and tests/ (blender_support, robustness_support) on the child's path.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
     process = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=environment,
@@ -278,7 +279,7 @@ def test_read_only_output_folder_is_refused_before_any_work(tmp_path, head, spee
     def not_called(*args, **kwargs):
         raise AssertionError("the model ran although the output folder is not writable")
 
-    monkeypatch.setattr(api, "compute", not_called)
+    monkeypatch.setattr(generation, "compute", not_called)
     folders = ["/sys/textalker_cannot_write_here"]  # read-only even for root
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"

@@ -138,11 +138,11 @@ def test_one_hour_file_is_refused_before_any_work_with_the_disk_it_would_need(tm
 def test_clip_too_big_for_free_memory_is_refused_before_any_work(tmp_path, monkeypatch):
     from blender_support import bpy
 
-    from textalker_blender.blender import api
+    from textalker_blender.blender import api, generation
 
     five_minutes = _long_silent_wav(tmp_path / "five.wav", 300.0)
     monkeypatch.setattr(resources, "available_memory_bytes", lambda: 2 * 1024**3)
-    monkeypatch.setattr(api, "compute", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(generation, "compute", lambda *a, **k: pytest.fail("the model ran"))
     registered_scene()
     try:
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))

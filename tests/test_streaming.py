@@ -360,7 +360,7 @@ def test_streamed_run_falls_back_to_the_cpu_when_the_gpu_runs_out_of_memory(tmp_
     same frames are written again and the summary says so."""
     import torch
 
-    from textalker_blender.blender import api
+    from textalker_blender.blender import api, generation
 
     real_load = api.load_pipeline
     cpu = real_load(api.prepare(head, _clip(0.5), device="cpu", steps=1, output_folder=str(tmp_path)))
@@ -378,7 +378,7 @@ def test_streamed_run_falls_back_to_the_cpu_when_the_gpu_runs_out_of_memory(tmp_
 
             return _StreamLike(stream, chunks())
 
-    monkeypatch.setattr(api, "load_pipeline", lambda request: OutOfMemoryPartWay() if request.device == "cuda" else cpu)
+    monkeypatch.setattr(generation, "load_pipeline", lambda request: OutOfMemoryPartWay() if request.device == "cuda" else cpu)
     monkeypatch.setattr(pipeline_module, "CHUNK_FRAMES", 5)
     request = api.prepare(head, _clip(0.5), device="cuda", steps=1, output_folder=str(tmp_path))
     summary = api.run(request)

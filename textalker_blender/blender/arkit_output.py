@@ -1,8 +1,9 @@
-"""The "ARKit curves" output mode, between `api` (shared steps) and `arkit_writer` (Blender data).
+"""The "ARKit curves" output mode, between the shared steps (`preflight`, `generation`) and
+`arkit_writer` (Blender data).
 
-    plan(obj, ...)        main thread, in api.prepare: which keys to create or drive; changes nothing
-    solve(template, ...)  any thread, in api.compute: ARKit weights from the template offsets (core)
-    apply_arkit(...)      main thread, in api.apply: EXR files, curves, material, export file
+    plan(obj, ...)        main thread, in preflight.prepare: which keys to create or drive; changes nothing
+    solve(template, ...)  any thread, in generation.compute: ARKit weights from the template offsets (core)
+    apply_arkit(...)      main thread, in generation.apply: EXR files, curves, material, export file
 
 The Pipeline always runs on the template head in this mode (the solver fits the template's face
 units to template vertices), so the target mesh needs no particular topology: a Faceit, VRM or
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
@@ -25,30 +25,12 @@ from ..core.arkit_export import write_track
 from ..core.errors import MeshError, TexTalkerError
 from ..core.mesh_match import offsets_to_mesh_frame
 from . import writers
-from .arkit_writer import (  # noqa: F401  (re-exported for api)
-    _value_path,
-    created_key_names,
-    generated_timing,
-    has_arkit_output,
-    remove_arkit_output,
-    write_arkit_curves,
-)
+from .outputs import remove_all_output, write_sequence
+from .results import ArkitPlan, GenerationSummary
+from .scene_inputs import match_template_layout, part_frames, template_head, template_parts
+from .arkit_writer import _value_path, created_key_names, write_arkit_curves
 
 EXPORT_SUFFIXES = (".csv", ".json")
-
-
-@dataclass
-class ArkitPlan:
-    """What ARKit mode will do on the target (plain data, decided before anything changes)."""
-
-    key_names: dict[str, str] | None  # {ARKit name: the user's key} to drive; None: create keys
-    export_path: Path | None = None
-    write_wrinkles: bool = True
-    # Creating keys on a mesh with the template's UV layout that is not the template head itself:
-    vertex_uvs: np.ndarray | None = None  # (N, 2) the mesh's vertex UVs
-    mesh_frame: np.ndarray | None = None  # (3, 3) template-frame offsets -> mesh local frame
-    missing: list[str] = field(default_factory=list)  # ARKit units the user's rig lacks
-    note: str = ""
 
 
 def _user_key_names(obj: bpy.types.Object) -> list[str]:
@@ -76,13 +58,11 @@ def plan(obj: bpy.types.Object, uv_layer: str | None, template, export: str | No
     """Drive the mesh's ARKit-named keys, or create 52 keys on a mesh with the template's UV
     layout (the template head, an MPFB character); MeshError if neither applies. Raises
     `core.arkit.ArkitNameError` for two keys naming the same unit."""
-    from . import api
-
     matches = match_arkit_names(_user_key_names(obj))
     shares_layout, vertex_uvs, mesh_frame = False, None, None
     if uv_layer is not None:
         try:
-            vertex_uvs, mesh_frame = api.match_template_layout(obj.data, uv_layer, template)
+            vertex_uvs, mesh_frame = match_template_layout(obj.data, uv_layer, template)
             shares_layout = True
         except MeshError:
             pass
@@ -121,7 +101,7 @@ def plan(obj: bpy.types.Object, uv_layer: str | None, template, export: str | No
 
 def solve(template, result, request):
     """The Pipeline's template offsets -> ARKit weights at the scene fps (core only)."""
-    from .api import Animation
+    from .results import Animation
 
     started = time.perf_counter()
     weights, _report = solve_arkit_weights(template, result.offsets, fps=request.fps)
@@ -153,13 +133,11 @@ def _write_export(path: Path, weights: np.ndarray, fps: float, frame_start: int)
 def apply_arkit(request, animation, obj: bpy.types.Object, compute_s: float):
     """Writes the EXR files, then replaces the previous output with the ARKit curves (and the
     wrinkle material, and the export file). On failure everything new is removed again."""
-    from . import api
-
     started = time.perf_counter()
     plan_ = request.arkit
     weights = animation.arkit_weights
     result = animation.result
-    template = api._template()
+    template = template_head()
     if plan_.key_names is not None:
         key = obj.data.shape_keys
         gone = [name for name in plan_.key_names.values() if key is None or name not in key.key_blocks]
@@ -171,14 +149,14 @@ def apply_arkit(request, animation, obj: bpy.types.Object, compute_s: float):
     folder = request.sequence_folder
     paths = []
     if request.write_wrinkles:
-        paths = api.write_sequence(result.wrinkle_maps, folder)  # checks space, cleans up on failure
+        paths = write_sequence(result.wrinkle_maps, folder)  # checks space, cleans up on failure
     written = None
     try:
-        api.remove_all_output(obj, delete_files=True)
+        remove_all_output(obj, delete_files=True)
         if plan_.key_names is None:
             parts = {}
-            frames = api.part_frames(obj, template)
-            for part_name, part in api.template_parts(obj).items():
+            frames = part_frames(obj, template)
+            for part_name, part in template_parts(obj).items():
                 data = template.parts.get(part_name)
                 # Eyeballs (helper parts) stay still as in the other mode: the model makes no gaze.
                 if data is None or "helper_source_indices" in data or "unit_offsets" not in data:
@@ -208,11 +186,11 @@ def apply_arkit(request, animation, obj: bpy.types.Object, compute_s: float):
         if plan_.export_path is not None:
             written = _write_export(plan_.export_path, weights, request.fps, request.frame_start)
     except Exception:
-        api.remove_all_output(obj, delete_files=True)
+        remove_all_output(obj, delete_files=True)
         writers.delete_sequence_files(folder)
         raise
     n_frames = len(weights)
-    return api.GenerationSummary(
+    return GenerationSummary(
         object_name=obj.name,
         n_frames=n_frames,
         fps=request.fps,

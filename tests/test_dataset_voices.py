@@ -5,13 +5,9 @@ The parser tests run on captured tool output, so they need neither Festival nor 
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.synthetic_textalk4d import phonesets, text_languages, voices_espeak, voices_festival  # noqa: E402
 from tools.synthetic_textalk4d.phonesets import (UnknownPhone, espeak_to_shared, expand_segments,  # noqa: E402

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from textalker_blender.blender import catalog, compat, writers
 pytestmark = pytest.mark.blender
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
 
 needs_assets = pytest.mark.skipif(
     not (catalog.weights_path().is_file() and (catalog.ASSETS_DIR / "template_head.npz").is_file()),
@@ -26,7 +24,7 @@ needs_assets = pytest.mark.skipif(
 
 @needs_assets
 def test_demo_writes_blend_exr_sequence_and_render(tmp_path):
-    import demo
+    from tools import demo
 
     samples, rate = soundfile.read(str(catalog.SAMPLE_SPEECH_PATH), dtype="float32")
     audio = tmp_path / "speech.wav"

@@ -140,19 +140,7 @@ def synthesize(sentence: str, voice: VoiceParams, workdir: str | os.PathLike | N
         command += ["-psdur", "-t", sentence, "-o", str(raw)]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         timings = parse_psdur(out)
-        # -D: no dither (dither is random noise and would break byte-for-byte reproducibility);
-        # -R: repeatable mode. pitch/bass/treble/rate keep the duration.
-        subprocess.run(
-            ["sox", "-D", "-R", str(raw), "-b", "16", str(processed),
-             "pitch", f"{voice.pitch_shift_cents:.1f}",
-             "bass", f"{voice.bass_db:.2f}", "treble", f"{voice.treble_db:.2f}",
-             "rate", "-v", str(SAMPLE_RATE)],
-            capture_output=True, text=True, check=True)
-        audio, rate = soundfile.read(processed, dtype="float32", always_2d=True)
-    if rate != SAMPLE_RATE:
-        raise RuntimeError(f"sox produced {rate} Hz, expected {SAMPLE_RATE}")
-    audio = audio.mean(axis=1)
-    audio = normalise_loudness(audio, voice.gain_db)
+        audio = colour_voice(raw, processed, voice)
     duration = len(audio) / SAMPLE_RATE
 
     labels = [label for label, _ in timings]
@@ -171,6 +159,24 @@ def synthesize(sentence: str, voice: VoiceParams, workdir: str | os.PathLike | N
         else:
             phonemes.append(Phoneme("pau", last.end, duration, -1))
     return audio, phonemes
+
+
+def colour_voice(raw: Path, processed: Path, voice) -> np.ndarray:
+    """A synthesised WAV through the subject's voice colour (sox pitch shift, bass / treble shelves,
+    resampling to 16 kHz, mono), then to the subject's loudness. `voice`: anything with
+    pitch_shift_cents, bass_db, treble_db and gain_db (VoiceParams, voices.EngineVoice)."""
+    # -D: no dither (dither is random noise and would break byte-for-byte reproducibility);
+    # -R: repeatable mode. pitch/bass/treble/rate keep the duration, so the timings stay valid.
+    subprocess.run(
+        ["sox", "-D", "-R", str(raw), "-b", "16", "-c", "1", str(processed),
+         "pitch", f"{voice.pitch_shift_cents:.1f}",
+         "bass", f"{voice.bass_db:.2f}", "treble", f"{voice.treble_db:.2f}",
+         "rate", "-v", str(SAMPLE_RATE)],
+        capture_output=True, text=True, check=True)
+    audio, rate = soundfile.read(processed, dtype="float32", always_2d=True)
+    if rate != SAMPLE_RATE:
+        raise RuntimeError(f"sox produced {rate} Hz, expected {SAMPLE_RATE}")
+    return normalise_loudness(audio.mean(axis=1), voice.gain_db)
 
 
 def normalise_loudness(audio: np.ndarray, gain_db: float, target_rms_db: float = -23.0) -> np.ndarray:

@@ -16,7 +16,6 @@ mode (-R).
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import soundfile
 
 from . import speech
 from . import voices_espeak, voices_festival, voices_piper
-from .speech import SAMPLE_RATE, Phoneme, normalise_loudness
+from .speech import SAMPLE_RATE, Phoneme
 from .text import words_of
 from .text_languages import words_of_any
 
@@ -83,18 +82,7 @@ class EngineVoice:
 
 def postprocess(raw_wav: Path, voice: EngineVoice) -> np.ndarray:
     """The sox chain of speech.synthesize (pitch, EQ, resample to 16 kHz) and loudness."""
-    processed = raw_wav.with_name("processed.wav")
-    # -D: no dither (random); -R: repeatable. pitch/bass/treble/rate keep the duration.
-    subprocess.run(
-        ["sox", "-D", "-R", str(raw_wav), "-b", "16", "-c", "1", str(processed),
-         "pitch", f"{voice.pitch_shift_cents:.1f}",
-         "bass", f"{voice.bass_db:.2f}", "treble", f"{voice.treble_db:.2f}",
-         "rate", "-v", str(SAMPLE_RATE)],
-        capture_output=True, text=True, check=True)
-    audio, rate = soundfile.read(processed, dtype="float32", always_2d=True)
-    if rate != SAMPLE_RATE:
-        raise RuntimeError(f"sox produced {rate} Hz, expected {SAMPLE_RATE}")
-    return normalise_loudness(audio.mean(axis=1), voice.gain_db)
+    return speech.colour_voice(raw_wav, raw_wav.with_name("processed.wav"), voice)
 
 
 def _clip_to(phonemes: list[Phoneme], duration: float) -> list[Phoneme]:

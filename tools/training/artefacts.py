@@ -8,21 +8,30 @@ Every stage imports these names from here, so no stage imports another.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save as safetensors_bytes
 
 from .common import RunFolder, TrainingConfig, training_config_from_dict
 
 from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
-from textalker_blender.core.weights import sha256_file  # noqa: E402
+from textalker_blender.core.weights import canonical_safetensors_bytes, sha256_file  # noqa: E402
 
 VQ_WEIGHTS = "vq.safetensors"
 DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
 MODEL_WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
+
+
+def write_vq_weights(folder: Path, vq: VQAutoencoder, metadata: dict[str, str]) -> None:
+    """`folder/vq.safetensors` with canonical bytes (sorted metadata): stage 2 keys its latent cache
+    on this file's SHA-256, so the same weights must give the same bytes."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}
+    metadata = {"config": json.dumps(dataclasses.asdict(vq.config)), **metadata}
+    (Path(folder) / VQ_WEIGHTS).write_bytes(canonical_safetensors_bytes(safetensors_bytes(tensors, metadata=metadata)))
 
 
 def vq_config_for(config: TrainingConfig, kind: str):

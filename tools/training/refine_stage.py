@@ -29,13 +29,12 @@ squared lip error, mean upper-face error).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save as safetensors_bytes
+from safetensors.torch import load_file
 
 from .common import (
     Distributed,
@@ -50,10 +49,10 @@ from .common import (
 )
 from .data import EpochOrder, FrameTable, open_dataset, render_batch, to_physical, validation_frames
 from .loop import StageLoop, StepReport
-from .artefacts import VQ_WEIGHTS, load_trained_vq, same_codes
+from .artefacts import VQ_WEIGHTS, load_trained_vq, same_codes, write_vq_weights
 
 from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
-from textalker_blender.core.weights import canonical_safetensors_bytes, sha256_file  # noqa: E402
+from textalker_blender.core.weights import sha256_file  # noqa: E402
 
 @dataclasses.dataclass
 class VertexLoss:
@@ -242,10 +241,8 @@ def refine_motion_decoder(
             return
 
         def writer(folder: Path) -> None:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}
-            metadata = {"config": json.dumps(dataclasses.asdict(vq.config)), "kind": "motion",
-                        "refined_from": source_sha, "refined_encoder": "true" if train_encoder else "false"}
-            (folder / VQ_WEIGHTS).write_bytes(canonical_safetensors_bytes(safetensors_bytes(tensors, metadata=metadata)))
+            write_vq_weights(folder, vq, {"kind": "motion", "refined_from": source_sha,
+                                          "refined_encoder": "true" if train_encoder else "false"})
 
         progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started,
                     "world_size": dist.world_size}

@@ -11,7 +11,6 @@ Run folder (`--run RUN`):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save as safetensors_bytes, save_file
+from safetensors.torch import load_file, save_file
 
 from .common import (
     Distributed,
@@ -31,14 +30,13 @@ from .common import (
     restore_rng,
     write_json,
 )
-from .artefacts import DISCRIMINATOR_WEIGHTS, VQ_WEIGHTS, vq_config_for
+from .artefacts import DISCRIMINATOR_WEIGHTS, VQ_WEIGHTS, vq_config_for, write_vq_weights
 from .data import FrameTable, EpochOrder, open_dataset, render_frames, validation_frames
 from .loop import StageLoop, StepReport
 from .joint_maps import joint_reconstruction_errors, render_joint_frames
 from .vq_losses import VQLosses
 
 from textalker_blender.core.vq import VQAutoencoder  # noqa: E402
-from textalker_blender.core.weights import canonical_safetensors_bytes  # noqa: E402
 
 
 
@@ -245,10 +243,7 @@ def train_vq(
             return
 
         def writer(folder: Path) -> None:
-            # Canonical bytes (sorted metadata): stage 2 keys its latent cache on this file's SHA-256.
-            tensors = {k: v.detach().cpu().contiguous() for k, v in vq.state_dict().items()}
-            data = safetensors_bytes(tensors, metadata={"config": json.dumps(dataclasses.asdict(vq_config)), "kind": kind})
-            (folder / VQ_WEIGHTS).write_bytes(canonical_safetensors_bytes(data))
+            write_vq_weights(folder, vq, {"kind": kind})
             if losses.discriminator is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in losses.discriminator.state_dict().items()}, str(folder / DISCRIMINATOR_WEIGHTS))
 

@@ -328,6 +328,15 @@ def gather_rng_states(generator: torch.Generator, dist: Distributed) -> list[dic
     return gathered
 
 
+def save_on_main(dist: "Distributed", generator: torch.Generator, save) -> None:
+    """The checkpoint protocol of every stage: all ranks hand in their RNG states, the main rank
+    writes (`save(rng_states)`), and all ranks wait until it has."""
+    rng_states = gather_rng_states(generator, dist)
+    if dist.is_main:
+        save(rng_states)
+    dist.barrier()
+
+
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])

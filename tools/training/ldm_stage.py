@@ -28,7 +28,7 @@ from .common import (
     StopFlag,
     TrainingConfig,
     dataset_fingerprint,
-    gather_rng_states,
+    save_on_main,
     learning_rate_factor,
     restore_rng,
     write_json,
@@ -460,10 +460,9 @@ def train_ldm(
             print(f"note: checkpoint written by {progress.get('world_size')} process(es), resumed with {dist.world_size}")
 
     def save(step: int) -> None:
-        rng_states = gather_rng_states(generator, dist)
-        if not dist.is_main:
-            dist.barrier()
-            return
+        save_on_main(dist, generator, lambda rng_states: write_checkpoint(step, rng_states))
+
+    def write_checkpoint(step: int, rng_states) -> None:
         info = {"step": step, "motion_vq_step": motion_info["step"], "wrinkle_vq_step": wrinkle_info["step"]}
 
         def writer(folder: Path) -> None:
@@ -480,7 +479,6 @@ def train_ldm(
             state["ema"] = {k: v.cpu() for k, v in ema.shadow.items()}
         progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started, "world_size": dist.world_size}
         run.save_checkpoint({}, writer, state, progress)
-        dist.barrier()
 
     started = time.monotonic()
     loop = StageLoop("LDM", section, dist, log, stop, total_steps, step, ["loss", "lr", "steps_per_s", "frames_per_s"],

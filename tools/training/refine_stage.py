@@ -43,7 +43,7 @@ from .common import (
     StopFlag,
     TrainingConfig,
     format_metrics,
-    gather_rng_states,
+    save_on_main,
     learning_rate_factor,
     restore_rng,
 )
@@ -235,19 +235,16 @@ def refine_motion_decoder(
     revive_every = int(section["revive_every"])
 
     def save(step: int) -> None:
-        rng_states = gather_rng_states(generator, dist)
-        if not dist.is_main:
-            dist.barrier()
-            return
-
         def writer(folder: Path) -> None:
             write_vq_weights(folder, vq, {"kind": "motion", "refined_from": source_sha,
                                           "refined_encoder": "true" if train_encoder else "false"})
 
-        progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started,
-                    "world_size": dist.world_size}
-        run.save_checkpoint({}, writer, {"optimizer": opt.state_dict(), "rng": rng_states}, progress)
-        dist.barrier()
+        def write(rng_states) -> None:
+            progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started,
+                        "world_size": dist.world_size}
+            run.save_checkpoint({}, writer, {"optimizer": opt.state_dict(), "rng": rng_states}, progress)
+
+        save_on_main(dist, generator, write)
 
     def train_mode() -> None:
         vq.train()

@@ -26,7 +26,7 @@ from .common import (
     RunFolder,
     StopFlag,
     TrainingConfig,
-    gather_rng_states,
+    save_on_main,
     restore_rng,
     write_json,
 )
@@ -237,22 +237,19 @@ def train_vq(
     revived_total = 0
 
     def save(step: int) -> None:
-        rng_states = gather_rng_states(generator, dist)
-        if not dist.is_main:
-            dist.barrier()
-            return
-
         def writer(folder: Path) -> None:
             write_vq_weights(folder, vq, {"kind": kind})
             if losses.discriminator is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in losses.discriminator.state_dict().items()}, str(folder / DISCRIMINATOR_WEIGHTS))
 
-        state = {"optimizer": opt.state_dict(), "rng": rng_states}
-        if opt_d is not None:
-            state["optimizer_discriminator"] = opt_d.state_dict()
-        progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started, "kind": kind, "world_size": dist.world_size}
-        run.save_checkpoint({}, writer, state, progress)
-        dist.barrier()
+        def write(rng_states) -> None:
+            state = {"optimizer": opt.state_dict(), "rng": rng_states}
+            if opt_d is not None:
+                state["optimizer_discriminator"] = opt_d.state_dict()
+            progress = {"step": step, "order": order.state(), "elapsed_s": elapsed_before + time.monotonic() - started, "kind": kind, "world_size": dist.world_size}
+            run.save_checkpoint({}, writer, state, progress)
+
+        save_on_main(dist, generator, write)
 
     def train_step(done: int) -> StepReport:
         nonlocal revived_total

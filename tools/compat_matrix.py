@@ -221,8 +221,9 @@ def environment_facts(target: BlenderTarget) -> dict:
 
 
 def _test_environment() -> dict:
-    environment = dict(os.environ)
-    environment.pop("PYTHONPATH", None)
+    # This checkout, and nothing else, on the environments' path: its scripts (tools/demo.py) import
+    # `tools` and `textalker_blender` from it, as the .pth of tools/setup_env.sh gives .venv.
+    environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     environment.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     return environment
 

@@ -249,8 +249,10 @@ def _first_line(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM raises `Terminated` in the main thread while the block runs (a farm's scheduler
-    stopping the job), so the run cleans up as for Ctrl+C; the previous handler comes back after."""
+    """While the block runs, SIGTERM raises `Terminated` in the main thread (a farm's scheduler
+    stopping the job) and SIGINT raises KeyboardInterrupt (Ctrl+C), whatever handlers the host
+    (Blender, a caller's script) had installed, so the run cleans up the same way for both; the
+    previous handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -258,11 +260,13 @@ def _sigterm_as_interrupt():
     def terminate(signum, frame):
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def main(argv=None) -> int:

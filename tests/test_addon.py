@@ -339,11 +339,11 @@ def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     for choice in ("STYLE", "CUSTOM", "OFF"):
         settings.blinks = choice
         requests[choice] = api.request_from_context(bpy.context)
-    assert requests["STYLE"].blink_rate is None
-    assert requests["CUSTOM"].blink_rate == 40.0
-    assert requests["OFF"].blink_rate == 0.0
+    assert requests["STYLE"].options.blink_rate is None
+    assert requests["CUSTOM"].options.blink_rate == 40.0
+    assert requests["OFF"].options.blink_rate == 0.0
     for request in requests.values():  # what Pipeline.generate / generate_chunks are given
-        assert generation._generation_options(request, None, None)["options"].blink_rate == request.blink_rate
+        assert generation._generation_options(request, None, None)["options"].blink_rate == request.options.blink_rate
 
     weights = write_blink_input_weights(tmp_path / "weights")
     blinked = False

@@ -183,7 +183,7 @@ def _end_to_end_runs(head, scene, seconds, repeats, steps, device, record) -> li
                     "frames": int(summary.n_frames),
                     "exr_files": int(summary.exr_files),
                     "duration_s": float(summary.n_frames) / float(summary.fps),
-                    "steps": int(request.steps or Pipeline.load(device=device).config.sampling_steps),
+                    "steps": int(request.options.steps or Pipeline.load(device=device).config.sampling_steps),
                     "device": device,
                 }
             )

@@ -62,32 +62,11 @@ class GenerationRequest:
     # model ran (None where Blender lacks it: then by name).
     object_uid: int | None = None
 
-
-
-    # Read-only views of the options, for the writers and the summary.
     @property
     def fps(self) -> float:
+        """The scene's frame rate the keys are written at (the options' fps)."""
         return self.options.fps
 
-    @property
-    def steps(self) -> int | None:
-        return self.options.steps
-
-    @property
-    def seed(self) -> int:
-        return self.options.seed
-
-    @property
-    def speaking_style(self) -> int | str:
-        return self.options.speaking_style
-
-    @property
-    def wrinkle_style(self) -> int | str:
-        return self.options.wrinkle_style
-
-    @property
-    def blink_rate(self) -> float | None:
-        return self.options.blink_rate
 
 @dataclass
 class Animation:

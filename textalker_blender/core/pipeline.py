@@ -310,17 +310,13 @@ class Pipeline:
         self,
         audio: AudioSource,
         options: GenerationOptions | None = None,
-        *,
-        vertex_uvs: np.ndarray | None = None,
-        progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-        **option_values,
+        **stream_arguments,
     ) -> GenerationResult:
         """The whole clip at once: `generate_chunks` gathered into two arrays (so both APIs give
-        the same numbers; the arrays are the only per-frame memory). `options`, or its fields as
-        keywords (`speaking_style=1, fps=24, ...`): see `GenerationOptions`."""
-        stream = self.generate_chunks(audio, options, vertex_uvs=vertex_uvs, progress=progress, cancel=cancel,
-                                      **option_values)
+        the same numbers; the arrays are the only per-frame memory). Takes `generate_chunks`'s
+        arguments: `options`, or its fields as keywords (`speaking_style=1, fps=24, ...`; see
+        `GenerationOptions`), and vertex_uvs, progress, cancel."""
+        stream = self.generate_chunks(audio, options, **stream_arguments)
         offsets = np.empty((stream.n_frames, stream.n_points, 3), np.float32)
         ratio = np.empty((stream.n_frames, *stream.map_shape), np.float16)
         with stream:

@@ -167,6 +167,19 @@ class SubjectGeometry:
         return self.wrinkles.render(self.neutral[None] + offsets, return_compression=return_compression)
 
 
+def midline_lip_pair(template) -> tuple[int, int]:
+    """(upper, lower) vertices at the lips' midline: the lower-lip vertex jawOpen moves most and
+    the upper-lip vertex right above it (the pair whose gap says whether the mouth is shut)."""
+    x = template.vertices.astype(np.float64)
+    jaw = template.unit_offsets[template.unit_index("jawOpen")].astype(np.float64)
+    mid_x = float(np.median(x[template.lip_mask, 0]))
+    lips = np.nonzero(template.lip_mask & (np.abs(x[:, 0] - mid_x) < 0.004))[0]
+    lower = lips[np.argmin(jaw[lips, 2])]
+    upper_candidates = lips[(jaw[lips, 2] > -0.005) & (x[lips, 2] > x[lower, 2])]
+    upper = upper_candidates[np.argmin(x[upper_candidates, 2])]
+    return int(upper), int(lower)
+
+
 def lip_closure_model(template) -> tuple[float, float]:
     """(rest, per_jaw): the mouthClose weight that shuts the lips is rest + per_jaw * jawOpen.
 
@@ -176,11 +189,7 @@ def lip_closure_model(template) -> tuple[float, float]:
     x = template.vertices.astype(np.float64)
     jaw = template.unit_offsets[template.unit_index("jawOpen")].astype(np.float64)
     close = template.unit_offsets[template.unit_index("mouthClose")].astype(np.float64)
-    mid_x = float(np.median(x[template.lip_mask, 0]))
-    lips = np.nonzero(template.lip_mask & (np.abs(x[:, 0] - mid_x) < 0.004))[0]
-    lower = lips[np.argmin(jaw[lips, 2])]
-    upper_candidates = lips[(jaw[lips, 2] > -0.005) & (x[lips, 2] > x[lower, 2])]
-    upper = upper_candidates[np.argmin(x[upper_candidates, 2])]
+    upper, lower = midline_lip_pair(template)
     gap0 = x[upper, 2] - x[lower, 2]
     gap_per_jaw = jaw[upper, 2] - jaw[lower, 2]
     gap_per_close = close[upper, 2] - close[lower, 2]
@@ -191,13 +200,7 @@ def lip_closure_model(template) -> tuple[float, float]:
 
 def lip_gap(template, vertices: np.ndarray) -> np.ndarray:
     """Vertical midline lip gap (metres) of vertices (..., V, 3), same vertex pair as above."""
-    x = template.vertices.astype(np.float64)
-    jaw = template.unit_offsets[template.unit_index("jawOpen")].astype(np.float64)
-    mid_x = float(np.median(x[template.lip_mask, 0]))
-    lips = np.nonzero(template.lip_mask & (np.abs(x[:, 0] - mid_x) < 0.004))[0]
-    lower = lips[np.argmin(jaw[lips, 2])]
-    upper_candidates = lips[(jaw[lips, 2] > -0.005) & (x[lips, 2] > x[lower, 2])]
-    upper = upper_candidates[np.argmin(x[upper_candidates, 2])]
+    upper, lower = midline_lip_pair(template)
     return vertices[..., upper, 2] - vertices[..., lower, 2]
 
 

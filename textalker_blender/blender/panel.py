@@ -7,12 +7,17 @@ import bpy
 from . import api, compat
 
 
-class TEXTALKER_PT_main(bpy.types.Panel):
-    bl_label = "TexTalker"
-    bl_idname = "TEXTALKER_PT_main"
+class _SidebarTab:
+    """Where both panels live: the 3D View sidebar (N), tab "TexTalker"."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "TexTalker"
+
+
+class TEXTALKER_PT_main(_SidebarTab, bpy.types.Panel):
+    bl_label = "TexTalker"
+    bl_idname = "TEXTALKER_PT_main"
 
     def draw(self, context):
         layout = self.layout
@@ -74,12 +79,9 @@ class TEXTALKER_PT_main(bpy.types.Panel):
             layout.operator("textalker.remove_output", icon="TRASH")
 
 
-class TEXTALKER_PT_advanced(bpy.types.Panel):
+class TEXTALKER_PT_advanced(_SidebarTab, bpy.types.Panel):
     bl_label = "Advanced"
     bl_idname = "TEXTALKER_PT_advanced"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "TexTalker"
     bl_parent_id = "TEXTALKER_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 

@@ -17,23 +17,19 @@ stage). See docs/TRAINING.md.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-
-from tools.training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
-from tools.training.refine_stage import refine_motion_decoder  # noqa: E402
+from tools.training.common import add_session_arguments, run_stage, session_arguments, stage_parser
+from tools.training.refine_stage import refine_motion_decoder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser)
+    parser = stage_parser(__doc__)
     parser.add_argument("--motion-vq", type=Path, required=True, help="the trained motion VQ run (stage 1)")
     add_session_arguments(parser)
     args = parser.parse_args(argv)
     return run_stage(args, lambda config, dist: refine_motion_decoder(
-        config, args.data, args.run, args.motion_vq, dist, steps=args.steps,
-        max_minutes=args.max_minutes, progress_bar=not args.no_progress))
+        config, args.data, args.run, args.motion_vq, dist, **session_arguments(args)))
 
 
 if __name__ == "__main__":

@@ -13,17 +13,14 @@ processes. Then `tools/export_bundle.py --run RUN --out ...`. See docs/TRAINING.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-
-from tools.training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
-from tools.training.ldm_stage import train_ldm  # noqa: E402
+from tools.training.common import add_session_arguments, run_stage, session_arguments, stage_parser
+from tools.training.ldm_stage import train_ldm
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser)
+    parser = stage_parser(__doc__)
     parser.add_argument("--motion-vq", type=Path, required=True, help="run folder of the motion VQ")
     parser.add_argument("--wrinkle-vq", type=Path, default=None,
                         help="run folder of the wrinkle VQ (required unless --motion-vq is a joint-codebook VQ run)")
@@ -35,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return run_stage(args, lambda config, dist: train_ldm(
         config, args.data, args.run, args.motion_vq, args.wrinkle_vq, dist,
-        steps=args.steps, max_minutes=args.max_minutes,
-        hubert_dir=args.hubert_dir, progress_bar=not args.no_progress, init_from=args.init_from))
+        hubert_dir=args.hubert_dir, init_from=args.init_from, **session_arguments(args)))
 
 
 if __name__ == "__main__":

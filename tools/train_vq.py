@@ -12,23 +12,18 @@ See docs/TRAINING.md.
 
 from __future__ import annotations
 
-import argparse
-
-
-from tools.training.common import add_run_arguments, add_session_arguments, run_stage  # noqa: E402
-from tools.training.vq_stage import train_vq  # noqa: E402
+from tools.training.common import add_session_arguments, run_stage, session_arguments, stage_parser
+from tools.training.vq_stage import train_vq
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser)
+    parser = stage_parser(__doc__)
     parser.add_argument("--which", choices=("motion", "wrinkle", "joint"), required=True,
                         help="joint: the joint-codebook ablation's one VQ over both maps (docs/TRAINING.md)")
     add_session_arguments(parser)
     args = parser.parse_args(argv)
     return run_stage(args, lambda config, dist: train_vq(
-        config, args.data, args.run, args.which, dist, steps=args.steps,
-        max_minutes=args.max_minutes, progress_bar=not args.no_progress))
+        config, args.data, args.run, args.which, dist, **session_arguments(args)))
 
 
 if __name__ == "__main__":

@@ -471,6 +471,20 @@ def add_run_arguments(parser) -> None:
                         help="run folder (created or resumed); spell it --run-dir under torchrun, whose own --run-path makes --run ambiguous")
 
 
+def stage_parser(doc: str):
+    """A stage script's parser: its docstring's first paragraph, then --config, --data and --run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_run_arguments(parser)
+    return parser
+
+
+def session_arguments(args) -> dict:
+    """The keywords every stage's train function takes from add_session_arguments' options."""
+    return {"steps": args.steps, "max_minutes": args.max_minutes, "progress_bar": not args.no_progress}
+
+
 def add_session_arguments(parser) -> None:
     """--steps, --max-minutes, --device, --threads and --no-progress of both stage scripts."""
     parser.add_argument("--steps", type=int, default=None, help="total steps to reach (default: the config's)")

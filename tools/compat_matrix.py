@@ -228,22 +228,31 @@ def _test_environment() -> dict:
     return environment
 
 
-def run_pytest(target: BlenderTarget, tests: tuple[str, ...], report_dir: Path, name: str) -> dict:
-    junit = report_dir / f"{name}-{target.bpy}.xml"
-    arguments = ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *tests]
+def _run_in_environment(target: BlenderTarget, arguments: list[str], timeout_s: float, timeout_note: str,
+                        log: Path) -> tuple[int | None, str, float]:
+    """`arguments` with the environment's Python from the repository root: (exit status or None on
+    timeout, stdout + stderr, seconds); the output is also written to `log`."""
     command = [str(target.venv / "bin" / "python"), *arguments]
     say(f"{target.label}: {' '.join(arguments)}")
     started = time.perf_counter()
     try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=_test_environment(), timeout=PYTEST_TIMEOUT_S,
+        result = subprocess.run(command, cwd=REPO_ROOT, env=_test_environment(), timeout=timeout_s,
                                 capture_output=True, text=True)
         returncode, output = result.returncode, result.stdout + result.stderr
     except subprocess.TimeoutExpired as error:
         partial = error.stdout or ""
         output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
-        returncode, output = None, output + f"\ntimed out after {PYTEST_TIMEOUT_S} s"
-    elapsed = time.perf_counter() - started
-    (report_dir / f"{name}-{target.bpy}.log").write_text(output)
+        returncode, output = None, output + f"\n{timeout_note}"
+    log.write_text(output)
+    return returncode, output, time.perf_counter() - started
+
+
+def run_pytest(target: BlenderTarget, tests: tuple[str, ...], report_dir: Path, name: str) -> dict:
+    junit = report_dir / f"{name}-{target.bpy}.xml"
+    arguments = ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *tests]
+    returncode, output, elapsed = _run_in_environment(
+        target, arguments, PYTEST_TIMEOUT_S, f"timed out after {PYTEST_TIMEOUT_S} s",
+        report_dir / f"{name}-{target.bpy}.log")
     counts = junit_counts(junit)
     passed = returncode == 0 and counts["failed"] == 0 and counts["passed"] > 0
     tail = "\n".join(output.strip().splitlines()[-40:])
@@ -283,17 +292,9 @@ def run_demo(target: BlenderTarget, report_dir: Path) -> dict:
     out = report_dir / f"demo-{target.bpy}"
     arguments = ["tools/demo.py", "--out", str(out), "--frames-to-render", "1", "--resolution", "128",
                  "--samples", "4"]
-    command = [str(target.venv / "bin" / "python"), *arguments]
-    say(f"{target.label}: {' '.join(arguments)}")
-    started = time.perf_counter()
-    try:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=_test_environment(), timeout=DEMO_TIMEOUT_S,
-                                capture_output=True, text=True)
-        returncode, output = result.returncode, result.stdout + result.stderr
-    except subprocess.TimeoutExpired:
-        returncode, output = None, "timed out (a hang at exit shows as this)"
-    elapsed = time.perf_counter() - started
-    (report_dir / f"demo-{target.bpy}.log").write_text(output)
+    returncode, output, elapsed = _run_in_environment(
+        target, arguments, DEMO_TIMEOUT_S, "timed out (a hang at exit shows as this)",
+        report_dir / f"demo-{target.bpy}.log")
     summary = {}
     if (out / "summary.json").is_file():
         summary = json.loads((out / "summary.json").read_text())

@@ -94,6 +94,47 @@ def test_disk_check_uses_the_nearest_existing_folder(tmp_path):
     assert not (tmp_path / "not").exists()  # checking made no folder
 
 
+def test_write_check_survives_another_run_making_the_same_new_folder(tmp_path, monkeypatch):
+    """Two batch runs probing one new --output-folder: the other run makes the folder between
+    our existence check and our mkdir. That is not a permission problem."""
+    target = tmp_path / "shared maps"
+    real_mkdir = Path.mkdir
+
+    def other_run_was_first(path, *arguments, **keywords):
+        if path == target and not path.exists():
+            real_mkdir(path)  # the other run
+        return real_mkdir(path, *arguments, **keywords)
+
+    monkeypatch.setattr(Path, "mkdir", other_run_was_first)
+    resources.check_writable(target)
+    assert target.is_dir()  # the other run's folder is left for it
+
+
+def test_write_check_survives_another_run_removing_its_probe_folder(tmp_path, monkeypatch):
+    """The other run made the folder, and removes it again (its own probe done) just before our
+    probe file is created: we try again instead of failing."""
+    target = tmp_path / "shared maps"
+    real_temporary_file = resources.tempfile.NamedTemporaryFile
+    removals = []
+
+    def other_run_cleans_up(*arguments, **keywords):
+        if not removals:
+            removals.append(target)
+            target.rmdir()
+        return real_temporary_file(*arguments, **keywords)
+
+    monkeypatch.setattr(resources.tempfile, "NamedTemporaryFile", other_run_cleans_up)
+    resources.check_writable(target)
+    assert removals and not target.exists()
+
+
+def test_write_check_reports_a_file_in_the_way(tmp_path):
+    blocker = tmp_path / "maps"
+    blocker.write_text("not a folder")
+    with pytest.raises(ResourceError, match="Cannot write the wrinkle maps to .*maps"):
+        resources.check_writable(blocker / "run")
+
+
 def test_one_hour_file_is_refused_by_the_pipeline_without_decoding(tmp_path):
     from textalker_blender.core.errors import AudioError
     from textalker_blender.core.pipeline import Pipeline

@@ -167,6 +167,29 @@ def check_writable(folder: str | os.PathLike, what: str = "the wrinkle maps",
     A real write is tried, because permission bits do not tell the whole story (read-only mounts,
     network shares, the root user)."""
     target = Path(os.path.abspath(folder))
+    for _ in range(_PROBE_ATTEMPTS):
+        try:
+            _probe_write(target)
+            return
+        except (FileExistsError, FileNotFoundError) as error:
+            # Another run probing the same new folder made it or removed it between our steps:
+            # try again rather than report a race as a permission problem.
+            failure = error
+        except OSError as error:
+            failure = error
+            break
+    reason = failure.strerror or type(failure).__name__
+    raise ResourceError(
+        f"Cannot write {what} to {target}: {reason}. Choose a folder you can write to ({hint})."
+    ) from None
+
+
+_PROBE_ATTEMPTS = 5
+
+
+def _probe_write(target: Path) -> None:
+    """Creates the missing folders of `target` and a temporary file in it, then removes the
+    folders it made (leaving those another process made)."""
     created: list[Path] = []
     try:
         missing = []
@@ -175,15 +198,15 @@ def check_writable(folder: str | os.PathLike, what: str = "the wrinkle maps",
             missing.append(path)
             path = path.parent
         for path in reversed(missing):
-            path.mkdir()
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+                continue
             created.append(path)
         with tempfile.NamedTemporaryFile(dir=target, prefix=".textalker_probe_"):
             pass
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise ResourceError(
-            f"Cannot write {what} to {target}: {reason}. Choose a folder you can write to ({hint})."
-        ) from None
     finally:
         for path in reversed(created):
             try:

@@ -109,21 +109,7 @@ def write_one_second_of_sample_speech(folder):
 
 
 # --------------------------------------------------------------------------------------------
-# Fixtures and stand-ins shared by the add-on test modules. A module uses a fixture by importing
-# it (pytest finds fixtures in the module's namespace); an imported autouse fixture applies to
-# that module's tests.
-
-
-@pytest.fixture(scope="module", autouse=True)
-def unregister_addon_after_module():
-    """The add-on is unregistered after the importing module's last test."""
-    yield
-    unregister_addon()
-
-
-@pytest.fixture(scope="module")
-def one_second_speech(tmp_path_factory):
-    return write_one_second_of_sample_speech(tmp_path_factory.mktemp("audio"))
+# Stand-ins shared by the add-on test modules (their fixtures live in conftest.py).
 
 
 class ModalOperatorStandIn(SimpleNamespace):

@@ -45,6 +45,44 @@ def blender_user_resources() -> Path:
     return BLENDER_USER_RESOURCES
 
 
+@pytest.fixture(scope="module")
+def speech_file(tmp_path_factory) -> Path:
+    """Half a second of the sample speech as a 16 kHz WAV."""
+    from robustness_support import write_audio
+
+    return write_audio(tmp_path_factory.mktemp("audio") / "speech.wav", seconds=0.5, rate=16000)
+
+
+@pytest.fixture
+def saved_scene(tmp_path):
+    """A registered add-on scene with the template head's catalog, saved as tmp_path/scene.blend
+    (so output goes beside it). Imports bpy: only Blender tests ask for it."""
+    from blender_support import bpy, registered_scene
+
+    scene = registered_scene()
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    return scene
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unregister_addon_after_module():
+    """Every test module leaves the add-on unregistered after its last test, so the next module
+    starts from Blender's own state. Modules that never imported bpy pay nothing."""
+    yield
+    if "bpy" in sys.modules:
+        from blender_support import unregister_addon
+
+        unregister_addon()
+
+
+@pytest.fixture(scope="module")
+def one_second_speech(tmp_path_factory) -> Path:
+    """One second of the bundled sample voice as a WAV."""
+    from blender_support import write_one_second_of_sample_speech
+
+    return write_one_second_of_sample_speech(tmp_path_factory.mktemp("audio"))
+
+
 def _cuda_available() -> bool:
     try:
         import torch

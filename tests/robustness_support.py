@@ -76,25 +76,6 @@ def template_head():
     return bpy.context.active_object
 
 
-# Fixtures of the Blender robustness modules (used by importing them; see blender_support).
-
-
-@pytest.fixture(scope="module")
-def speech_file(tmp_path_factory):
-    """Half a second of the sample speech as a 16 kHz WAV."""
-    return write_audio(tmp_path_factory.mktemp("audio") / "speech.wav", seconds=0.5, rate=16000)
-
-
-@pytest.fixture
-def saved_scene(tmp_path):
-    """A registered add-on scene saved as tmp_path/scene.blend (so output goes beside it)."""
-    from blender_support import bpy
-
-    scene = registered_scene()
-    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
-    return scene
-
-
 def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
 

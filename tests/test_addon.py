@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 import soundfile
 
-from blender_support import (  # one_second_speech, unregister_addon_after_module: fixtures
+from blender_support import (
     SOUND_SUPPORT,
     ModalOperatorStandIn,
     add_speech,
     bpy,
     fresh_scene,
     grid_mesh_object,
-    one_second_speech,  # noqa: F401
     needs_sound,
     registered_scene,
-    unregister_addon_after_module,  # noqa: F401
 )
 from core_helpers import write_blink_input_weights
 from robustness_support import needs_assets

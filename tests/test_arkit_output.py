@@ -8,13 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from blender_support import (  # one_second_speech, unregister_addon_after_module: fixtures
+from blender_support import (
     add_speech,
     bpy,
     grid_mesh_object,
-    one_second_speech,  # noqa: F401
     registered_scene,
-    unregister_addon_after_module,  # noqa: F401
 )
 from robustness_support import needs_assets
 from textalker_blender.blender import api, arkit_writer, cli, compat, writers

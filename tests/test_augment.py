@@ -1,7 +1,6 @@
 """Log-mel augmentation of stage 2 (tools/training/augment.py)."""
 
 
-import numpy as np
 import torch
 
 from tools.training.augment import augment_log_mel, warp_bands  # noqa: E402

@@ -35,7 +35,7 @@ from textalker_blender.core.weights import load_weights, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
-from tools.training.ldm_stage import fit_blink_direction, initialise_from, trainable_parameters, window_blink  # noqa: E402
+from tools.training.ldm_stage import initialise_from, trainable_parameters, window_blink  # noqa: E402
 
 # The blink-conditioned denoiser's own parameters (the token input `blink_proj`, the output
 # direction `blink_out`): what a warm start from a model without blink input may lack.

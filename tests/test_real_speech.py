@@ -12,18 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-from tools.real_speech.checks import (  # noqa: E402
-    MIN_PASS_RATE,
-    THRESHOLDS,
-    ClipStatistics,
-    Thresholds,
-    clip_passes,
-    clip_statistics,
-    evaluate,
-    measure_clip,
-    pass_rates,
-    set_passes,
-)
+from tools.real_speech import checks  # noqa: E402
 from tools.real_speech.measures import (  # noqa: E402
     distance_to_speech,
     frame_levels_db,
@@ -139,53 +128,53 @@ def test_a_mouth_that_follows_speech_passes(speech_clip):
     bilabials = [("b", 1.10, 1.16)]  # the closure between the words
     aperture = _mouth(times, in_speech, 16.0)
     aperture[(times > 1.05) & (times < 1.2)] = -1.0  # lips pressed for /b/
-    stats = clip_statistics(measure_clip(aperture, audio, bilabials))
-    results = evaluate(stats, THRESHOLDS)
+    stats = checks.clip_statistics(checks.measure_clip(aperture, audio, bilabials))
+    results = checks.evaluate(stats, checks.THRESHOLDS)
     assert all(r.passed for r in results.values()), results
-    assert clip_passes(results) is True
+    assert checks.clip_passes(results) is True
     assert stats.loud_vs_silence_auc > 0.9 and stats.bilabial_minima_mm == [-1.0]
 
 
 def test_a_mouth_that_opens_only_in_silence_fails(speech_clip):
     audio, n_frames, times, in_speech = speech_clip
     aperture = _mouth(times, ~in_speech, 16.0)
-    results = evaluate(clip_statistics(measure_clip(aperture, audio, [("m", 1.10, 1.16)])))
+    results = checks.evaluate(checks.clip_statistics(checks.measure_clip(aperture, audio, [("m", 1.10, 1.16)])))
     assert results["silence_closed"].passed is False
     assert results["speech_open"].passed is False
     assert results["speech_vs_silence"].passed is False
     assert results["speech_vs_silence"].value < 0.1
-    assert clip_passes(results) is False
+    assert checks.clip_passes(results) is False
 
 
 def test_a_frozen_mouth_fails_and_a_bilabial_left_open_fails(speech_clip):
     audio, n_frames, times, in_speech = speech_clip
-    frozen = evaluate(clip_statistics(measure_clip(np.full(n_frames, 0.6), audio)))
+    frozen = checks.evaluate(checks.clip_statistics(checks.measure_clip(np.full(n_frames, 0.6), audio)))
     assert frozen["silence_closed"].passed is True  # closed, but...
     assert frozen["speech_open"].passed is False  # ...never opens
     assert frozen["speech_vs_silence"].passed is False  # ties: AUC 0.5
     assert frozen["bilabial_closure"].passed is None  # no timing given: not applicable
     open_lips = _mouth(times, in_speech, 16.0)  # opens on speech but never closes for the /b/
-    results = evaluate(clip_statistics(measure_clip(open_lips, audio, [("b", 1.10, 1.16)])))
+    results = checks.evaluate(checks.clip_statistics(checks.measure_clip(open_lips, audio, [("b", 1.10, 1.16)])))
     assert results["speech_open"].passed and results["bilabial_closure"].passed is False
 
 
 def test_checks_without_data_are_not_applicable():
-    stats = ClipStatistics(10, 10, 0, 5, None, 12.0, None, [])
-    results = evaluate(stats, Thresholds(3.0, 9.0, 0.6, 1.7))
+    stats = checks.ClipStatistics(10, 10, 0, 5, None, 12.0, None, [])
+    results = checks.evaluate(stats, checks.Thresholds(3.0, 9.0, 0.6, 1.7))
     assert [r.passed for r in results.values()] == [None, True, None, None]
-    assert clip_passes(results) is True
-    assert clip_passes(evaluate(ClipStatistics(10, 0, 0, 0, None, None, None, []))) is None
+    assert checks.clip_passes(results) is True
+    assert checks.clip_passes(checks.evaluate(checks.ClipStatistics(10, 0, 0, 0, None, None, None, []))) is None
 
 
 def test_the_set_verdict_tolerates_one_miss_in_ten_but_not_a_broken_check():
     def clip(silence, speech):
-        return evaluate(ClipStatistics(40, 20, 10, 10, silence, speech, 0.9, []))
+        return checks.evaluate(checks.ClipStatistics(40, 20, 10, 10, silence, speech, 0.9, []))
 
     good, bad_silence = clip(0.5, 15.0), clip(8.0, 15.0)
-    assert set_passes([good] * 9 + [bad_silence])
-    assert pass_rates([good] * 9 + [bad_silence])["silence_closed"] == (9, 10)
-    assert not set_passes([good] * 7 + [bad_silence] * 3)
-    assert not set_passes([clip(0.5, 3.0)] * 10)  # never opens: every clip fails speech_open
+    assert checks.set_passes([good] * 9 + [bad_silence])
+    assert checks.pass_rates([good] * 9 + [bad_silence])["silence_closed"] == (9, 10)
+    assert not checks.set_passes([good] * 7 + [bad_silence] * 3)
+    assert not checks.set_passes([clip(0.5, 3.0)] * 10)  # never opens: every clip fails speech_open
 
 
 @needs_flite
@@ -207,13 +196,13 @@ def test_synthetic_ground_truth_passes_and_thresholds_derive_from_it(template):
     template_weights[:, [template.unit_names.index(n) for n in ARKIT_UNITS]] = weights
     truth = aperture_from_unit_weights(template, template_weights)
     bilabials = [(p.label, p.start, p.end) for p in phonemes]
-    stats = clip_statistics(measure_clip(truth, load_audio((audio, RATE)), bilabials))
+    stats = checks.clip_statistics(checks.measure_clip(truth, load_audio((audio, RATE)), bilabials))
     assert len(stats.bilabial_minima_mm) >= 6
-    results = evaluate(stats)
-    assert clip_passes(results) is True, results
+    results = checks.evaluate(stats)
+    assert checks.clip_passes(results) is True, results
     # the same clip with its mouth reversed in time no longer lines up with the audio
-    reversed_stats = clip_statistics(measure_clip(truth[::-1].copy(), load_audio((audio, RATE)), bilabials))
-    assert clip_passes(evaluate(reversed_stats)) is False
+    reversed_stats = checks.clip_statistics(checks.measure_clip(truth[::-1].copy(), load_audio((audio, RATE)), bilabials))
+    assert checks.clip_passes(checks.evaluate(reversed_stats)) is False
 
     class OneClipReference:
         ground_truth = [stats]
@@ -298,16 +287,16 @@ def test_bundled_model_lip_syncs_real_speech():
     failures = {r.recording.name: {k: (v.value, v.threshold) for k, v in r.checks.items() if v.passed is False}
                 for r in results if r.passed is False}
     known = KNOWN_FAILING_BUNDLES.get(pipeline.weights_sha256)
-    if known and not set_passes([r.checks for r in results]):
+    if known and not checks.set_passes([r.checks for r in results]):
         failing_check, reason = known
-        rates = pass_rates([r.checks for r in results])
+        rates = checks.pass_rates([r.checks for r in results])
         # Every other check must still pass: the known failure excuses one check, not the model.
         others = {name: rate for name, rate in rates.items() if name != failing_check}
-        assert all(passed >= MIN_PASS_RATE * applicable for passed, applicable in others.values() if applicable), (
+        assert all(passed >= checks.MIN_PASS_RATE * applicable for passed, applicable in others.values() if applicable), (
             f"checks other than the known {failing_check} failure regressed: {others}")
         pytest.xfail(f"{reason}; pass rates {rates}")
-    assert set_passes([r.checks for r in results]), (
-        f"pass rates {pass_rates([r.checks for r in results])}; failed (value, threshold): {json.dumps(failures)}")
+    assert checks.set_passes([r.checks for r in results]), (
+        f"pass rates {checks.pass_rates([r.checks for r in results])}; failed (value, threshold): {json.dumps(failures)}")
 
 
 @pytest.mark.slow

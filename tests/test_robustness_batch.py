@@ -17,11 +17,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from robustness_support import files_under, needs_assets, registered_scene, speech_file, template_head  # noqa: F401
+from robustness_support import files_under, needs_assets, registered_scene, template_head
 
 bpy = pytest.importorskip("bpy")
-
-from blender_support import unregister_addon_after_module  # noqa: E402,F401
 
 from textalker_blender.blender import api, cli, generation, writers  # noqa: E402
 from textalker_blender.core import run_files  # noqa: E402

@@ -21,12 +21,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from robustness_support import (  # saved_scene, speech_file: fixtures
+from robustness_support import (
     files_under,
     needs_assets,
-    saved_scene,  # noqa: F401
     snapshot,
-    speech_file,  # noqa: F401
     template_head,
     write_audio,
 )
@@ -35,7 +33,7 @@ bpy = pytest.importorskip("bpy")
 
 import torch  # noqa: E402
 
-from blender_support import ModalOperatorStandIn, unregister_addon_after_module  # noqa: E402,F401
+from blender_support import ModalOperatorStandIn  # noqa: E402
 
 from textalker_blender.blender import api, generation, writers  # noqa: E402
 from textalker_blender.core import resources  # noqa: E402

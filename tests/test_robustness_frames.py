@@ -14,17 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from robustness_support import (  # saved_scene, speech_file: fixtures
+from robustness_support import (
     needs_assets,
-    saved_scene,  # noqa: F401
     snapshot,
-    speech_file,  # noqa: F401
     template_head,
 )
 
 bpy = pytest.importorskip("bpy")
-
-from blender_support import unregister_addon_after_module  # noqa: E402,F401
 
 from textalker_blender.blender import api, writers  # noqa: E402
 from textalker_blender.core import mesh_match  # noqa: E402
@@ -186,6 +182,7 @@ def test_relative_paths_in_an_unsaved_file_say_what_to_do(tmp_path, speech_file)
         api.generate(head, "//speech.wav", steps=1)
     with pytest.raises(TexTalkerError, match="output folder //maps is relative to the .blend file"):
         api.generate(head, str(speech_file), steps=1, output_folder="//maps")
+    assert snapshot() == before
     scene = bpy.context.scene
     strip = scene.sequence_editor_create().strips.new_sound("voice", str(speech_file), 1, 1)
     strip.sound.filepath = "//speech.wav"

@@ -298,8 +298,6 @@ def test_packed_sound_with_hostile_name_is_unpacked_inside_the_temp_folder(tmp_p
     pytest.importorskip("bpy")
     import tempfile
 
-    from blender_support import bpy
-
     from textalker_blender.blender import api
 
     scene = registered_scene()

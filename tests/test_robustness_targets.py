@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from robustness_support import (  # saved_scene, speech_file: fixtures
+from robustness_support import (
     files_under,
     needs_assets,
     registered_scene,
-    saved_scene,  # noqa: F401
     snapshot,
-    speech_file,  # noqa: F401
     template_head,
 )
 
 bpy = pytest.importorskip("bpy")
 
-from blender_support import grid_mesh_object, unregister_addon_after_module  # noqa: E402,F401
+from blender_support import grid_mesh_object  # noqa: E402
 
 from textalker_blender.blender import api, writers  # noqa: E402
 from textalker_blender.core.errors import MeshError, TexTalkerError  # noqa: E402

@@ -101,7 +101,7 @@ def worker_end_to_end(seconds: float, repeats: int, threads: int, steps: int | N
     _set_threads(threads)
     import bpy
 
-    from textalker_blender.blender import api, operators, writers
+    from textalker_blender.blender import operators, writers
     from textalker_blender.core import part_motion
     from textalker_blender.core.pipeline import Pipeline
 

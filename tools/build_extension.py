@@ -262,7 +262,9 @@ def download_wheels(
     wanted |= pip_download([], requirements)
     wheels = sorted(p for p in target_dir.glob("*.whl") if p.name in wanted)
     if not wheels:
-        raise WheelDownloadError(f"pip download reported no wheels for {python.tag} {platform}:\n{result.stdout[-2000:]}")
+        raise WheelDownloadError(
+            f"pip download reported no wheels for {python.tag} {platform} (it named: {', '.join(sorted(wanted)) or 'nothing'})"
+        )
     if wants_torch and platform == "linux-x64":
         check_torch_flavour(wheels, torch_flavour)
     return [p for p in wheels if canonicalize_name(parse_wheel_filename(p.name)[0]) not in BLENDER_BUNDLED]

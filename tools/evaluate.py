@@ -372,7 +372,7 @@ def learned_baselines(baselines_dir: Path | None, seed: int) -> tuple[list[Metho
         run_dir = Path(baselines_dir) / getattr(cls, "slug", name)
         try:
             baseline = module.load_baseline(name, run_dir)
-        except FileNotFoundError as exc:
+        except FileNotFoundError:
             missing.append({"name": name, "reason": f"not trained: no checkpoint in {run_dir}", "command": command})
             continue
 

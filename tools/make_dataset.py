@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    from tools.synthetic_textalk4d.builder import BuildConfig, build, dump_json
+    from tools.synthetic_textalk4d.builder import BuildConfig, build
     from tools.synthetic_textalk4d.speech import SpeechToolsMissing
 
     out = args.out.resolve()

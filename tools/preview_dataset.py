@@ -27,7 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 
-from tools.synthetic_textalk4d.geometry import identity_part_offsets, region_masks  # noqa: E402
+from tools.synthetic_textalk4d.geometry import identity_part_offsets  # noqa: E402
 from tools.synthetic_textalk4d.reader import SyntheticTextalk4D  # noqa: E402
 from tools.synthetic_textalk4d.visemes import BILABIALS, OPEN_VOWELS  # noqa: E402
 

@@ -124,7 +124,7 @@ def write_report(path: Path, *, weights: dict, results: list, thresholds: Thresh
     add("that speaker's timbre is not entirely new to the model; the other speakers are.")
     add("")
     add("## How it is measured")
-    add(f"- **Aperture**: the midline lip gap of the dataset (`synthetic_textalk4d.geometry.lip_gap`):")
+    add("- **Aperture**: the midline lip gap of the dataset (`synthetic_textalk4d.geometry.lip_gap`):")
     add(f"  z of upper-lip vertex {template_info['upper']} minus z of lower-lip vertex "
         f"{template_info['lower']} (the lower-lip vertex jawOpen moves most, the upper-lip vertex")
     add(f"  above it), in mm; {template_info['rest_mm']:.2f} mm at rest (neutral template), negative when the")
@@ -276,7 +276,7 @@ def write_report(path: Path, *, weights: dict, results: list, thresholds: Thresh
     add("```")
     add(command)
     add("```")
-    add(f"Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f". Machine: {machine}.")
+    add("Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f". Machine: {machine}.")
     add("Tests: `.venv/bin/python -m pytest -q tests/test_real_speech.py` (the check on the bundled model")
     add("skips while the bundle's metadata says trained=false).")
     add("")

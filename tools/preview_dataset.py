@@ -28,6 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 from tools.synthetic_textalk4d.geometry import identity_part_offsets  # noqa: E402
+from textalker_blender.core.wrinkle_channels import ratio_from_channels  # noqa: E402
 from tools.synthetic_textalk4d.reader import SyntheticTextalk4D  # noqa: E402
 from tools.synthetic_textalk4d.visemes import BILABIALS, OPEN_VOWELS  # noqa: E402
 
@@ -471,9 +472,9 @@ def main(argv=None) -> int:
     subject = sample.subject
     geometry = ds.geometry(subject)
     offsets = geometry.offsets(sample.weights)
-    ratio_maps = geometry.wrinkle_maps(offsets)
+    ratio_maps = ratio_from_channels(geometry.wrinkle_maps(sample.weights))
     dataset = SyntheticTextalk4D(args.dataset, "all", maps=False)      # the dataset's 128 px maps
-    dataset_ratio = dataset.geometry(subject).wrinkle_maps(offsets)
+    dataset_ratio = ratio_from_channels(dataset.geometry(subject).wrinkle_maps(sample.weights))
     motion_rasterizer = ds.template.uv_rasterizer(64, "motion")
     motion_maps = motion_rasterizer.rasterize(offsets)
     darkening = (1 - ratio_maps[..., 1]).reshape(len(offsets), -1).mean(axis=1)

@@ -36,6 +36,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .wrinkle_channels import CURRENT_ENCODING as CURRENT_WRINKLE_ENCODING
+from .wrinkle_channels import LEGACY_ENCODING as LEGACY_WRINKLE_ENCODING
+from .wrinkle_channels import check_encoding
+
 MODEL_FPS = 30
 SAMPLE_RATE = 16000
 
@@ -160,6 +164,10 @@ class ModelConfig:
     # map is resampled into the motion layout and back (core/joint_codebook.py). Its latent is
     # slot z_f (`motion_latent_dim`); z_w is empty and so are the wrinkle pivots.
     joint_codebook_vq: VQConfig | None = None
+    # What the wrinkle maps' three channels mean (core/wrinkle_channels.py): "fold_shade_flush"
+    # (fold activation of the crease detail, shading, flush) or "log_ratio_rgb" (bundles trained
+    # before crease detail; `from_dict` assumes it for weights that do not say).
+    wrinkle_encoding: str = CURRENT_WRINKLE_ENCODING
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -253,6 +261,7 @@ class ModelConfig:
     def validate(self) -> None:
         self.motion_vq.validate()
         self.wrinkle_vq.validate()
+        check_encoding(self.wrinkle_encoding)
         if self.joint_codebook_vq is not None:
             self.joint_codebook_vq.validate()
             joint = self.joint_codebook_vq
@@ -308,6 +317,8 @@ class ModelConfig:
         legacy_region = data.pop("uv_region", None)
         if legacy_region is not None and data.get("uv_layouts") is None:
             data["uv_layouts"] = {"legacy_uv_region": list(legacy_region)}
+        # Weights saved before the encoding was recorded were trained on log ratios.
+        data.setdefault("wrinkle_encoding", LEGACY_WRINKLE_ENCODING)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

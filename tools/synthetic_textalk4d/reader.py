@@ -7,7 +7,9 @@
 Weights come back in the template's unit order (`ds.unit_names == template.unit_names`), so
 `template.apply_units(sample.weights)` gives the offsets. Offsets are metres from the subject's
 neutral (identity) shape; motion maps are those offsets rasterised into the template's UV layout;
-wrinkle maps are albedo ratios (1 = unchanged) rendered from the surface strain.
+wrinkle maps are the channels [fold activation, shade, flush] of core/wrinkle_channels.py, from
+the subject's creases and the face units that fold them (`ratio_from_channels` gives the albedo
+ratio); `crease_detail(subject, resolution)` is the subject's high-resolution crease height.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from textalker_blender.core.wrinkle_channels import CURRENT_ENCODING as WRINKLE_ENCODING
 
 from .speech import Phoneme, read_audio
 from .styles import Subject
@@ -39,7 +43,7 @@ class Sample:
     weights: np.ndarray         # float32 (T, 52), template unit order
     offsets: np.ndarray | None = None        # float32 (T, V, 3) metres
     motion_maps: np.ndarray | None = None    # float32 (T, Hm, Wm, 3) metres
-    wrinkle_maps: np.ndarray | None = None   # float32 (T, Hw, Ww, 3) ratio
+    wrinkle_maps: np.ndarray | None = None   # float32 (T, Hw, Ww, 3) [fold, shade, flush]
 
     @property
     def n_frames(self) -> int:
@@ -108,7 +112,8 @@ class SyntheticTextalk4D:
         # maps depend on the dataset and on the template's map layouts
         layouts = self.template.motion_layout.fingerprint + self.template.wrinkle_layout.fingerprint
         layout_tag = hashlib.sha256(layouts.encode()).hexdigest()[:8]
-        self._cache_key = f"{fingerprint}_{layout_tag}_m{self.motion_resolution}_w{self.wrinkle_resolution}"
+        self._cache_key = (f"{fingerprint}_{layout_tag}_m{self.motion_resolution}_w{self.wrinkle_resolution}"
+                           f"_{WRINKLE_ENCODING}")
 
     # --- indexing ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -160,6 +165,11 @@ class SyntheticTextalk4D:
     def neutral_vertices(self, subject_name: str) -> np.ndarray:
         return self.geometry(subject_name).neutral
 
+    def crease_detail(self, subject_name: str, resolution: int) -> np.ndarray:
+        """(resolution, resolution) float32 full-fold crease height of the subject (mm, <= 0), in
+        the wrinkle layout, image row order: what the fold activation (channel 0) scales."""
+        return self.geometry(subject_name).detail_mm(resolution)
+
     def neutral_albedo(self, subject_name: str, resolution: int | None = None) -> np.ndarray:
         """float32 (H, W, 3) albedo in [0, 1] in the wrinkle maps' layout: the template's albedo
         (sRGB-encoded values, as stored in the PNG) times the subject's skin tone; 0 on texels
@@ -203,7 +213,7 @@ class SyntheticTextalk4D:
         for start in range(0, t, chunk):
             part = offsets[start:start + chunk]
             motion[start:start + chunk] = motion_rasterizer.rasterize(part)
-            wrinkle[start:start + chunk] = geometry.wrinkle_maps(part)
+            wrinkle[start:start + chunk] = geometry.wrinkle_maps(weights[start:start + chunk])
         return offsets, motion, wrinkle
 
     def _maps_cached(self, entry: dict, weights: np.ndarray):

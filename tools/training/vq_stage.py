@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from textalker_blender.core.wrinkle_channels import fold_from_channels, ratio_from_channels
+
 from .common import (
     Distributed,
     JsonlLog,
@@ -31,7 +33,7 @@ from .common import (
     write_json,
 )
 from .artefacts import DISCRIMINATOR_WEIGHTS, VQ_WEIGHTS, vq_config_for, write_vq_weights
-from .data import FrameTable, EpochOrder, open_dataset, render_frames, validation_frames
+from .data import EpochOrder, FrameTable, check_wrinkle_encoding, open_dataset, render_frames, validation_frames
 from .loop import StageLoop, StepReport
 from .joint_maps import joint_reconstruction_errors, render_joint_frames
 from .vq_losses import VQLosses
@@ -91,8 +93,9 @@ def _mask_from_list(data: dict) -> np.ndarray:
 
 @torch.no_grad()
 def reconstruction_errors(vq: VQAutoencoder, kind: str, maps: np.ndarray, mask: np.ndarray, batch: int = 64) -> dict:
-    """Validation in physical units: motion MAE/max in mm over the active texels; wrinkle ratio
-    MAE over the active texels and PSNR of the ratio maps (peak 1.0) over all texels."""
+    """Validation in physical units: motion MAE/max in mm over the active texels; wrinkle albedo
+    ratio MAE over the active texels and PSNR of the ratio maps (peak 1.0) over all texels, and
+    the fold activation's MAE over the active texels."""
     if kind == "joint":
 
         return joint_reconstruction_errors(vq, maps, mask, batch)
@@ -102,13 +105,17 @@ def reconstruction_errors(vq: VQAutoencoder, kind: str, maps: np.ndarray, mask: 
     max_err = 0.0
     count_active = 0
     count_all = 0
+    fold_abs_sum = 0.0
     device = vq.map_offset.device
     for start in range(0, len(maps), batch):
         target = torch.from_numpy(maps[start : start + batch].astype(np.float32)).to(device)
         recon = vq.decode(vq.encode(target))
         if kind == "wrinkle":
-            target, recon = target.exp(), recon.exp()  # ratio units
-        error = (recon - target).cpu().numpy()
+            truth, decoded = target.cpu().numpy(), recon.cpu().numpy()
+            fold_abs_sum += float(np.abs(fold_from_channels(decoded) - fold_from_channels(truth))[:, mask].sum())
+            error = ratio_from_channels(decoded) - ratio_from_channels(truth)  # ratio units
+        else:
+            error = (recon - target).cpu().numpy()
         active = error[:, mask]  # (B, n_active, 3)
         abs_sum += float(np.abs(active).sum())
         count_active += active.size
@@ -124,6 +131,7 @@ def reconstruction_errors(vq: VQAutoencoder, kind: str, maps: np.ndarray, mask: 
         "val_ratio_mae": mae,
         "val_ratio_max": max_err,
         "val_psnr_db": 10.0 * math.log10(1.0 / max(mse, 1e-20)),
+        "val_fold_mae": fold_abs_sum / max(count_active // 3, 1),
     }
 
 
@@ -173,6 +181,7 @@ def train_vq(
     section = config.vq
     total_steps = int(steps if steps is not None else section["steps"])
     vq_config = vq_config_for(config, kind)
+    check_wrinkle_encoding(config.model)
     seed = int(section["seed"])
 
     train_set = open_dataset(data_root, "train", config.model.motion_vq.resolution, config.model.wrinkle_vq.resolution)

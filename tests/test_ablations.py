@@ -179,11 +179,11 @@ def test_joint_codec_between_the_template_layouts_keeps_the_face():
     codec = JointMapCodec(template.motion_layout, template.wrinkle_layout, 128, 128)
     rasterizer = template.uv_rasterizer(128, layout="wrinkle")
     face = rasterizer.rasterize(np.asarray(template.face_mask, np.float32)[:, None])[..., 0] > 0.5
-    # a smooth wrinkle field over the face (log ratio), zero elsewhere
+    # a smooth wrinkle field over the face (fold, shade, flush), zero elsewhere
     rows, cols = np.mgrid[0:128, 0:128] / 128.0
-    log_ratio = (0.1 * np.sin(2 * np.pi * 3 * rows) * np.cos(2 * np.pi * 2 * cols))[None, ..., None].repeat(3, -1)
-    log_ratio = (log_ratio * face[None, ..., None]).astype(np.float32)
-    errors = codec.round_trip_error(log_ratio, mask=face)
+    field = (0.5 + 0.5 * np.sin(2 * np.pi * 3 * rows) * np.cos(2 * np.pi * 2 * cols))[None, ..., None]
+    maps = (field * np.array([1.0, 0.3, 0.1]) * face[None, ..., None]).astype(np.float32)
+    errors = codec.round_trip_error(maps, mask=face)
     assert errors["psnr_db"] > 35 and errors["ratio_mae"] < 0.01, errors
 
 

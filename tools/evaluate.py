@@ -44,7 +44,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-from tools.evaluation.metrics import MotionScores, TextureScores  # noqa: E402
+from textalker_blender.core.wrinkle_channels import ratio_from_channels  # noqa: E402
+from tools.evaluation.metrics import CreaseScores, MotionScores, TextureScores  # noqa: E402
 from tools.evaluation.report import write_results  # noqa: E402
 
 SPLITS = ("test-A", "test-B")
@@ -259,6 +260,7 @@ class Prediction:
     ratio: np.ndarray | None    # (T, H, W, 3), or None: no texture
     seconds: float = 0.0
     diffusion_seconds: float = 0.0
+    fold: np.ndarray | None = None  # (T, H, W) crease fold activation, or None: never folds
 
 
 @dataclass
@@ -295,7 +297,9 @@ class TexTalkerPredictor:
         offsets = fit_frames(result.offsets, sample.n_frames) if getattr(result, "has_motion", True) else None
         ratio = (fit_frames(result.wrinkle_maps, sample.n_frames).astype(np.float32)
                  if getattr(result, "has_texture", True) else None)
-        return Prediction(offsets, ratio, diffusion_seconds=result.timings.get("diffusion", 0.0))
+        folds = getattr(result, "fold_maps", None)
+        fold = None if folds is None else fit_frames(folds, sample.n_frames).astype(np.float32)
+        return Prediction(offsets, ratio, diffusion_seconds=result.timings.get("diffusion", 0.0), fold=fold)
 
 
 class VQReconstructionPredictor:
@@ -333,10 +337,12 @@ class VQReconstructionPredictor:
                        if model.motion_vq is not None else None)
                 z_w = (model.wrinkle_vq.encode(torch.from_numpy(to_physical("wrinkle", wrinkle[start:stop])))
                        if model.wrinkle_vq is not None else None)
-                batch_offsets, batch_ratio = self.pipe._decode_batch(z_f, z_w, sampler, movable, timings)
+                batch_offsets, batch_maps = self.pipe._decode_batch(z_f, z_w, sampler, movable, timings)
                 offsets.append(batch_offsets)
-                ratios.append(batch_ratio.astype(np.float32))
-        return Prediction(np.concatenate(offsets), np.concatenate(ratios))
+                ratios.append(batch_maps.astype(np.float32))  # RGB ratio + fold
+        maps = np.concatenate(ratios)
+        fold = maps[..., 3] if self.pipe.generates_folds else None
+        return Prediction(np.concatenate(offsets), maps[..., :3], fold=fold)
 
 
 def generates(pipe, metadata: dict) -> tuple[bool, bool]:
@@ -484,6 +490,8 @@ def score_split(split, dataset, indices, methods, template, masks, mask_texels, 
     ARKit summaries and the split's size."""
     motion_scores = {m.name: MotionScores(*masks) for m in methods if m.motion}
     texture_scores = {m.name: TextureScores(mask_texels) for m in methods if m.texture}
+    crease_scores = {m.name: CreaseScores(mask_texels) for m in methods if m.texture}
+    details: dict[str, np.ndarray] = {}
     seconds = {m.name: 0.0 for m in methods}
     arkit_truth, arkit_generated = ArkitScores(), ArkitScores()
     frames_total = sum(len(dataset.weights(i)) for i in indices)
@@ -494,9 +502,11 @@ def score_split(split, dataset, indices, methods, template, masks, mask_texels, 
     with progress.bar(frames_total, split) as bar:
         for count, index in enumerate(indices):
             sample = dataset.load(index)
-            truth_offsets, _, truth_ratio = dataset.render(sample.subject, sample.weights)
+            truth_offsets, _, truth_channels = dataset.render(sample.subject, sample.weights)
+            truth_ratio, truth_fold = ratio_from_channels(truth_channels), truth_channels[..., 0]
             if sample.subject not in albedo:  # ~1 s per subject: once per run
                 albedo[sample.subject] = dataset.neutral_albedo(sample.subject, truth_ratio.shape[1])
+                details[sample.subject] = texel_detail_mm(dataset, sample.subject, truth_ratio.shape[1])
             audio_seconds += len(sample.audio) / sample.sample_rate
             errors, solve_s, iterations = arkit_errors(template, truth_offsets, dataset.fps, sample.weights)
             arkit_truth.add(errors, sample.n_frames, solve_s, iterations)
@@ -510,6 +520,7 @@ def score_split(split, dataset, indices, methods, template, masks, mask_texels, 
                         arkit_generated.add(errors, sample.n_frames, solve_s, iterations)
                 if method.texture and prediction.ratio is not None:
                     texture_scores[method.name].add(prediction.ratio, truth_ratio, albedo[sample.subject])
+                    crease_scores[method.name].add(prediction.fold, truth_fold, details[sample.subject])
             bar.update(sample.n_frames)
             frames_done += sample.n_frames
             if count == 0:
@@ -528,12 +539,20 @@ def score_split(split, dataset, indices, methods, template, masks, mask_texels, 
             entry.update(motion_scores[method.name].summary())
         if method.texture:
             entry.update(texture_scores[method.name].summary())
+            entry.update(crease_scores[method.name].summary())
         results[method.name] = entry
     size = {"utterances": len(indices), "frames": frames_total, "audio_seconds": audio_seconds,
             "all_utterances": len(dataset),
             "wall_s": time.perf_counter() - started}
     arkit = {"ground_truth": arkit_truth.summary(), "generated": arkit_generated.summary()}
     return results, arkit, size
+
+
+def texel_detail_mm(dataset, subject: str, resolution: int, supersampling: int = 4) -> np.ndarray:
+    """(resolution, resolution) the subject's full-depth crease height averaged over each texel of
+    the wrinkle maps (mm, <= 0): what a fold error at that texel costs in crease height."""
+    fine = dataset.crease_detail(subject, resolution * supersampling)
+    return fine.reshape(resolution, supersampling, resolution, supersampling).mean(axis=(1, 3))
 
 
 def sampler_sweep(pipe, styles, dataset, indices, steps_list, seed, masks, mask_texels, albedo,
@@ -555,7 +574,8 @@ def sampler_sweep(pipe, styles, dataset, indices, steps_list, seed, masks, mask_
     with progress.bar(frames, f"sampler sweep {','.join(map(str, settings))} steps") as bar:
         for index in indices:
             sample = dataset.load(index)
-            truth_offsets, _, truth_ratio = dataset.render(sample.subject, sample.weights)
+            truth_offsets, _, truth_channels = dataset.render(sample.subject, sample.weights)
+            truth_ratio = ratio_from_channels(truth_channels)
             if sample.subject not in albedo:
                 albedo[sample.subject] = dataset.neutral_albedo(sample.subject, truth_ratio.shape[1])
             audio_seconds += len(sample.audio) / sample.sample_rate

@@ -7,7 +7,8 @@ Output (default: textalker_blender/assets/):
   pivots named honestly ("Untrained style 1" ...), each a random choice of codebook vectors;
 - manifest.json: the file's SHA-256 (checked by the add-on at load).
 The same seed gives the same bytes. The motion output range is set to +-4 mm and the wrinkle
-log-ratio range to +-0.1 so that the random model gives visible but harmless motion and texture.
+channels (fold, shade, flush; core/wrinkle_channels.py) to small ranges around zero, so that the
+random model gives visible but harmless motion and texture.
 
     .venv/bin/python tools/make_untrained_weights.py [--out DIR] [--seed 0] [--styles 4]
 """
@@ -27,7 +28,8 @@ from textalker_blender.core.style import StylePivots  # noqa: E402
 
 WEIGHTS_NAME = "textalker_bundled.safetensors"
 UNTRAINED_MOTION_RANGE_M = 0.004
-UNTRAINED_LOG_RATIO_RANGE = 0.1
+# (minimum, maximum) of the wrinkle channels fold, shade, flush; decoding clips them to >= 0.
+UNTRAINED_WRINKLE_RANGE = ((-0.5, -0.1, -0.05), (0.5, 0.1, 0.05))
 
 
 def template_layouts(template_path: Path | None):
@@ -62,9 +64,7 @@ def build_untrained_model(
         model.motion_vq.set_normalization_from_minmax(
             [-UNTRAINED_MOTION_RANGE_M] * 3, [UNTRAINED_MOTION_RANGE_M] * 3
         )
-        model.wrinkle_vq.set_normalization_from_minmax(
-            [-UNTRAINED_LOG_RATIO_RANGE] * 3, [UNTRAINED_LOG_RATIO_RANGE] * 3
-        )
+        model.wrinkle_vq.set_normalization_from_minmax(*UNTRAINED_WRINKLE_RANGE)
     model.set_pivots(random_pivots(config, names, model, seed=seed))
     return model.eval()
 

@@ -54,7 +54,10 @@ MODALITIES = ("motion+wrinkle", "motion", "wrinkle")
 _ABLATION_DEFAULTS: dict[str, Any] = {"modalities": "motion+wrinkle", "joint_codebook_vq": None}
 # Fields added after weights were shipped: left out of the JSON at their default, so the
 # metadata of earlier weights (and their SHA-256) stays what it was.
-_OMITTED_AT_DEFAULT: dict[str, Any] = {**_ABLATION_DEFAULTS, "blink_condition": False}
+# Fields left out of a config's JSON at these values, so the headers of weights saved before the
+# field existed stay the same (from_dict restores them; the encoding at its legacy value).
+_OMITTED_AT_DEFAULT: dict[str, Any] = {**_ABLATION_DEFAULTS, "blink_condition": False,
+                                       "wrinkle_encoding": LEGACY_WRINKLE_ENCODING}
 
 
 @dataclass

@@ -6,7 +6,8 @@ uses the motion atlas (the face's moving UV islands packed side by side) and the
 rectangle around the main face island, stretched (docs/UV.md). So the joint map is built in the
 motion layout at the motion resolution:
 - channels 0-2: the motion map as it is (metres);
-- channels 3-5: the wrinkle log-ratio map resampled into the motion layout: every motion texel
+- channels 3-5: the wrinkle map's channels (core/wrinkle_channels.py; 0 is neutral in both
+  encodings) resampled into the motion layout: every motion texel
   centre reads the wrinkle map bilinearly at its mesh UV (texels whose UV lies outside the wrinkle
   rectangle read 0 = neutral).
 Decoding goes the other way: every wrinkle texel centre reads channels 3-5 bilinearly at its mesh
@@ -21,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .uv import UVSampler, as_layout, texel_centre_uvs
+from .wrinkle_channels import CURRENT_ENCODING, ratio_from_channels
 
 JOINT_CHANNELS = 6
 
@@ -53,9 +55,9 @@ class JointMapCodec:
             raise ValueError("the joint codebook needs the config's uv_layouts (motion and wrinkle)")
         return cls(uv_layouts["motion"], uv_layouts["wrinkle"], motion_resolution, wrinkle_resolution)
 
-    def join(self, motion_maps, log_ratio_maps):
-        """(..., Hm, Wm, 3) metres + (..., Hw, Ww, 3) log ratio -> (..., Hm, Wm, 6); numpy or torch."""
-        wrinkle_in_motion = self.wrinkle_to_motion.sample(log_ratio_maps)
+    def join(self, motion_maps, wrinkle_maps):
+        """(..., Hm, Wm, 3) metres + (..., Hw, Ww, 3) wrinkle channels -> (..., Hm, Wm, 6); numpy or torch."""
+        wrinkle_in_motion = self.wrinkle_to_motion.sample(wrinkle_maps)
         wrinkle_in_motion = wrinkle_in_motion.reshape(*wrinkle_in_motion.shape[:-2], self.motion_resolution, self.motion_resolution, 3)
         if isinstance(motion_maps, np.ndarray):
             return np.concatenate([motion_maps, wrinkle_in_motion.astype(motion_maps.dtype, copy=False)], axis=-1)
@@ -64,19 +66,21 @@ class JointMapCodec:
         return torch.cat([motion_maps, wrinkle_in_motion.to(motion_maps.dtype)], dim=-1)
 
     def split(self, joint_maps):
-        """(..., Hm, Wm, 6) -> (motion maps (..., Hm, Wm, 3), log-ratio maps (..., Hw, Ww, 3))."""
+        """(..., Hm, Wm, 6) -> (motion maps (..., Hm, Wm, 3), wrinkle maps (..., Hw, Ww, 3))."""
         motion = joint_maps[..., :3]
         wrinkle = self.motion_to_wrinkle.sample(joint_maps[..., 3:])
         wrinkle = wrinkle.reshape(*wrinkle.shape[:-2], self.wrinkle_resolution, self.wrinkle_resolution, 3)
         return motion, wrinkle
 
-    def round_trip_error(self, log_ratio_maps: np.ndarray, mask: np.ndarray | None = None) -> dict:
-        """Wrinkle maps -> motion layout -> wrinkle layout, compared in ratio units (over `mask`
-        (Hw, Ww) texels if given): what the layout change alone costs the joint-codebook variant."""
-        log_ratio_maps = np.asarray(log_ratio_maps, np.float32)
-        zeros = np.zeros((*log_ratio_maps.shape[:-3], self.motion_resolution, self.motion_resolution, 3), np.float32)
-        _, back = self.split(self.join(zeros, log_ratio_maps))
-        error = np.exp(back) - np.exp(log_ratio_maps)
+    def round_trip_error(self, wrinkle_maps: np.ndarray, mask: np.ndarray | None = None,
+                         encoding: str = CURRENT_ENCODING) -> dict:
+        """Wrinkle maps -> motion layout -> wrinkle layout, compared in albedo-ratio units (over
+        `mask` (Hw, Ww) texels if given): what the layout change alone costs the joint-codebook
+        variant."""
+        wrinkle_maps = np.asarray(wrinkle_maps, np.float32)
+        zeros = np.zeros((*wrinkle_maps.shape[:-3], self.motion_resolution, self.motion_resolution, 3), np.float32)
+        _, back = self.split(self.join(zeros, wrinkle_maps))
+        error = ratio_from_channels(back, encoding) - ratio_from_channels(wrinkle_maps, encoding)
         if mask is not None:
             error = error[..., np.asarray(mask, bool), :]
         mse = float(np.mean(error**2))

@@ -244,3 +244,36 @@ class TextureScores:
             "frames": self.frames,
             "sequences": len(self.psnr),
         }
+
+
+@dataclass
+class CreaseScores:
+    """Accumulates the error of the crease fold: the fold activation (0..1) over the face texels,
+    and the crease height it gives (mm: the subject's full-depth detail, averaged to the map's
+    texels, times the fold) over the texels that hold a crease. A method with no fold (older
+    weights, a static texture) is scored as fold 0: no crease ever forms."""
+
+    mask: np.ndarray
+    fold_abs: float = 0.0
+    fold_count: int = 0
+    height_abs: float = 0.0
+    height_count: int = 0
+
+    def add(self, prediction_fold: np.ndarray | None, truth_fold: np.ndarray, detail_mm: np.ndarray) -> None:
+        truth = np.asarray(truth_fold, np.float32)
+        prediction = np.zeros_like(truth) if prediction_fold is None else np.asarray(prediction_fold, np.float32)
+        if prediction.shape != truth.shape:
+            raise ValueError(f"fold maps {prediction.shape} and {truth.shape} differ")
+        difference = (prediction - truth)[:, self.mask]
+        self.fold_abs += float(np.abs(difference).sum())
+        self.fold_count += difference.size
+        creased = (np.asarray(detail_mm) < -0.01)[self.mask]
+        heights = difference[:, creased] * np.asarray(detail_mm)[self.mask][creased]
+        self.height_abs += float(np.abs(heights).sum())
+        self.height_count += heights.size
+
+    def summary(self) -> dict:
+        if not self.fold_count:
+            return {}
+        return {"fold_mae": self.fold_abs / self.fold_count,
+                "crease_height_mae_mm": self.height_abs / max(self.height_count, 1)}

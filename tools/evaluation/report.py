@@ -27,6 +27,7 @@ PAPER_COLUMNS = (
 DETAIL_COLUMNS = (
     ("lve_mm2", "LVE (mm²)", 4), ("lve_mm", "LVE unsquared (mm)", 3), ("mve_mm", "MVE (mm)", 4),
     ("fdd_mm2", "FDD (mm²)", 5), ("fdd_signed_mm2", "FDD signed (mm²)", 5),
+    ("fold_mae", "crease fold MAE", 4), ("crease_height_mae_mm", "crease height MAE (mm)", 4),
     ("s_per_audio_s", "s per audio s", 3),
 )
 
@@ -125,6 +126,10 @@ def done_when_checks(results: dict) -> list[dict]:
             verdict, detail = _versus(ours, static, "psnr_db", lower=False)
             checks.append({"check": "test-A: TexTalker beats the static texture on PSNR (dB, higher is better)",
                            "result": verdict, "detail": detail})
+            if "crease_height_mae_mm" in ours:
+                verdict, detail = _versus(ours, static, "crease_height_mae_mm", lower=True)
+                checks.append({"check": "test-A: TexTalker beats the static texture on crease height error (mm, lower is better)",
+                               "result": verdict, "detail": detail})
         else:
             targets = {n: m for n, m in methods.items()
                        if (m.get("kind") == "baseline" and m.get("motion")) or n == REGRESSOR}

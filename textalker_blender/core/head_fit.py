@@ -113,9 +113,10 @@ STIFFNESS_SCHEDULE = (30.0, 10.0, 3.0, 1.0, 0.5)
 REJECT_SCHEDULE = (0.02, 0.012, 0.008, 0.006, 0.005)
 ITERATIONS_PER_STAGE = 2
 LANDMARK_WEIGHT = 10.0
-# User-vertex labelling near slits: a vertex is a seed when its distance to one side's surface
-# is this much shorter than to the other's.
-SLIT_SEED_MARGIN = 0.0015
+# User-vertex labelling near slits: a vertex is sure of its side (a seed) when its distance to
+# one side's surface is shorter than to the other's by this much, and by half the shorter one
+# (on pressed lips both distances are a fraction of a millimetre and the shorter one is luck).
+SLIT_SEED_MARGIN = 0.0004
 SLIT_ZONE_RADIUS = {"mouth": 0.015, "eye_Left": 0.008, "eye_Right": 0.008}
 
 
@@ -654,12 +655,13 @@ def _slit_sides(template, fitted: np.ndarray, user_points: np.ndarray, user_norm
         for triangles in (upper_triangles, lower_triangles):
             hit = surface.SurfaceQuery(fitted, tri_t, triangles).query(user_points[zone_points])
             normals = surface.triangle_normals(fitted, tri_t)[hit.triangle]
-            facing = np.einsum("ij,ij->i", normals, user_normals[zone_points]) > 0.0
+            # Opposite normals (dot < -0.3): the other lip's (lid's) face across the slit.
+            facing = np.einsum("ij,ij->i", normals, user_normals[zone_points]) > -0.3
             # A point on the wrong side's back face is no match: push it away.
             distances.append(hit.distance + np.where(facing, 0.0, 0.01))
         d_upper, d_lower = distances
         lower = d_lower < d_upper
-        seeds = np.abs(d_upper - d_lower) > SLIT_SEED_MARGIN
+        seeds = np.abs(d_upper - d_lower) > np.maximum(SLIT_SEED_MARGIN, 0.5 * np.minimum(d_upper, d_lower))
         if seeds.any() and (~seeds).any():
             # Unsure vertices (lips pressed together, the slit itself) take the side of the
             # nearest sure vertex along the user's own edges: upper lip vertices reach upper-lip
@@ -848,8 +850,11 @@ class WrinkleTexelLookup:
     matrix: sparse.csr_matrix
     covered: np.ndarray  # (R, R) bool, image row order
 
-    def apply(self, wrinkle_maps: np.ndarray) -> np.ndarray:
-        """Template wrinkle maps (T, H, W, C) (or (H, W, C)) -> user-UV images (T, R, R, C), float32."""
+    def apply(self, wrinkle_maps: np.ndarray, neutral=1.0) -> np.ndarray:
+        """Template wrinkle maps (T, H, W, C) (or (H, W, C)) -> user-UV images (T, R, R, C), float32.
+
+        `neutral`: the value of "no wrinkle" per channel (a scalar or (C,)): 1 for albedo ratios
+        (the Pipeline's maps), 0 for fold activation; texels with no face behind them get it."""
         maps = np.asarray(wrinkle_maps, dtype=np.float32)
         single = maps.ndim == 3
         if single:
@@ -857,10 +862,11 @@ class WrinkleTexelLookup:
         n_frames, height, width, channels = maps.shape
         if (height, width) != self.map_shape:
             raise ValueError(f"expected {self.map_shape} maps, got {(height, width)}")
-        # Work on ratio - 1 so texels without taps read exactly 1.
-        flat = (maps - 1.0).transpose(1, 2, 0, 3).reshape(height * width, -1)
-        out = np.asarray(self.matrix @ flat, dtype=np.float32) + 1.0
-        out = out.reshape(self.resolution, self.resolution, n_frames, channels).transpose(2, 0, 1, 3)
+        neutral = np.broadcast_to(np.asarray(neutral, dtype=np.float32), (channels,))
+        # Work on the difference from neutral so texels without taps read exactly neutral.
+        flat = (maps - neutral).transpose(1, 2, 0, 3).reshape(height * width, -1)
+        out = np.asarray(self.matrix @ flat, dtype=np.float32)
+        out = out.reshape(self.resolution, self.resolution, n_frames, channels).transpose(2, 0, 1, 3) + neutral
         return out[0] if single else np.ascontiguousarray(out)
 
 

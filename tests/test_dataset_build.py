@@ -135,6 +135,92 @@ def test_stats_and_subject_styles_differ(tiny):
     assert (s0["jawOpen_p95"], s0["mouthSmile_mean"]) != (s1["jawOpen_p95"], s1["mouthSmile_mean"])
 
 
+def test_utterances_record_language_engine_and_acoustics(tiny):
+    entries = json.loads((tiny / "utterances.json").read_text())
+    for e in entries:
+        assert e["language"] == "en" and e["engine"] == "flite"
+        assert e["sentence_id"].startswith(("en_train_", "en_test_"))
+        assert (e["split"] == "train") == e["sentence_id"].startswith("en_train_")
+        if e["split"] != "train":
+            assert e["acoustics"] == {"effects": []}          # test splits stay clean
+        # phonemes tile the (possibly speed-changed) audio
+        phonemes = e["phonemes"]
+        assert phonemes[0][1] == 0.0 and phonemes[-1][2] == pytest.approx(e["duration_s"], abs=1e-4)
+        assert e["n_samples"] == pytest.approx(e["duration_s"] * 16000, abs=1)
+    assert any(e["acoustics"]["effects"] for e in entries if e["split"] == "train")
+
+
+@pytest.fixture(scope="module")
+def multilingual(tmp_path_factory) -> Path:
+    """Subjects S00-S05 of the voice plan (flite, Festival English, espeak-ng Spanish in test-B),
+    one or two sentences each."""
+    root = tmp_path_factory.mktemp("multilingual") / "ds"
+    build(BuildConfig(out=root, subjects=6, minutes=0.25, seed=2, test_b_subjects=1), log=lambda *a: None)
+    return root
+
+
+def test_multilingual_build_is_reproducible_and_records_its_sources(multilingual, tmp_path):
+    again = tmp_path / "again"
+    build(BuildConfig(out=again, subjects=6, minutes=0.25, seed=2, test_b_subjects=1), log=lambda *a: None)
+    assert _digest(multilingual) == _digest(again)
+    meta = json.loads((multilingual / "meta.json").read_text())
+    assert meta["format_version"] == 2
+    assert meta["voices"]["S04"] == {"engine": "festival", "voice": "kal_diphone", "language": "en"}
+    assert meta["voices"]["S05"] == {"engine": "espeak", "voice": "es+f3", "language": "es"}
+    spanish = meta["languages"]["es"]
+    assert spanish["subjects"] == ["S05"] and spanish["package"] == "wspanish"
+    from tools.synthetic_textalk4d.text_languages import wordlist_fingerprint
+    assert spanish["sha256"] == wordlist_fingerprint("es")
+    entries = json.loads((multilingual / "utterances.json").read_text())
+    by_subject = {e["subject"]: e for e in entries}
+    assert by_subject["S05"]["language"] == "es" and by_subject["S05"]["split"] == "test-B"
+    assert by_subject["S05"]["sentence_id"].startswith("es_test_")
+    assert by_subject["S04"]["engine"] == "festival"
+    subject = json.loads((multilingual / "subjects" / "S05.json").read_text())
+    assert subject["voice"]["engine"] == "espeak" and subject["voice"]["language"] == "es"
+    ds = SyntheticTextalk4D(multilingual, "test-B", maps=False)
+    assert ds.subjects["S05"].voice.voice == "es+f3"
+
+
+def test_test_a_phone_copies_test_a_over_a_telephone_line(tmp_path):
+    root = tmp_path / "one"
+    # One subject, 30 s: about 11 sentences, the 10th in test-A (no test-B with one subject).
+    build(BuildConfig(out=root, subjects=1, minutes=0.5, seed=4), log=lambda *a: None)
+    meta = json.loads((root / "meta.json").read_text())
+    entries = {e["id"]: e for e in json.loads((root / "utterances.json").read_text())}
+    assert meta["splits"]["test-A"] and len(meta["splits"]["test-A-phone"]) == len(meta["splits"]["test-A"])
+    from tools.synthetic_textalk4d.speech import read_audio
+    for test_id in meta["splits"]["test-A"]:
+        copy = entries[test_id + "_phone"]
+        original = entries[test_id]
+        assert copy["copy_of"] == test_id and copy["split"] == "test-A-phone"
+        assert copy["weights"] == original["weights"] and copy["phonemes"] == original["phonemes"]
+        assert copy["acoustics"]["effects"] == ["telephone"]
+        phone, clean = read_audio(root / copy["audio"]), read_audio(root / original["audio"])
+        assert len(phone) == len(clean)
+        spectrum = np.abs(np.fft.rfft(phone.astype(np.float64))) ** 2
+        freqs = np.fft.rfftfreq(len(phone), 1 / 16000)
+        assert spectrum[freqs > 4000].sum() < 1e-5 * spectrum.sum()
+    stats = compute_stats(root, wrinkle_frames_per_subject=5)
+    assert stats["splits"]["test-A-phone"]["utterances"] == len(meta["splits"]["test-A"])
+    # the copies are not counted twice in the phoneme statistics
+    n_test_a_phones = sum(len(entries[i]["phonemes"]) for i in meta["splits"]["test-A"])
+    total = sum(v["count"] for v in stats["phonemes"].values())
+    assert total <= sum(len(e["phonemes"]) for e in entries.values()) - n_test_a_phones
+
+
+def test_missing_planned_voice_stops_the_build_before_synthesis(tmp_path, monkeypatch):
+    from tools.synthetic_textalk4d import voice_plan
+    from tools.synthetic_textalk4d.speech import SpeechToolsMissing
+    real = voice_plan.voice_installed
+    monkeypatch.setattr(voice_plan, "voice_installed",
+                        lambda choice: choice.voice != "kal_diphone" and real(choice))
+    out = tmp_path / "never"
+    with pytest.raises(SpeechToolsMissing, match="festvox-kallpc16k"):
+        build(BuildConfig(out=out, subjects=6, minutes=0.1), log=lambda *a: None)
+    assert not out.exists()
+
+
 def test_command_line_refuses_to_overwrite(tiny):
     result = subprocess.run([sys.executable, str(REPO / "tools" / "make_dataset.py"), "--out", str(tiny),
                              "--subjects", "2", "--minutes", "0.1", "--no-docs"],

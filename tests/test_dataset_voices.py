@@ -471,3 +471,69 @@ def test_other_languages_close_the_lips_on_bilabials_like_english(voice_name, la
             elif p.label in OPEN_VOWELS:
                 jaw_open_vowels.append(jaw)
     assert n_bilabial >= 3 and np.median(jaw_open_vowels) > 0.25
+
+
+# --- the dataset's voice plan -----------------------------------------------------------------
+def test_default_voice_plan_covers_every_engine_and_language_and_test_b_mixes_languages():
+    from tools.synthetic_textalk4d import voice_plan
+    from tools.synthetic_textalk4d.builder import BuildConfig
+    plan = [voice_plan.planned_choice(i) for i in range(24)]
+    train, test_b = plan[:24 - BuildConfig(out=".").n_test_b()], plan[24 - BuildConfig(out=".").n_test_b():]
+    # Every Festival language once in train, every English engine, espeak-ng for the languages
+    # Festival lacks; English the largest language.
+    festival_languages = {spec.language for spec in voices_festival.FESTIVAL_VOICES.values()}
+    assert festival_languages <= {c.language for c in train if c.engine == "festival"}
+    assert {c.engine for c in train if c.language == "en"} == {"flite", "festival"}
+    assert {"es", "fr", "de", "pt", "ru"} <= {c.language for c in train if c.engine == "espeak"}
+    languages = [c.language for c in train]
+    assert max(set(languages), key=languages.count) == "en"
+    assert {c.voice for c in train if c.engine == "flite"} == {"kal16", "awb", "rms", "slt"}
+    # test-B: an English subject and non-English ones, in languages seen in training.
+    assert "en" in {c.language for c in test_b} and len({c.language for c in test_b} - {"en"}) >= 2
+    assert {c.language for c in test_b} <= set(languages)
+    # espeak-ng variants alternate male and female
+    variants = [c.voice.split("+")[1][0] for c in plan if c.engine == "espeak"]
+    assert all(a != b for a, b in zip(variants, variants[1:]))
+    # Larger builds: the last subjects (test-B) still mix English and another language.
+    for n in (30, 36, 48):
+        n_test_b = BuildConfig(out=".", subjects=n).n_test_b()
+        tail = {voice_plan.planned_choice(i).language for i in range(n - n_test_b, n)}
+        assert "en" in tail and tail - {"en"}, (n, tail)
+    assert len({(voice_plan.planned_choice(i).engine, voice_plan.planned_choice(i).voice)
+                for i in range(24, 60)}) > 20
+
+
+def test_planned_voices_are_reproducible_and_independent_of_the_subject_count():
+    from tools.synthetic_textalk4d import voice_plan
+    from tools.synthetic_textalk4d.styles import Subject, make_subject
+    a, b = make_subject(3, 10, "train"), make_subject(3, 10, "train")
+    assert a.voice == b.voice and a.voice.engine == "festival" and a.voice.voice == "czech_dita"
+    assert make_subject(4, 10, "train").voice != a.voice          # the seed varies the voice
+    assert a.voice == voice_plan.planned_voice(3, 10)
+    assert Subject.from_dict(a.to_dict()).voice == a.voice
+    # A subject stored before the engines existed (flite VoiceParams) still reads.
+    old = a.to_dict()
+    old["voice"] = VoiceParams("awb", 1.1, 120.0, 20.0, 30.0, 1.0, -1.0, 0.0).to_dict()
+    voice = Subject.from_dict(old).voice
+    assert voice.engine == "flite" and voice.voice == "awb" and voice.language == "en"
+
+
+def test_installed_voices_satisfy_the_default_plan():
+    from tools.synthetic_textalk4d import voice_plan
+    problems = voice_plan.missing_requirements([voice_plan.planned_choice(i) for i in range(24)])
+    if problems and not voices_festival.festival_available():
+        pytest.skip("Festival is not installed (tools/setup_env.sh installs the voices)")
+    assert problems == []
+
+
+def test_missing_requirements_name_the_packages(monkeypatch):
+    from tools.synthetic_textalk4d import voice_plan
+    from tools.synthetic_textalk4d.voices import VoiceChoice
+    monkeypatch.setattr(voice_plan, "voice_installed", lambda choice: False)
+    monkeypatch.setattr(text_languages, "word_list_installed", lambda language: False)
+    problems = voice_plan.missing_requirements([
+        VoiceChoice("festival", "czech_dita", "cs", True), VoiceChoice("espeak", "es+f3", "es", True),
+        VoiceChoice("flite", "slt", "en", True)])
+    text = "\n".join(problems)
+    assert "festvox-czech-dita" in text and "espeak-ng" in text and "install flite" in text
+    assert "hunspell-cs" in text and "wspanish" in text and "word list for en" not in text

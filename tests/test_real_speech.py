@@ -182,7 +182,7 @@ def test_synthetic_ground_truth_passes_and_thresholds_derive_from_it(template):
     """A dataset subject speaking a sentence with bilabials: the ground-truth mouth passes."""
     from tools.synthetic_textalk4d.geometry import lip_closure_model
     from tools.synthetic_textalk4d.motion import face_unit_weights
-    from tools.synthetic_textalk4d.speech import synthesize
+    from tools.synthetic_textalk4d.voices import synthesize
     from tools.synthetic_textalk4d.styles import make_subject
     from tools.synthetic_textalk4d.visemes import ARKIT_UNITS
     from textalker_blender.core.audio import load_audio

@@ -27,6 +27,10 @@ def main(argv=None) -> int:
     parser.add_argument("--test-b-subjects", type=int, default=None,
                         help="unseen subjects for test-B (default: one in six)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel synthesis processes")
+    parser.add_argument("--no-acoustics", action="store_true",
+                        help="train utterances stay clean (no telephone, noise, rooms, speed ...)")
+    parser.add_argument("--no-phone-copy", action="store_true",
+                        help="do not write test-A-phone (the telephone copy of test-A)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "DATASET.md",
                         help="where to write the statistics report")
     parser.add_argument("--no-docs", action="store_true", help="do not write the report")
@@ -58,7 +62,8 @@ def main(argv=None) -> int:
         import shutil
         shutil.rmtree(out)
     config = BuildConfig(out=out, subjects=args.subjects, minutes=args.minutes, seed=args.seed,
-                         test_b_subjects=args.test_b_subjects, jobs=args.jobs)
+                         test_b_subjects=args.test_b_subjects, jobs=args.jobs,
+                         acoustics=not args.no_acoustics, phone_copy=not args.no_phone_copy)
     started = time.perf_counter()
     try:
         report = build(config)
@@ -103,7 +108,9 @@ def _stats_and_docs(args, out, report, synthesis, started) -> int:
     command = "python tools/make_dataset.py" + "".join(
         f" {flag} {value}" for flag, value, default in (
             ("--subjects", args.subjects, 24), ("--minutes", args.minutes, 60.0), ("--seed", args.seed, 0),
-            ("--jobs", args.jobs, 1)) if value != default)
+            ("--jobs", args.jobs, 1)) if value != default) + "".join(
+        f" {flag}" for flag, on in (("--no-acoustics", args.no_acoustics),
+                              ("--no-phone-copy", args.no_phone_copy)) if on)
     write_report(args.docs, out, stats, report["meta"], timings, command, args.note)
     print(f"wrote {args.docs}")
     print(json.dumps(speed))

@@ -78,84 +78,6 @@ def acoustic_shares(entries: list[dict]) -> dict:
     }
 
 
-def _minutes_by(entries: list[dict], key) -> dict:
-    """key(entry) -> {"minutes": {split: minutes}, "subjects": [...]}, sorted by key."""
-    table: dict = {}
-    for entry in entries:
-        row = table.setdefault(key(entry), {"minutes": {}, "subjects": set()})
-        row["minutes"][entry["split"]] = row["minutes"].get(entry["split"], 0.0) + entry["duration_s"] / 60
-        row["subjects"].add(entry["subject"])
-    return {name: {"minutes": {split: round(m, 3) for split, m in sorted(row["minutes"].items())},
-                   "subjects": sorted(row["subjects"])}
-            for name, row in sorted(table.items())}
-
-
-def acoustic_shares(entries: list[dict]) -> dict:
-    """Share of utterances per acoustic effect, noise kind and telephone codec."""
-    n = max(len(entries), 1)
-    effects: dict = {}
-    kinds: dict = {}
-    codecs: dict = {}
-    clean = 0
-    for entry in entries:
-        condition = entry.get("acoustics", {"effects": []})
-        clean += not condition["effects"]
-        for name in condition["effects"]:
-            effects[name] = effects.get(name, 0) + 1
-        if condition.get("noise"):
-            kind = condition["noise"]["kind"]
-            kinds[kind] = kinds.get(kind, 0) + 1
-        if condition.get("telephone"):
-            codecs[condition["telephone"]] = codecs.get(condition["telephone"], 0) + 1
-    degraded = len(entries) - clean
-    return {
-        "utterances": len(entries), "clean": round(clean / n, 4),
-        "effects": {k: round(v / n, 4) for k, v in sorted(effects.items())},
-        "noise_kinds": {k: round(v / n, 4) for k, v in sorted(kinds.items())},
-        "telephone_codecs": {k: round(v / n, 4) for k, v in sorted(codecs.items())},
-        "effects_per_degraded_utterance": round(sum(effects.values()) / max(degraded, 1), 3),
-    }
-
-
-def _minutes_by(entries: list[dict], key) -> dict:
-    """key(entry) -> {"minutes": {split: minutes}, "subjects": [...]}, sorted by key."""
-    table: dict = {}
-    for entry in entries:
-        row = table.setdefault(key(entry), {"minutes": {}, "subjects": set()})
-        row["minutes"][entry["split"]] = row["minutes"].get(entry["split"], 0.0) + entry["duration_s"] / 60
-        row["subjects"].add(entry["subject"])
-    return {name: {"minutes": {split: round(m, 3) for split, m in sorted(row["minutes"].items())},
-                   "subjects": sorted(row["subjects"])}
-            for name, row in sorted(table.items())}
-
-
-def acoustic_shares(entries: list[dict]) -> dict:
-    """Share of utterances per acoustic effect, noise kind and telephone codec."""
-    n = max(len(entries), 1)
-    effects: dict = {}
-    kinds: dict = {}
-    codecs: dict = {}
-    clean = 0
-    for entry in entries:
-        condition = entry.get("acoustics", {"effects": []})
-        clean += not condition["effects"]
-        for name in condition["effects"]:
-            effects[name] = effects.get(name, 0) + 1
-        if condition.get("noise"):
-            kind = condition["noise"]["kind"]
-            kinds[kind] = kinds.get(kind, 0) + 1
-        if condition.get("telephone"):
-            codecs[condition["telephone"]] = codecs.get(condition["telephone"], 0) + 1
-    degraded = len(entries) - clean
-    return {
-        "utterances": len(entries), "clean": round(clean / n, 4),
-        "effects": {k: round(v / n, 4) for k, v in sorted(effects.items())},
-        "noise_kinds": {k: round(v / n, 4) for k, v in sorted(kinds.items())},
-        "telephone_codecs": {k: round(v / n, 4) for k, v in sorted(codecs.items())},
-        "effects_per_degraded_utterance": round(sum(effects.values()) / max(degraded, 1), 3),
-    }
-
-
 def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR_WRINKLES) -> dict:
     root = Path(root)
     ds = SyntheticTextalk4D(root, "all", maps=False)
@@ -172,12 +94,6 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
             "minutes": round(sum(e["duration_s"] for e in entries) / 60.0, 3),
             "subjects": sorted({e["subject"] for e in entries}),
         }
-    stats["languages"] = _minutes_by(originals, lambda e: e.get("language", "en"))
-    stats["engines"] = _minutes_by(originals, lambda e: e.get("engine", "flite"))
-    stats["acoustics"] = acoustic_shares([e for e in originals if e["split"] == "train"])
-    stats["languages"] = _minutes_by(originals, lambda e: e.get("language", "en"))
-    stats["engines"] = _minutes_by(originals, lambda e: e.get("engine", "flite"))
-    stats["acoustics"] = acoustic_shares([e for e in originals if e["split"] == "train"])
     stats["languages"] = _minutes_by(originals, lambda e: e.get("language", "en"))
     stats["engines"] = _minutes_by(originals, lambda e: e.get("engine", "flite"))
     stats["acoustics"] = acoustic_shares([e for e in originals if e["split"] == "train"])
@@ -350,54 +266,6 @@ def _acoustics_report(shares: dict | None) -> list[str]:
     ]
 
 
-def _language_source(meta: dict, language: str) -> str:
-    source = meta.get("languages", {}).get(language, {})
-    if "package" in source:
-        return f"{source['package']} (sha256 {source['sha256'][:12]})"
-    return "text.py" if source else ""
-
-
-def _acoustics_report(shares: dict | None) -> list[str]:
-    if not shares or not shares["utterances"]:
-        return []
-    rows = [["clean", shares["clean"]]] + [[name, share] for name, share in shares["effects"].items()]
-    return [
-        f"Acoustic conditions of the {shares['utterances']} train utterances (share of utterances; "
-        f"{shares['effects_per_degraded_utterance']} effects per non-clean utterance on average):",
-        "",
-        _table(rows, ["condition", "share"]),
-        "",
-        "Noise kinds: " + (", ".join(f"{k} {v}" for k, v in shares["noise_kinds"].items()) or "none")
-        + ". Telephone codecs: "
-        + (", ".join(f"{k} {v}" for k, v in shares["telephone_codecs"].items()) or "none") + ".",
-        "",
-    ]
-
-
-def _language_source(meta: dict, language: str) -> str:
-    source = meta.get("languages", {}).get(language, {})
-    if "package" in source:
-        return f"{source['package']} (sha256 {source['sha256'][:12]})"
-    return "text.py" if source else ""
-
-
-def _acoustics_report(shares: dict | None) -> list[str]:
-    if not shares or not shares["utterances"]:
-        return []
-    rows = [["clean", shares["clean"]]] + [[name, share] for name, share in shares["effects"].items()]
-    return [
-        f"Acoustic conditions of the {shares['utterances']} train utterances (share of utterances; "
-        f"{shares['effects_per_degraded_utterance']} effects per non-clean utterance on average):",
-        "",
-        _table(rows, ["condition", "share"]),
-        "",
-        "Noise kinds: " + (", ".join(f"{k} {v}" for k, v in shares["noise_kinds"].items()) or "none")
-        + ". Telephone codecs: "
-        + (", ".join(f"{k} {v}" for k, v in shares["telephone_codecs"].items()) or "none") + ".",
-        "",
-    ]
-
-
 def write_report(path, root, stats: dict, meta: dict, timings: dict, command: str, note: str = "") -> None:
     sizes = folder_sizes(Path(root))
     splits = stats["splits"]
@@ -487,30 +355,6 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         f"(held-out sentences found in train: {stats['test_a_sentences_in_train']}). test-B: unseen subjects",
         f"({', '.join(splits['test-B']['subjects']) or 'none'}).",
         "",
-        "## Languages and engines",
-        _table([[language, row["minutes"].get("train", 0.0), row["minutes"].get("test-A", 0.0),
-                 row["minutes"].get("test-B", 0.0), ", ".join(row["subjects"]),
-                 _language_source(meta, language)]
-                for language, row in stats.get("languages", {}).items()],
-               ["language", "train min", "test-A min", "test-B min", "subjects", "text source"]),
-        "",
-        _table([[engine, round(sum(row["minutes"].values()), 2), len(row["subjects"])]
-                for engine, row in stats.get("engines", {}).items()],
-               ["engine", "minutes", "subjects"]),
-        "",
-        *_acoustics_report(stats.get("acoustics")),
-        "## Languages and engines",
-        _table([[language, row["minutes"].get("train", 0.0), row["minutes"].get("test-A", 0.0),
-                 row["minutes"].get("test-B", 0.0), ", ".join(row["subjects"]),
-                 _language_source(meta, language)]
-                for language, row in stats.get("languages", {}).items()],
-               ["language", "train min", "test-A min", "test-B min", "subjects", "text source"]),
-        "",
-        _table([[engine, round(sum(row["minutes"].values()), 2), len(row["subjects"])]
-                for engine, row in stats.get("engines", {}).items()],
-               ["engine", "minutes", "subjects"]),
-        "",
-        *_acoustics_report(stats.get("acoustics")),
         "## Languages and engines",
         _table([[language, row["minutes"].get("train", 0.0), row["minutes"].get("test-A", 0.0),
                  row["minutes"].get("test-B", 0.0), ", ".join(row["subjects"]),

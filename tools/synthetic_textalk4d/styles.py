@@ -9,7 +9,8 @@ import dataclasses
 
 import numpy as np
 
-from .speech import FLITE_VOICES, VoiceParams
+from .voice_plan import planned_voice
+from .voices import EngineVoice
 
 CREASE_REGIONS = ("forehead", "glabella", "nasolabial", "lips", "crows_feet")
 
@@ -114,7 +115,7 @@ class Subject:
     index: int
     split: str                               # "train" (also speaks test-A) or "test-B"
     identity: dict                           # "group/neg|group/pos" -> signed weight
-    voice: VoiceParams
+    voice: EngineVoice                       # engine, voice, language (voice_plan.py)
     speaking: SpeakingStyle
     wrinkle: WrinkleStyle
     skin_tone: list                          # RGB multiplier of the template albedo
@@ -131,7 +132,7 @@ class Subject:
     @classmethod
     def from_dict(cls, data: dict) -> "Subject":
         return cls(name=data["name"], index=int(data["index"]), split=data["split"],
-                   identity=dict(data["identity"]), voice=VoiceParams.from_dict(data["voice"]),
+                   identity=dict(data["identity"]), voice=EngineVoice.from_dict(data["voice"]),
                    speaking=SpeakingStyle(**data["speaking_style"]),
                    wrinkle=WrinkleStyle(**data["wrinkle_style"]),
                    skin_tone=list(data["skin_tone"]))
@@ -156,19 +157,9 @@ def make_subject(seed: int, index: int, split: str) -> Subject:
     identity = {}
     for negative, positive in IDENTITY_MODIFIERS:
         identity[f"{negative}|{positive}"] = round(float(np.clip(rng.normal(0.0, 0.45), -1, 1)), 4)
-    flite_voice = FLITE_VOICES[index % len(FLITE_VOICES)]
-    female = flite_voice == "slt" or (flite_voice != "rms" and u() < 0.3)
-    base_f0 = u(170, 240) if female else u(85, 135)
-    voice = VoiceParams(
-        flite_voice=flite_voice,
-        duration_stretch=round(float(u(0.88, 1.25)), 4),
-        f0_mean_hz=round(float(base_f0), 2),
-        f0_std_hz=round(float(u(8, 35)), 2),
-        # rms ignores the f0 target: shift its pitch with sox instead.
-        pitch_shift_cents=round(float(u(-250, 350) if flite_voice == "rms" else u(-120, 120)), 1),
-        bass_db=round(float(u(-4, 4)), 2), treble_db=round(float(u(-5, 3)), 2),
-        gain_db=round(float(u(-4, 2)), 2),
-    )
+    # Engine, voice and language by index (voice_plan.DEFAULT_PLAN); its variation has its own
+    # seed, so adding engines never changes the identity and styles drawn from `rng`.
+    voice = planned_voice(seed, index)
     # Skin tone: a multiplier of the template albedo, from light to dark, slightly warm or cool.
     darkness = u(0.0, 1.0)
     base = np.array([1.08, 1.0, 0.95]) * (1.12 - 0.75 * darkness)

@@ -11,13 +11,14 @@ import threading
 
 import bpy
 
-from . import operators, panel, preferences, properties
+from . import head_fit_ui, operators, panel, preferences, properties
 
 _CLASSES = (
     *preferences.CLASSES,
     *properties.CLASSES,
     *operators.CLASSES,
     *panel.CLASSES,
+    *head_fit_ui.CLASSES,  # after panel: its sub-panel needs the main panel registered
 )
 _MESH_ADD_MENU = bpy.types.VIEW3D_MT_mesh_add  # Add > Mesh (looked up once)
 

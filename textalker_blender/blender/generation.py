@@ -44,6 +44,8 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
     )
     if request.output_mode == ARKIT:
         animation = arkit_output.solve(pipeline.template, result, request)
+    elif request.fitted_head is not None:
+        animation = _fitted_animation(pipeline.template, result, request)
     elif request.vertex_uvs is not None:
         animation = Animation(result)
     else:
@@ -51,6 +53,17 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
     animation.note = note
     _raise_if_cancelled(cancel)
     return animation
+
+
+def _fitted_animation(template, result, request: GenerationRequest) -> Animation:
+    """A fitted head (issue #20): the template's offsets carried to the mesh's vertices and its
+    wrinkle maps into the mesh's UV layout."""
+    import dataclasses
+
+    fitted = request.fitted_head
+    maps = fitted.wrinkle_maps(result.wrinkle_maps, template) if request.write_wrinkles else result.wrinkle_maps
+    result = dataclasses.replace(result, wrinkle_maps=maps)
+    return Animation(result, mesh_offsets=fitted.offsets(result.offsets, template))
 
 
 def _with_cpu_fallback(request: GenerationRequest, run):
@@ -156,6 +169,8 @@ def compute_streamed(request: GenerationRequest, write_maps, progress=None,
 def _stream(pipeline, request: GenerationRequest, write_maps, progress, cancel) -> Animation:
     stream = pipeline.generate_chunks(request.audio, **_generation_options(request, progress, cancel))
     keeper = _ChunkKeeper(pipeline.template, request, stream)
+    if request.fitted_head is not None:  # the maps go into the fitted head's own UV layout
+        write_maps = request.fitted_head.map_writer(write_maps, pipeline.template)
     with stream:
         for chunk in stream:
             keeper.keep(chunk)
@@ -182,6 +197,9 @@ class _ChunkKeeper:
             self.solver = template_solver(template, smooth=smoothness_at_fps(request.fps))
             self.projected = np.zeros((self.n_frames, self.solver.n_units), np.float64)
             self.squared_norm = np.zeros(self.n_frames, np.float64)
+        elif request.fitted_head is not None:  # offsets carried to the fitted head's vertices
+            fitted = request.fitted_head
+            self.mesh_offsets = FrameStore(self.n_frames, len(fitted.influence), fitted.movable)
         else:
             self.mesh_offsets = FrameStore(self.n_frames, stream.n_points, stream.movable)
             if request.vertex_uvs is None:  # the template head: its mouth parts follow it
@@ -197,6 +215,9 @@ class _ChunkKeeper:
             self.projected[chunk.start : chunk.stop] = projected
             self.squared_norm[chunk.start : chunk.stop] = squared_norm
             self.arkit_solve_s += time.perf_counter() - started
+            return
+        if self.request.fitted_head is not None:
+            self.mesh_offsets.put(chunk.start, self.request.fitted_head.offsets(chunk.offsets, self.template))
             return
         self.mesh_offsets.put(chunk.start, mesh_match.offsets_to_mesh_frame(chunk.offsets, self.request.mesh_frame))
         if self.part_offsets:

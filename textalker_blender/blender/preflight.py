@@ -16,7 +16,7 @@ import numpy as np
 from ..core import arguments, resources
 from ..core.errors import MeshError, ResourceError, TexTalkerError
 from ..core.options import GenerationOptions
-from . import arkit_output, catalog
+from . import arkit_output, catalog, head_fitting
 from .preferences import get_preferences
 from .outputs import has_output
 from .results import ARKIT, GenerationRequest, OUTPUT_MODES, SHAPE_KEYS
@@ -213,9 +213,18 @@ def prepare(
         check_style(style, role, weights)
     mesh = obj.data
     template = template_head()
-    uv_layer = template_uv_layer(mesh, template)
+    # A stored head fit (Fit to This Head) drives the mesh whatever its UV layout (issue #20).
+    fitted = head_fitting.fitted_target(obj, template, head_fitting.render_uv_layer(mesh))
+    uv_layer = head_fitting.render_uv_layer(mesh) if fitted is not None else template_uv_layer(mesh, template)
     arkit_plan = None
-    if output_mode == ARKIT:
+    if fitted is not None:
+        if output_mode == ARKIT:
+            raise MeshError(
+                f"'{obj.name}' is driven through its head fit: ARKit curves need the template's topology "
+                "or ARKit-named shape keys. Use the output mode 'Shape keys'"
+            )
+        vertex_uvs, mesh_frame = None, None
+    elif output_mode == ARKIT:
         # Always generated on the template head (the solver needs its vertices); the mesh only
         # needs the template's UV layout for the wrinkle maps.
         arkit_plan = arkit_output.plan(obj, uv_layer, template, arkit_export)
@@ -227,6 +236,8 @@ def prepare(
     pipeline_audio, label, frame_start = resolve_audio(scene, audio)
     folder, note = _run_folder(obj, output_folder)
     write_wrinkles = arkit_plan.write_wrinkles if arkit_plan is not None else True
+    if fitted is not None:
+        write_wrinkles = fitted.triangle_uvs is not None  # no UV map: motion only
     _check_resources(
         pipeline_audio,
         folder,
@@ -254,7 +265,8 @@ def prepare(
         frame_start=int(frame_start),
         vertex_uvs=vertex_uvs,
         mesh_frame=mesh_frame,
-        wrinkle_uv_rect=template.wrinkle_layout.rectangle_source(),
+        # A fitted head's wrinkle images are made in its own UV layout, over the whole square.
+        wrinkle_uv_rect=(0.0, 0.0, 1.0, 1.0) if fitted is not None else template.wrinkle_layout.rectangle_source(),
         uv_layer=uv_layer or "",
         sequence_folder=folder,
         folder_note=note,
@@ -262,9 +274,10 @@ def prepare(
         hubert_folder=bpy.path.abspath(hubert) if hubert else None,
         output_mode=output_mode,
         arkit=arkit_plan,
-        write_wrinkles=arkit_plan.write_wrinkles if arkit_plan is not None else True,
-        part_frames=part_frames(obj, template) if output_mode != ARKIT and vertex_uvs is None else {},
+        write_wrinkles=write_wrinkles,
+        part_frames=part_frames(obj, template) if output_mode != ARKIT and vertex_uvs is None and fitted is None else {},
         object_uid=getattr(obj, "session_uid", None),
+        fitted_head=fitted,
     )
 
 
@@ -320,7 +333,8 @@ def blocking_reason(context) -> str | None:
         return f"'{obj.name}' is not a mesh"
     settings = context.scene.textalker
     # ARKit curves on the mesh's own ARKit keys need no UV map (the wrinkles are then skipped).
-    if not obj.data.uv_layers and getattr(settings, "output_mode", SHAPE_KEYS) != ARKIT:
+    if (not obj.data.uv_layers and getattr(settings, "output_mode", SHAPE_KEYS) != ARKIT
+            and head_fitting.FIT_PROPERTY not in obj.data):
         return f"'{obj.name}' has no UV map"
     if obj.mode == "EDIT":
         return "Switch to Object Mode"

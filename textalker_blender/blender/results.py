@@ -61,6 +61,9 @@ class GenerationRequest:
     # The target's ID.session_uid: `apply` finds it even if the artist renamed it while the
     # model ran (None where Blender lacks it: then by name).
     object_uid: int | None = None
+    # A head with its own topology driven through its stored fit of the template (issue #20):
+    # blender.head_fitting.FittedTarget (the Pipeline then generates on the template head).
+    fitted_head: object | None = None
 
     @property
     def fps(self) -> float:

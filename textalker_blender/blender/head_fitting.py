@@ -209,7 +209,7 @@ class FittedTarget:
     triangles: np.ndarray  # (F, 3) user triangles
     triangle_uvs: np.ndarray | None  # (F, 3, 2) the UV map the wrinkles go through; None: no wrinkles
     _matrix: object = None
-    _lookup: object = None
+    _lookups: dict = None  # {(H, W): WrinkleTexelLookup}, built on first use (any thread)
 
     @property
     def movable(self) -> np.ndarray:
@@ -227,16 +227,18 @@ class FittedTarget:
         `neutral` per channel defaults to 1 for the three albedo-ratio channels and 0 for any
         further channel (fold activation)."""
         maps = np.asarray(maps)
-        if self._lookup is None:
-            height, width = maps.shape[-3:-1]
-            resolution = int(min(MAX_WRINKLE_IMAGE, WRINKLE_IMAGE_SCALE * max(height, width)))
-            self._lookup = head_fit.wrinkle_texel_lookup(
-                self.fit, self.triangle_uvs, self.triangles, resolution, (height, width), template
-            )
+        shape = tuple(maps.shape[-3:-1])
+        if self._lookups is None:
+            self._lookups = {}
+        lookup = self._lookups.get(shape)
+        if lookup is None:
+            resolution = int(min(MAX_WRINKLE_IMAGE, WRINKLE_IMAGE_SCALE * max(shape)))
+            lookup = head_fit.wrinkle_texel_lookup(self.fit, self.triangle_uvs, self.triangles, resolution, shape, template)
+            self._lookups[shape] = lookup
         if neutral is None:
             channels = maps.shape[-1]
             neutral = np.array([1.0] * min(3, channels) + [0.0] * max(0, channels - 3), np.float32)
-        return self._lookup.apply(maps, neutral).astype(maps.dtype, copy=False)
+        return lookup.apply(maps, neutral).astype(maps.dtype, copy=False)
 
     def map_writer(self, write_maps, template=None):
         """Wraps a `write_maps(first_frame, maps, n_frames, ...)` callback so it receives the

@@ -18,6 +18,10 @@
 #   EXPORT_TO=textalker_blender/assets/textalker_bundled.safetensors
 #                                       (its SHA-256 goes into the manifest.json beside it)
 #   DATA=data/synthetic_textalk4d       dataset folder (built here when missing)
+#   MOTION_VQ_FROM=FILE.safetensors     keep that weights file's motion VQ (tools/unpack_vq.py)
+#                                       instead of training and refining one: for data changes
+#                                       that leave the motion maps as they were
+#   INIT_FROM=FILE.safetensors          warm-start stage 2's denoiser and audio front end from it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,17 +38,27 @@ if [ ! -f "$DATA/meta.json" ]; then
     "$PY" tools/make_dataset.py --out "$DATA" --no-docs  # docs/DATASET.md is already in git
 fi
 
-echo "== stage 1: motion and wrinkle VQ autoencoders (side by side, one thread each)"
-OMP_NUM_THREADS=1 "$PY" tools/train_vq.py --config "$CONFIG" --data "$DATA" --run "$RUNS/motion" \
-    --which motion --max-minutes "$MAX_MINUTES" --threads 1 --no-progress &
-motion_pid=$!
-OMP_NUM_THREADS=1 "$PY" tools/train_vq.py --config "$CONFIG" --data "$DATA" --run "$RUNS/wrinkle" \
-    --which wrinkle --max-minutes "$MAX_MINUTES" --threads 1 --no-progress &
-wrinkle_pid=$!
-trap 'kill -TERM $motion_pid $wrinkle_pid 2>/dev/null || true' INT TERM
-wait $motion_pid
-wait $wrinkle_pid
-trap - INT TERM
+if [ -n "${MOTION_VQ_FROM:-}" ]; then
+    if [ ! -f "$RUNS/motion_unpacked/checkpoint/vq.safetensors" ]; then
+        echo "== stage 1: motion VQ unpacked from $MOTION_VQ_FROM"
+        "$PY" tools/unpack_vq.py --weights "$MOTION_VQ_FROM" --which motion --run "$RUNS/motion_unpacked"
+    fi
+    echo "== stage 1: wrinkle VQ autoencoder"
+    OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/train_vq.py --config "$CONFIG" --data "$DATA" \
+        --run "$RUNS/wrinkle" --which wrinkle --max-minutes "$MAX_MINUTES" --threads "${OMP_NUM_THREADS:-2}" --no-progress
+else
+    echo "== stage 1: motion and wrinkle VQ autoencoders (side by side, one thread each)"
+    OMP_NUM_THREADS=1 "$PY" tools/train_vq.py --config "$CONFIG" --data "$DATA" --run "$RUNS/motion" \
+        --which motion --max-minutes "$MAX_MINUTES" --threads 1 --no-progress &
+    motion_pid=$!
+    OMP_NUM_THREADS=1 "$PY" tools/train_vq.py --config "$CONFIG" --data "$DATA" --run "$RUNS/wrinkle" \
+        --which wrinkle --max-minutes "$MAX_MINUTES" --threads 1 --no-progress &
+    wrinkle_pid=$!
+    trap 'kill -TERM $motion_pid $wrinkle_pid 2>/dev/null || true' INT TERM
+    wait $motion_pid
+    wait $wrinkle_pid
+    trap - INT TERM
+fi
 
 stage_done() {  # RUN SECTION: has the run reached the config's step budget for that stage?
     "$PY" - "$1" "$2" "$CONFIG" <<'EOF'
@@ -56,7 +70,9 @@ step = json.loads(progress.read_text())["step"] if progress.is_file() else 0
 sys.exit(0 if step >= int(config[section]["steps"]) else 1)
 EOF
 }
-if ! stage_done "$RUNS/motion" vq || ! stage_done "$RUNS/wrinkle" vq; then
+motion_run="$RUNS/motion"
+[ -n "${MOTION_VQ_FROM:-}" ] && motion_run="$RUNS/motion_unpacked"
+if { [ -z "${MOTION_VQ_FROM:-}" ] && ! stage_done "$motion_run" vq; } || ! stage_done "$RUNS/wrinkle" vq; then
     echo "stage 1 stopped before its step budget (time limit); run the same command again to continue"
     exit 0
 fi
@@ -64,8 +80,8 @@ fi
 refine_steps=$("$PY" -c 'import json, sys; print(int(json.load(open(sys.argv[1])).get("refine", {}).get("steps", 0)))' "$CONFIG")
 refine_encoder=$("$PY" -c 'import json, sys; print(int(bool(json.load(open(sys.argv[1])).get("refine", {}).get("train_encoder", False))))' "$CONFIG")
 decoder_args=()
-motion_vq="$RUNS/motion"
-if [ "$refine_steps" -gt 0 ]; then
+motion_vq="$motion_run"
+if [ "$refine_steps" -gt 0 ] && [ -z "${MOTION_VQ_FROM:-}" ]; then  # a kept motion VQ is already final
     echo "== stage 1b: motion VQ refined on vertex offsets"
     OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/refine_decoder.py --config "$CONFIG" --data "$DATA" \
         --run "$RUNS/motion_refine" --motion-vq "$RUNS/motion" --max-minutes "$MAX_MINUTES" --no-progress
@@ -83,7 +99,7 @@ fi
 echo "== stage 2: audio front end + latent diffusion model"
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$PY" tools/train_ldm.py --config "$CONFIG" --data "$DATA" \
     --run "$RUNS/ldm" --motion-vq "$motion_vq" --wrinkle-vq "$RUNS/wrinkle" \
-    --max-minutes "$MAX_MINUTES" --no-progress
+    ${INIT_FROM:+--init-from "$INIT_FROM"} --max-minutes "$MAX_MINUTES" --no-progress
 
 if ! stage_done "$RUNS/ldm" ldm; then
     echo "stage 2 stopped before its step budget (time limit); run the same command again to continue"

@@ -536,4 +536,5 @@ def test_missing_requirements_name_the_packages(monkeypatch):
         VoiceChoice("flite", "slt", "en", True)])
     text = "\n".join(problems)
     assert "festvox-czech-dita" in text and "espeak-ng" in text and "install flite" in text
+    assert "festival-hi" in voice_plan.package_for(VoiceChoice("festival", "hindi_NSK_diphone", "hi", False))
     assert "hunspell-cs" in text and "wspanish" in text and "word list for en" not in text

@@ -199,12 +199,13 @@ def build(config: BuildConfig, log=print) -> dict:
         with concurrent.futures.ProcessPoolExecutor(config.jobs) as pool:
             for subject, result in zip(subjects, pool.map(_build_subject, tasks)):
                 entries += result
-                log(f"  {subject.name}: {len(result)} utterances")
+                log(f"  {subject.name}: {sum(1 for e in result if not e.get('copy_of'))} utterances")
     else:
         for subject, task in zip(subjects, tasks):
             result = _build_subject(task)
             entries += result
-            log(f"  {subject.name}: {len(result)} utterances, {sum(e['duration_s'] for e in result):.0f} s")
+            spoken = [e for e in result if not e.get("copy_of")]
+            log(f"  {subject.name}: {len(spoken)} utterances, {sum(e['duration_s'] for e in spoken):.0f} s")
     synth_seconds = time.perf_counter() - started
     entries.sort(key=lambda e: e["id"])
     dump_json(out / "utterances.json", entries)

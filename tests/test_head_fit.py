@@ -212,6 +212,28 @@ def test_lips_keep_closing_and_opening_on_the_subdivided_head(template, subdivid
     assert moved[lower_lip & mid, 2].max() < -0.02  # the lower lip drops with the jaw (> 20 mm)
 
 
+def test_lips_apart_at_rest_still_close_on_p_b_m_and_stay_apart_otherwise(template):
+    """A head whose mouth is slightly open at rest (the template with 8 % of jawOpen baked in,
+    ~3 mm between the lips): the template's /p b m/ closure must shut it, its rest and 'ah'
+    frames must keep the lips apart."""
+    jaw = template.apply_units(template.unit_weights(jawOpen=1.0)).astype(np.float64)
+    vertices = template.vertices + 0.08 * jaw
+    fit = head_fit.fit_head(vertices, template.triangles, template)
+    upper, lower = midline_lip_pair(template)
+    rest_gap = vertices[upper, 2] - vertices[lower, 2]
+    assert rest_gap > 0.003
+    assert fit.measures["lip_rest_gap_extra_mm"] > 1.5 and len(fit.lip_vertices) > 20
+    closed = head_fit.transfer_offsets(fit, closed_lips_offsets(template), template)
+    assert abs(rest_gap + closed[upper, 2] - closed[lower, 2]) < 0.0005  # shut within 0.5 mm
+    zero = head_fit.transfer_offsets(fit, np.zeros_like(jaw), template)
+    assert np.abs(zero).max() == 0.0  # at rest nothing moves: the lips stay apart
+    opened = head_fit.transfer_offsets(fit, 0.5 * jaw, template)
+    assert rest_gap + opened[upper, 2] - opened[lower, 2] > rest_gap + 0.01  # 'ah' opens further
+    # The stored fit keeps the closure.
+    again = head_fit.transfer_offsets(head_fit.HeadFit.from_text(fit.to_text()), closed_lips_offsets(template), template)
+    np.testing.assert_array_equal(again, closed)
+
+
 def test_identity_reshaped_head_follows_its_corresponding_points(template):
     """The template reshaped by MakeHuman identity targets (nose, chin, mouth, head shape; up to
     ~1 cm): the correspondence is the vertex index, the truth the template's own offsets."""

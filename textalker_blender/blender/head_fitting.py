@@ -219,7 +219,8 @@ class FittedTarget:
         """Template offsets (T, V, 3) -> the mesh's (T, N, 3), in its local frame."""
         if self._matrix is None:
             self._matrix = head_fit.transfer_matrix(self.fit, template, self.influence)
-        return head_fit.transfer_offsets(self.fit, template_offsets, matrix=self._matrix)
+        return head_fit.transfer_offsets(self.fit, template_offsets, template, influence=self.influence,
+                                         matrix=self._matrix)
 
     def wrinkle_maps(self, maps: np.ndarray, template=None, neutral=None) -> np.ndarray:
         """Template wrinkle maps (T, H, W, C) -> images in the mesh's UV layout (T, R, R, C).

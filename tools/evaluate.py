@@ -49,6 +49,9 @@ from tools.evaluation.metrics import CreaseScores, MotionScores, TextureScores  
 from tools.evaluation.report import write_results  # noqa: E402
 
 SPLITS = ("test-A", "test-B")
+# Audio-only variants of a split (same faces, other sound): evaluated for TexTalker alone when the
+# dataset has them, since the other methods do not listen (or are scored on the clean split).
+AUDIO_VARIANT_SPLITS = ("test-A-phone",)
 DEFAULT_SWEEP_STEPS = (1, 2, 4, 6, 10, 25, 50)
 DEFAULT_SWEEP_UTTERANCES = 10  # ~900 frames: 8 settings incl. the full chain in ~4-10 min
 LEARNED_BASELINE_NAMES = ("FaceFormer-like", "CodeTalker-like", "FaceDiffuser-like")
@@ -506,6 +509,7 @@ def score_split(split, dataset, indices, methods, template, masks, mask_texels, 
             truth_ratio, truth_fold = ratio_from_channels(truth_channels), truth_channels[..., 0]
             if sample.subject not in albedo:  # ~1 s per subject: once per run
                 albedo[sample.subject] = dataset.neutral_albedo(sample.subject, truth_ratio.shape[1])
+            if sample.subject not in details:
                 details[sample.subject] = texel_detail_mm(dataset, sample.subject, truth_ratio.shape[1])
             audio_seconds += len(sample.audio) / sample.sample_rate
             errors, solve_s, iterations = arkit_errors(template, truth_offsets, dataset.fps, sample.weights)
@@ -617,8 +621,10 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
     mask_texels = np.asarray(pipe.wrinkle_face_mask)
     steps = int(pipe.config.sampling_steps if args.steps is None else args.steps)
 
+    available = json.loads((Path(args.data) / "meta.json").read_text()).get("splits", {})
+    evaluated_splits = SPLITS + tuple(s for s in AUDIO_VARIANT_SPLITS if s in available)
     datasets = {split: SyntheticTextalk4D(args.data, split, template=template, maps=False,
-                                          wrinkle_resolution=pipe.wrinkle_resolution) for split in SPLITS}
+                                          wrinkle_resolution=pipe.wrinkle_resolution) for split in evaluated_splits}
     selections = {split: evenly_spaced(len(ds), args.max_utterances) for split, ds in datasets.items()}
     train_subjects = sorted({e["subject"] for e in SyntheticTextalk4D(args.data, "train", template=template,
                                                                       maps=False).entries})
@@ -667,7 +673,7 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
                                "motion": a_motion, "texture": a_texture, "styles": ablation_styles}
 
     # Rough time estimate, refined after the first utterance of the first split.
-    total_frames = {split: sum(len(datasets[split].weights(i)) for i in selections[split]) for split in SPLITS}
+    total_frames = {split: sum(len(datasets[split].weights(i)) for i in selections[split]) for split in evaluated_splits}
     sweep_indices = [] if args.skip_sampler_sweep else [
         selections["test-A"][i] for i in evenly_spaced(len(selections["test-A"]), args.sweep_utterances)]
     sweep_steps = list(args.sweep_steps)
@@ -676,7 +682,8 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
     sweep_frames = sum(len(datasets["test-A"].weights(i)) for i in sweep_indices)
     estimate = {}
 
-    full_frames = {split: sum(len(datasets[split].weights(i)) for i in range(len(datasets[split]))) for split in SPLITS}
+    full_frames = {split: sum(len(datasets[split].weights(i)) for i in range(len(datasets[split])))
+                   for split in evaluated_splits}
 
     def estimate_hook(frames, seconds):
         """Run time from the first utterances: all methods' cost per frame for the splits, and for
@@ -705,8 +712,8 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
     splits, arkit, sizes = {}, {}, {}
     albedo: dict[str, np.ndarray] = {}  # neutral albedo per subject, in the wrinkle maps' layout
     try:
-        for split in SPLITS:
-            methods = [textalker, *fixed, *learned]
+        for split in evaluated_splits:
+            methods = [textalker] if split in AUDIO_VARIANT_SPLITS else [textalker, *fixed, *learned]
             if split in args.ablation_splits:
                 methods += ablation_methods
             progress.say(f"{split}: {len(selections[split])} of {len(datasets[split])} utterances, "

@@ -15,7 +15,8 @@ ABLATION_NAMES = ("motion-only", "wrinkle-only", "joint-codebook", "one-hot")
 ABLATION_KINDS = {"motion-only": "motion_only", "wrinkle-only": "wrinkle_only", "joint-codebook": "joint_codebook",
                   "one-hot": "onehot"}
 
-SPLIT_TITLES = {"test-A": "test-A (seen subjects, unseen sentences)", "test-B": "test-B (unseen subjects)"}
+SPLIT_TITLES = {"test-A": "test-A (seen subjects, unseen sentences)", "test-B": "test-B (unseen subjects)",
+                "test-A-phone": "test-A over a telephone line (300-3400 Hz, 8 kHz codec; same faces as test-A)"}
 # (key in the results, header in the paper's units, factor from our unit, lower is better)
 PAPER_COLUMNS = (
     ("lve_mm2", "LVE ↓ (10⁻² mm²)", 100.0, True),
@@ -212,7 +213,7 @@ def render_markdown(results: dict) -> str:
     lines = ["# Results: TexTalker on the synthetic TexTalk4D", "",
              "*Written by `tools/evaluate.py`; do not edit by hand.*", "",
              "> **SYNTHETIC DATA.** Every number on this page is measured on the **synthetic** TexTalk4D built by "
-             "`tools/make_dataset.py` (flite voices, rule-based face-unit motion, procedural wrinkles; "
+             "`tools/make_dataset.py` (flite, Festival and espeak-ng voices in 13 languages, rule-based face-unit motion, procedural creases; "
              "docs/DATASET.md), not on the paper's TexTalk4D scans. They are not comparable with the paper's tables.",
              ""]
     if not model.get("trained"):

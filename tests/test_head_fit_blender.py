@@ -192,3 +192,20 @@ def test_decimated_template_follows_the_template(saved_scene):
     user = head_fit.transfer_offsets(fit, jaw, template)
     error = np.linalg.norm(user - truth, axis=1) * 1000
     assert np.median(error) < 0.2 and np.quantile(error, 0.99) < 3.0, (np.median(error), np.quantile(error, 0.99))
+
+
+def test_a_stale_fit_or_arkit_mode_is_refused_before_anything_changes(tmp_path, saved_scene, speech_file):
+    from textalker_blender.blender import api
+
+    obj, _, _ = _shuffled_template_head("Stale")
+    assert bpy.ops.textalker.fit_head() == {"FINISHED"}
+    before = snapshot()
+    with pytest.raises(MeshError, match="ARKit curves"):
+        api.generate(obj, str(speech_file), steps=1, output_mode="ARKIT")
+    assert snapshot() == before
+    obj.data.vertices[0].co.x += 0.5  # edited after the fit
+    before = snapshot()
+    with pytest.raises(MeshError, match="Fit to This Head again"):
+        api.generate(obj, str(speech_file), steps=1)
+    assert snapshot() == before
+    assert not list(tmp_path.rglob("*.exr"))

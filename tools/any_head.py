@@ -20,6 +20,7 @@ Numbers are the template head's millimetres (the fit's scale undone).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -355,6 +356,9 @@ def _material(bpy, image=None, colour=(0.72, 0.55, 0.47, 1.0)):
         multiply.blend_type = "MULTIPLY"
         multiply.inputs["Factor"].default_value = 1.0
         multiply.inputs[6].default_value = colour
+        # Outside the image (CLIP: alpha 0) the skin keeps its colour.
+        texture.extension = "CLIP"
+        links.new(texture.outputs["Alpha"], multiply.inputs["Factor"])
         links.new(texture.outputs["Color"], multiply.inputs[7])
         links.new(multiply.outputs[2], shader.inputs["Base Color"])
     return material
@@ -388,7 +392,7 @@ def render_pictures(template, heads, frames, out: Path, resolution: int, samples
     work = Path(tempfile.mkdtemp(prefix="any_head_"))
     scene, camera = _scene(bpy, resolution, samples)
     face = template.vertices[template.face_mask].astype(np.float64)
-    _aim(camera, 0.5 * (face.min(0) + face.max(0)) + [0, 0, 0.01], np.ptp(face[:, 2]) * 1.25)
+    _aim(camera, 0.5 * (face.min(0) + face.max(0)) + [0, 0, 0.01], np.ptp(face[:, 2]) * 0.95)
     labels = [label for label, _ in frames]
     shown = [labels.index(name) for name in ("rest", "ah", "m (closed)", "oo", "smile + blink")]
     rows = []
@@ -494,9 +498,14 @@ def write_report(heads, frames, out: Path, pictures: list[str], started: float) 
         )
     lines += [
         "",
-        "`truth` is the gap the template's motion gives at the same surface points. A head whose lips",
-        "are apart (or overlap) at rest keeps that difference: the transfer moves each lip by the",
-        "template's amounts, it does not close a gap the template does not have.",
+        "`truth` is the gap the template's motion gives at the same surface points (it moves each lip by",
+        "the template's amounts). Where a head's lips are further apart at rest than the template's",
+        f"(by {head_fit.LIP_CLOSE_MIN * 1000:.1f} to {head_fit.LIP_CLOSE_MAX * 1000:.0f} mm), the fit adds a lip-closure term: in proportion to how",
+        "shut the template's lips are in a frame, the head's lip edges move towards each other by that",
+        "extra gap, so /p b m/ still closes (the decimated and SOMA rows: `gap at m` near 0 where the",
+        "truth keeps the rest gap's excess), while at rest and on open vowels the lips stay apart. Lips",
+        "that overlap at rest (the identity rows) are left as the truth has them: the term never pushes",
+        "lips apart.",
     ]
     soma = next((h for h in heads if h.truth is None), None)
     if soma is not None:
@@ -544,9 +553,11 @@ def write_report(heads, frames, out: Path, pictures: list[str], started: float) 
         "  degrees off an axis needs landmarks (Place Landmarks); so do stylised heads (refused as",
         f"  \"not a human head\" above {head_fit.NON_HUMAN_ALIGNMENT_M * 1000:.0f} mm mean alignment distance).",
         "- Lips and eyelids: user vertices are split into upper and lower side near the mouth and eye",
-        "  slits and bind only to the template's same side. A head whose mouth is open at rest keeps",
-        "  its opening: the template's closure offsets move its lips by the template's amounts, they do",
-        "  not close a gap the template does not have.",
+        "  slits and bind only to the template's same side, so lips that touch at rest do not glue and",
+        f"  an open mouth opens further. Lips apart at rest by up to {head_fit.LIP_CLOSE_MAX * 1000:.0f} mm more than the template's",
+        "  are closed on /p b m/ (see above); a wider open mouth (a sculpt with the mouth open) is closed",
+        "  only by that much. Eyelids get no such term: a head whose eyes are wider open than the",
+        "  template's does not fully close them on a blink.",
         "- Eyeballs, teeth, hair and other separate parts of the same mesh get influence 0 (they do not",
         "  move); separate objects are not touched. The artist can paint the 'TexTalker Influence' group.",
         "- ARKit-curve output on a fitted head is refused (shape keys only).",
@@ -562,7 +573,7 @@ def write_report(heads, frames, out: Path, pictures: list[str], started: float) 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="textalker-bres-"))
-    import bpy  # noqa: F401  (imported first: it sets up Blender before the modules that use it)
+    importlib.import_module("bpy")  # first: Blender is set up before the modules that use it
 
     from textalker_blender.core.template import load_template
 

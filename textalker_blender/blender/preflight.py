@@ -223,6 +223,11 @@ def prepare(
                 f"'{obj.name}' is driven through its head fit: ARKit curves need the template's topology "
                 "or ARKit-named shape keys. Use the output mode 'Shape keys'"
             )
+        if uv_layer is None:
+            raise MeshError(
+                f"'{obj.name}' has no UV map: the wrinkle textures are made in the mesh's own UV map. "
+                "Add one (UV > Smart UV Project is enough)"
+            )
         vertex_uvs, mesh_frame = None, None
     elif output_mode == ARKIT:
         # Always generated on the template head (the solver needs its vertices); the mesh only
@@ -236,8 +241,6 @@ def prepare(
     pipeline_audio, label, frame_start = resolve_audio(scene, audio)
     folder, note = _run_folder(obj, output_folder)
     write_wrinkles = arkit_plan.write_wrinkles if arkit_plan is not None else True
-    if fitted is not None:
-        write_wrinkles = fitted.triangle_uvs is not None  # no UV map: motion only
     _check_resources(
         pipeline_audio,
         folder,
@@ -333,8 +336,7 @@ def blocking_reason(context) -> str | None:
         return f"'{obj.name}' is not a mesh"
     settings = context.scene.textalker
     # ARKit curves on the mesh's own ARKit keys need no UV map (the wrinkles are then skipped).
-    if (not obj.data.uv_layers and getattr(settings, "output_mode", SHAPE_KEYS) != ARKIT
-            and head_fitting.FIT_PROPERTY not in obj.data):
+    if not obj.data.uv_layers and getattr(settings, "output_mode", SHAPE_KEYS) != ARKIT:
         return f"'{obj.name}' has no UV map"
     if obj.mode == "EDIT":
         return "Switch to Object Mode"

@@ -221,3 +221,58 @@ def test_a_stale_fit_or_arkit_mode_is_refused_before_anything_changes(tmp_path, 
         api.generate(obj, str(speech_file), steps=1)
     assert snapshot() == before
     assert not list(tmp_path.rglob("*.exr"))
+
+
+def test_place_landmarks_modal_maps_clicks_keys_and_stores_on_enter(monkeypatch):
+    """The modal operator driven by hand (no GUI event loop here): clicks place landmarks where
+    the ray hits (the ray cast is replaced: there is no 3D view), right-click goes back, Enter
+    stores them on the mesh, Esc stores nothing."""
+    from types import SimpleNamespace
+
+    from textalker_blender.blender import head_fit_ui
+
+    registered_scene()
+    template = load_template()
+    obj = _mesh_object("Clicked", template.vertices, template.triangles)
+    marks = head_fit.template_landmarks(template)
+    clicks = iter([marks[name] for name in head_fit.LANDMARK_NAMES])
+    monkeypatch.setattr(head_fit_ui, "ray_hit_on_object", lambda context, target, xy: next(clicks))
+    headers = []
+    area = SimpleNamespace(header_text_set=headers.append, tag_redraw=lambda: None)
+    context = SimpleNamespace(area=area, workspace=None)
+    reports = []
+    operator_class = head_fit_ui.TEXTALKER_OT_place_landmarks
+
+    def stand_in():
+        fake = SimpleNamespace(_session=head_fit_ui.LandmarkSession(), _object_name=obj.name, _draw_handle=None,
+                               report=lambda kind, text: reports.append(text))
+        fake._show = lambda ctx: operator_class._show(fake, ctx)
+        fake._finish = lambda ctx: operator_class._finish(fake, ctx)
+        return fake
+
+    def event(kind, value="PRESS"):
+        return SimpleNamespace(type=kind, value=value, mouse_region_x=10, mouse_region_y=10)
+
+    fake = stand_in()
+    assert operator_class.modal(fake, context, event("MIDDLEMOUSE")) == {"PASS_THROUGH"}  # orbiting still works
+    for _ in range(3):
+        assert operator_class.modal(fake, context, event("LEFTMOUSE")) == {"RUNNING_MODAL"}
+    assert "landmark 4/10" in headers[-1]
+    operator_class.modal(fake, context, event("RIGHTMOUSE"))
+    assert "landmark 3/10" in headers[-1] and "click to move it" in headers[-1]
+    assert operator_class.modal(fake, context, event("RET")) == {"RUNNING_MODAL"}  # only 3 placed: not yet
+    assert "at least 4" in reports[-1]
+    for _ in range(head_fit.MIN_LANDMARKS):
+        operator_class.modal(fake, context, event("LEFTMOUSE"))
+    assert operator_class.modal(fake, context, event("RET")) == {"FINISHED"}
+    assert headers[-1] is None  # the header is Blender's again
+    stored = head_fitting.stored_landmarks(obj.data)
+    assert len(stored) == 3 + head_fit.MIN_LANDMARKS - 1
+    np.testing.assert_allclose(stored[head_fit.LANDMARK_NAMES[0]], marks[head_fit.LANDMARK_NAMES[0]])
+    # Esc: nothing stored.
+    head_fitting.store_landmarks(obj.data, {})
+    fake = stand_in()
+    clicks = iter([marks[name] for name in head_fit.LANDMARK_NAMES])
+    operator_class.modal(fake, context, event("LEFTMOUSE"))
+    assert operator_class.modal(fake, context, event("ESC")) == {"CANCELLED"}
+    assert head_fitting.stored_landmarks(obj.data) == {}

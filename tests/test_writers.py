@@ -116,11 +116,12 @@ def test_exr_sequence_is_half_float_in_image_row_order(tmp_path):
             channels = exr.channels()
             header = exr.header()
             assert header["compression"] == OpenEXR.ZIP_COMPRESSION
-            assert sorted(c.name for c in header["channels"]) == ["B", "G", "R"]
-            rgb = channels["RGB"].pixels  # OpenEXR 3 groups R, G, B into one array
-        assert rgb.dtype == np.float16
-        assert rgb.shape == (16, 24, 3)
-        np.testing.assert_allclose(rgb.astype(np.float32), maps[t].astype(np.float16), rtol=0, atol=0)
+            assert sorted(c.name for c in header["channels"]) == ["A", "B", "G", "R"]
+            rgba = channels["RGBA"].pixels  # OpenEXR 3 groups R, G, B, A into one array
+        assert rgba.dtype == np.float16
+        assert rgba.shape == (16, 24, 4)
+        np.testing.assert_allclose(rgba[..., :3].astype(np.float32), maps[t].astype(np.float16), rtol=0, atol=0)
+        assert not rgba[..., 3].any()  # no fold maps given: no fold anywhere
 
 
 def _material_with_albedo_texture(obj):

@@ -44,7 +44,7 @@ class GenerationJob:
     compute_s: float = 0.0
     _progress: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     _maps: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=MAX_QUEUED_CHUNKS))
-    _writing: list = field(default_factory=list)  # [first frame, maps, frames done, n_frames]
+    _writing: list = field(default_factory=list)  # [first frame, maps, frames done, n_frames, folds]
     _writer: SequenceWriter | None = None
     _thread: threading.Thread | None = None
 
@@ -68,15 +68,16 @@ class GenerationJob:
         self.compute_s = time.perf_counter() - started
         _RUNNING_JOBS.discard(self)
 
-    def _hand_over(self, first_frame: int, maps: np.ndarray, n_frames: int) -> None:
-        """Worker thread: queues a chunk's maps for the main thread; waits while the queue is full."""
+    def _hand_over(self, first_frame: int, maps: np.ndarray, n_frames: int, folds: np.ndarray | None = None) -> None:
+        """Worker thread: queues a chunk's maps (and fold maps, None for weights without them)
+        for the main thread; waits while the queue is full."""
         while True:
             if self.cancel_event.is_set():
                 from ..core.errors import Cancelled
 
                 raise Cancelled("Generation cancelled.")
             try:
-                self._maps.put((first_frame, maps, n_frames), timeout=0.1)
+                self._maps.put((first_frame, maps, n_frames, folds), timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -90,17 +91,18 @@ class GenerationJob:
         while deadline is None or time.perf_counter() < deadline:
             if not self._writing:
                 try:
-                    first, maps, n_frames = self._maps.get_nowait()
+                    first, maps, n_frames, folds = self._maps.get_nowait()
                 except queue.Empty:
                     break
-                self._writing = [first, maps, 0, n_frames]
-            first, maps, done, n_frames = self._writing
+                self._writing = [first, maps, 0, n_frames, folds]
+            first, maps, done, n_frames, folds = self._writing
             # A few files at a time, so the budget is kept even with large chunks.
             step = len(maps) - done if deadline is None else min(len(maps) - done, 16)
-            self._writer.write(first + done, maps[done : done + step], n_frames)
+            self._writer.write(first + done, maps[done : done + step], n_frames,
+                               None if folds is None else folds[done : done + step])
             written += step
             done += step
-            self._writing = [] if done >= len(maps) else [first, maps, done, n_frames]
+            self._writing = [] if done >= len(maps) else [first, maps, done, n_frames, folds]
         return written
 
     def discard_output(self) -> int:

@@ -1,6 +1,6 @@
 """What a run leaves on disk and on the object: the EXR sequence (written under a staging name,
-renamed when complete), this session's run folders (swept once undone), and removal of all
-output of both modes."""
+renamed when complete) and the wrinkle style's crease detail map beside it, this session's run
+folders (swept once undone), and removal of all output of both modes."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ class SequenceWriter:
         self.written = 0
         self._checked = False
 
-    def write(self, first_frame: int, maps: np.ndarray, n_frames: int) -> None:
+    def write(self, first_frame: int, maps: np.ndarray, n_frames: int, folds: np.ndarray | None = None) -> None:
+        """Writes a chunk: `maps` (n, H, W, 3) albedo ratios and `folds` (n, H, W) fold
+        activations (None: weights without fold maps) of frames first_frame... (0-based)."""
         with _deleted_on_failure(self.staged.folder, self.discard):
             if not self._checked:
                 _STAGED_WRITERS[self.folder] = self
@@ -41,7 +43,8 @@ class SequenceWriter:
                 size = max(maps.shape[1], maps.shape[2])
                 resources.check_disk_space(target, n_frames * resources.exr_bytes_per_frame(size))
                 self._checked = True
-            paths = writers.write_exr_sequence(maps, self.staged.folder, first_frame=first_frame + 1)
+            paths = writers.write_exr_sequence(maps, self.staged.folder, first_frame=first_frame + 1,
+                                               **_fold_keyword(folds))
             _check_written(paths)
             self.written = max(self.written, first_frame + len(paths))
 
@@ -115,12 +118,18 @@ def _watch_saves() -> None:
         bpy.app.handlers.save_post.append(_mark_saved_runs)
 
 
-def write_sequence(maps, folder: Path) -> list[Path]:
+def _fold_keyword(folds) -> dict:
+    """`folds=` for `writers.write_exr_sequence` only when there are fold maps, so a wrapper of
+    the writer's earlier signature (maps, folder, first_frame) still works for older weights."""
+    return {} if folds is None else {"folds": folds}
+
+
+def write_sequence(maps, folder: Path, folds: np.ndarray | None = None) -> list[Path]:
     """The EXR sequence, after checking the disk has room for it; on any failure (disk full,
     folder not writable, cancelled) the files written so far are deleted and the error says why.
 
-    `maps` is (T, H, W, 3), or the `ExrSequence` a streamed run already wrote there: its files
-    are checked (all there, all EXR) and returned."""
+    `maps` is (T, H, W, 3) with `folds` (T, H, W) or None, or the `ExrSequence` a streamed run
+    already wrote there: its files are checked (all there, all EXR) and returned."""
     if isinstance(maps, ExrSequence):
         with _deleted_on_failure(folder):
             writer = _STAGED_WRITERS.get(Path(maps.folder))
@@ -133,7 +142,24 @@ def write_sequence(maps, folder: Path) -> list[Path]:
         needed = maps.shape[0] * resources.exr_bytes_per_frame(max(maps.shape[1], maps.shape[2]))
         resources.check_disk_space(folder, needed)  # the disk may have filled during compute
     with _deleted_on_failure(folder):
-        return _check_written(writers.write_exr_sequence(maps, folder))
+        return _check_written(writers.write_exr_sequence(maps, folder, **_fold_keyword(folds)))
+
+
+def write_crease_detail(detail_mm: np.ndarray | None, folder: Path) -> Path | None:
+    """The wrinkle style's crease detail map (Hd, Wd) in millimetres as `crease_detail.exr` in
+    the run's `folder` (beside its complete sequence), or None when the weights have none. Call it
+    before `writers.ensure_wrinkle_material`, which draws creases when it finds the file. The disk
+    is checked first (room for the map uncompressed); on any failure the run's files in `folder`
+    are deleted and OS errors become a ResourceError that says why."""
+    if detail_mm is None:
+        return None
+    detail_mm = np.asarray(detail_mm)
+    with _deleted_on_failure(folder):
+        if detail_mm.ndim == 2:
+            resources.check_disk_space(folder, detail_mm.shape[0] * detail_mm.shape[1] * 6)  # half RGB
+        path = writers.write_crease_detail(detail_mm, folder)
+        _check_written([path])
+        return path
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import api, compat
+from . import api, compat, writers
 
 
 class _SidebarTab:
@@ -46,6 +46,7 @@ class TEXTALKER_PT_main(_SidebarTab, bpy.types.Panel):
 
         layout.prop(settings, "speaking_style")
         layout.prop(settings, "wrinkle_style")
+        _draw_crease_settings(layout, api.target_object(context))
         layout.prop(settings, "device")
         layout.prop(settings, "output_mode")
         if settings.output_mode == "ARKIT":
@@ -77,6 +78,21 @@ class TEXTALKER_PT_main(_SidebarTab, bpy.types.Panel):
                 if abs(fps - api.scene_fps(context.scene)) > 1e-3:
                     layout.label(text="The scene fps changed: generate again to stay in sync", icon="ERROR")
             layout.operator("textalker.remove_output", icon="TRASH")
+
+
+def _draw_crease_settings(layout, target) -> None:
+    """The target's crease strength and cavity, next to the wrinkle style: they change its
+    generated material at once and are what the next generation starts from."""
+    if target is None or target.type != "MESH":
+        return
+    settings = getattr(target, writers.CREASE_SETTINGS, None)
+    if settings is None:
+        return
+    column = layout.column(align=True)
+    column.prop(settings, "strength")
+    column.prop(settings, "cavity")
+    if api.has_output(target) and writers.crease_controls(target) is None:
+        column.label(text="This output has no creases (older weights): colour only", icon="INFO")
 
 
 class TEXTALKER_PT_advanced(_SidebarTab, bpy.types.Panel):

@@ -1,4 +1,5 @@
-"""Scene settings (`scene.textalker`) and the running job's state (`window_manager.textalker_job`)."""
+"""Scene settings (`scene.textalker`), each object's crease settings (`object.textalker_creases`)
+and the running job's state (`window_manager.textalker_job`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from bpy.props import (
 )
 
 from ..core.blinks import DEFAULT_RATE_PER_MIN, MAX_RATE_PER_MIN
-from . import catalog
+from . import catalog, writers
 from .preferences import DEVICE_ITEMS
 
 # Blender keeps only pointers to the strings of dynamic enum items: the lists must stay alive.
@@ -112,6 +113,29 @@ class TexTalkerSettings(bpy.types.PropertyGroup):
     )
 
 
+def _apply_crease_settings(self, context):
+    """Any change reaches the object's wrinkle material at once: no regeneration needed."""
+    writers.set_crease_controls(self.id_data, self.strength, self.cavity)
+
+
+class TexTalkerCreaseSettings(bpy.types.PropertyGroup):
+    """How the generated creases render on this object (kept across generations: a new run's
+    material takes them). They drive the "TexTalker Wrinkles" group node's inputs."""
+
+    strength: FloatProperty(
+        name="Crease Strength", default=writers.DEFAULT_CREASE_STRENGTH, min=0.0,
+        max=writers.MAX_CREASE_STRENGTH, soft_max=3.0, update=_apply_crease_settings,
+        description="Depth of the wrinkle creases: 1 is the depth the model generates, at the "
+        "head's real size; 0 turns the creases off (the colour change stays)",
+    )
+    cavity: FloatProperty(
+        name="Cavity", default=writers.DEFAULT_CAVITY, min=0.0, max=writers.MAX_CAVITY,
+        soft_max=1.0, update=_apply_crease_settings,
+        description="How much a crease darkens the skin, per millimetre of depth, so thin lines "
+        "read in flat light too (0: shading only)",
+    )
+
+
 class TexTalkerJobState(bpy.types.PropertyGroup):
     """Not saved in files: progress of the generation running in this Blender session."""
 
@@ -124,14 +148,16 @@ class TexTalkerJobState(bpy.types.PropertyGroup):
     last_warnings: StringProperty(default="")
 
 
-CLASSES = (TexTalkerSettings, TexTalkerJobState)
+CLASSES = (TexTalkerSettings, TexTalkerCreaseSettings, TexTalkerJobState)
 
 
 def register_properties():
     bpy.types.Scene.textalker = PointerProperty(type=TexTalkerSettings)
+    setattr(bpy.types.Object, writers.CREASE_SETTINGS, PointerProperty(type=TexTalkerCreaseSettings))
     bpy.types.WindowManager.textalker_job = PointerProperty(type=TexTalkerJobState)
 
 
 def unregister_properties():
     del bpy.types.WindowManager.textalker_job
     del bpy.types.Scene.textalker
+    delattr(bpy.types.Object, writers.CREASE_SETTINGS)

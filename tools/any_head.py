@@ -283,6 +283,7 @@ def measure(template, head: TestHead, frames) -> None:
         r["pair_from"] = "nearest bound"
     else:
         r["pair_from"] = "same vertices"
+    r["pair"] = pair
     to_template = np.linalg.inv(fit.linear_map)
 
     def gap(offsets_of_pair, frame):
@@ -437,12 +438,92 @@ def render_pictures(template, heads, frames, out: Path, resolution: int, samples
     return ["any_head.png"]
 
 
+def render_generated(template, soma: TestHead, out: Path, resolution: int, samples: int) -> tuple[str, dict]:
+    """The whole add-on path on the SOMA head: a mesh with its own UV map and a skin material,
+    Fit to This Head (head_fitting.fit_object), Generate Talking Avatar (api.generate: the bundled
+    model on the bundled sample voice), Cycles renders of four frames with the wrinkle sequence
+    on, and one of the wrinkle images the add-on wrote in the head's own UVs."""
+    import bpy
+
+    import textalker_blender
+    from textalker_blender.blender import api, catalog, head_fitting
+    from tools.showcase_common import compose_rows, labelled_tile, ratio_map_picture, save_png
+
+    work = Path(tempfile.mkdtemp(prefix="any_head_generated_"))
+    scene, camera = _scene(bpy, resolution, samples)
+    if not hasattr(bpy.types.Scene, "textalker"):
+        textalker_blender.register()
+    scene.render.fps = 25
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "soma_head.blend"))
+    mesh = bpy.data.meshes.new("SOMA head")
+    mesh.from_pydata([tuple(v) for v in soma.vertices], [], [tuple(t) for t in soma.triangles])
+    mesh.shade_smooth()
+    mesh.uv_layers.new(name="UVMap").data.foreach_set("uv", np.asarray(soma.uvs, np.float32).reshape(-1))
+    mesh.materials.append(_material(bpy))
+    obj = bpy.data.objects.new("SOMA head", mesh)
+    scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    started = time.perf_counter()
+    fit = head_fitting.fit_object(obj)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    summary = api.generate(obj, str(catalog.SAMPLE_SPEECH_PATH))
+    generate_s = time.perf_counter() - started
+    # The frames to show: the widest open, the most closed while speaking, two in between.
+    upper, lower = soma.results["pair"]
+    up = fit.rotation[:, 2]
+    blocks = mesh.shape_keys.key_blocks
+    gaps = []
+    for block in blocks[1:]:
+        gaps.append(float((np.array(block.data[upper].co) - np.array(block.data[lower].co)) @ up / fit.scale * 1000))
+    gaps = np.asarray(gaps)
+    speaking = np.arange(len(gaps))[len(gaps) // 10 : -len(gaps) // 10 or None]
+    chosen = sorted({int(speaking[np.argmax(gaps[speaking])]), int(speaking[np.argmin(gaps[speaking])]),
+                     int(speaking[len(speaking) // 3]), int(speaking[2 * len(speaking) // 3])})
+    face = template.vertices[template.face_mask].astype(np.float64)
+    centre = fit.scale * (0.5 * (face.min(0) + face.max(0)) + [0, 0, 0.01]) @ fit.rotation.T + fit.translation
+    distance_height = fit.scale * np.ptp(face[:, 2]) * 0.95
+    direction = fit.rotation @ (np.array([-0.35, -1.0, 0.08]) / np.linalg.norm([-0.35, -1.0, 0.08]))
+    camera.location = tuple(centre + 1.5 * distance_height * camera.data.lens / camera.data.sensor_width * direction)
+    camera.rotation_euler = _look_rotation(-direction)
+    from tools import render_check
+
+    tiles = []
+    for index in chosen:
+        frame = summary.frame_start + index
+        picture = render_check._render(bpy, scene, frame, work / f"generated_{frame:04d}.png")
+        tiles.append(labelled_tile(picture, f"frame {frame}: lip gap {gaps[index]:.1f} mm"))
+    exr = sorted(Path(summary.sequence_folder).glob("*.exr"))
+    darkest, darkest_mean = None, 2.0
+    for path in exr[:: max(1, len(exr) // 12)]:
+        image = bpy.data.images.load(str(path))
+        width, height = image.size
+        pixels = np.array(image.pixels[:], np.float32).reshape(height, width, -1)[::-1, :, :3]
+        bpy.data.images.remove(image)
+        if pixels.mean() < darkest_mean:
+            darkest, darkest_mean = (path.name, pixels), pixels.mean()
+    if darkest is not None:
+        name, pixels = darkest
+        step = max(1, pixels.shape[0] // 256)
+        tiles.append(labelled_tile(ratio_map_picture(pixels[::step, ::step]), f"{name} (own UVs, x4 darker)"))
+    sheet = compose_rows([tiles], title=(
+        f"SOMA head, its own topology and UV map: Fit to This Head ({fit_s:.0f} s), then Generate Talking "
+        f"Avatar with the bundled model on the sample voice ({generate_s:.0f} s, {summary.n_frames} frames); "
+        "Cycles with the wrinkle sequence"))
+    name = "any_head_generated.png"
+    save_png(sheet, out / name, max_bytes=1_500_000)
+    measures = {"fit_s": fit_s, "generate_s": generate_s, "frames": summary.n_frames,
+                "exr_files": summary.exr_files, "gap_min_mm": float(gaps[speaking].min()),
+                "gap_max_mm": float(gaps[speaking].max()), "image_size": int(pixels.shape[0]) if darkest else 0}
+    return name, measures
+
+
 # ============================================================================== report
 def _number(value, digits=2):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def write_report(heads, frames, out: Path, pictures: list[str], started: float) -> Path:
+def write_report(heads, frames, out: Path, pictures: list[str], started: float, generated: dict | None = None) -> Path:
     from textalker_blender.core import head_fit
 
     lines = [
@@ -544,7 +625,24 @@ def write_report(heads, frames, out: Path, pictures: list[str], started: float) 
             "template's wrinkle-map space, on the template, and on the SOMA head through the texel lookup",
             "into its own UV map (`wrinkle_texel_lookup`, built once; each frame is one sparse product).",
             "",
-        ] + [f"![any head]({name})" for name in pictures]
+            f"![any head]({pictures[0]})",
+        ]
+        if generated:
+            lines += [
+                "",
+                "### The add-on on the SOMA head",
+                "",
+                "The whole artist path, scripted: the SOMA head as a Blender mesh with its own UV map and a",
+                f"skin material; *Fit to This Head* ({generated['fit_s']:.1f} s); *Generate Talking Avatar* with",
+                f"the bundled model on `sample_speech.wav` ({generated['generate_s']:.1f} s for {generated['frames']} frames at",
+                f"25 fps, the fit not included; {generated['exr_files']} wrinkle EXR files of",
+                f"{generated['image_size']} x {generated['image_size']} texels in the head's own UV map); Cycles renders",
+                "with the wrinkle sequence on the material. Midline lip gap over the clip (template mm):",
+                f"{generated['gap_min_mm']:.1f} to {generated['gap_max_mm']:.1f}. The model's wrinkles are faint at",
+                "this size; the last tile is one of the written images, darkened 4x.",
+                "",
+                f"![the add-on on the SOMA head]({pictures[1]})",
+            ]
     lines += [
         "",
         "## What works, what does not (yet)",
@@ -586,8 +684,14 @@ def main(argv=None) -> dict:
         r = head.results
         print(f"{head.name}: {r['vertices']} vertices, fit {r['fit_s']:.1f} s, mean {_number(r.get('mean_mm'), 3)} mm, "
               f"lip max {_number(r.get('lip_max_mm'))} mm, gap at m {_number(r.get('gap_closed_mm'))} mm", flush=True)
-    pictures = [] if args.no_render else render_pictures(template, heads, frames, args.out, args.resolution, args.samples)
-    path = write_report(heads, frames, args.out, pictures, started)
+    pictures, generated = [], None
+    if not args.no_render:
+        pictures = render_pictures(template, heads, frames, args.out, args.resolution, args.samples)
+        soma = next(head for head in heads if head.uvs is not None)
+        name, generated = render_generated(template, soma, args.out, args.resolution + 56, args.samples)
+        pictures.append(name)
+        print(json.dumps({"generated": generated}), flush=True)
+    path = write_report(heads, frames, args.out, pictures, started, generated)
     summary = {head.name: {k: v for k, v in head.results.items() if isinstance(v, (int, float))} for head in heads}
     print(json.dumps({"report": str(path), **summary}, indent=1))
     return summary

@@ -29,7 +29,7 @@ LANDMARK_PROPERTY = "textalker_landmarks"
 INFLUENCE_GROUP = "TexTalker Influence"
 # The user-UV wrinkle images: the face covers only part of a user's UV square, so they are finer
 # than the template's maps; capped so an image sequence stays a few MB per frame at most.
-WRINKLE_IMAGE_SCALE = 2
+WRINKLE_IMAGE_SCALE = 4
 MAX_WRINKLE_IMAGE = 1024
 
 

@@ -122,3 +122,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     sys.stderr.flush()
     shutil.rmtree(BLENDER_USER_RESOURCES, ignore_errors=True)
     os._exit(config.stash.get(_EXIT_STATUS, 1))
+
+
+@pytest.fixture(scope="session")
+def crease_weights(tmp_path_factory):
+    """Untrained weights with fold maps and two wrinkle styles' crease curves (as training
+    stores them: `model.style_creases`), saved beside their manifest."""
+    import numpy as np
+
+    from textalker_blender.core.config import ModelConfig
+    from textalker_blender.core.template import load_template
+    from tools.make_untrained_weights import build_untrained_model, template_layouts
+    from tools.synthetic_textalk4d.creases import CreaseStyle, make_creases
+
+    template = load_template()
+    config = ModelConfig.bundled()
+    config.uv_layouts = template_layouts(None)
+    model = build_untrained_model(seed=0, n_styles=2, config=config)
+    rng = np.random.default_rng(3)
+    model.style_creases = [make_creases(template, CreaseStyle.random(rng)) for _ in range(2)]
+    path = tmp_path_factory.mktemp("crease_weights") / "textalker_bundled.safetensors"
+    model.save(path, trained=False, dataset="none (test weights with crease curves)")
+    return path
+

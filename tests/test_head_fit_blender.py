@@ -276,3 +276,34 @@ def test_place_landmarks_modal_maps_clicks_keys_and_stores_on_enter(monkeypatch)
     operator_class.modal(fake, context, event("LEFTMOUSE"))
     assert operator_class.modal(fake, context, event("ESC")) == {"CANCELLED"}
     assert head_fitting.stored_landmarks(obj.data) == {}
+
+
+def test_a_fitted_head_gets_fold_activations_and_crease_detail_in_its_own_uvs(tmp_path, saved_scene, speech_file,
+                                                                              crease_weights):
+    """Weights with fold maps on a fitted head: the RGBA frames and the wrinkle style's crease
+    detail are carried into the mesh's own UV map, and the material bumps its Normal."""
+    import OpenEXR
+
+    from textalker_blender.blender import api, writers
+
+    obj, _, _ = _shuffled_template_head("Creased")
+    assert bpy.ops.textalker.fit_head() == {"FINISHED"}
+    summary = api.generate(obj, str(speech_file), steps=1, weights=str(crease_weights), wrinkle_style=0)
+    folder = summary.sequence_folder
+    with OpenEXR.File(str(writers.crease_detail_path(folder))) as exr:
+        channels = exr.channels()
+        detail = np.array(channels["RGB" if "RGB" in channels else "R"].pixels, np.float32)
+    detail = detail[..., 0] if detail.ndim == 3 else detail
+    size = head_fitting.MAX_WRINKLE_IMAGE
+    assert detail.shape == (size, size)
+    grooves = detail < -0.02
+    # Grooves are drawn where the face is in this frontal UV map (its middle), nowhere else.
+    assert 100 < grooves.sum() < 0.2 * grooves.size
+    rows, cols = np.nonzero(grooves)
+    assert 0.1 * size < cols.mean() < 0.9 * size
+    with OpenEXR.File(str(sorted(folder.glob(f"{writers.IMAGE_PREFIX}[0-9]*.exr"))[len(summary.shape_keys) // 2])) as exr:
+        assert "RGBA" in exr.channels()
+    group = next(n for n in obj.active_material.node_tree.nodes if n.bl_idname == "ShaderNodeGroup")
+    assert writers.CREASE_DETAIL_NODE in group.node_tree.nodes
+    api.remove_output(obj)
+    assert not folder.exists()

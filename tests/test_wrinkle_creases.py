@@ -394,3 +394,45 @@ def test_cycles_render_shows_creases_where_the_skin_folds_and_nowhere_else(tmp_p
     writers.set_crease_controls(plane, crease_strength=0.0, cavity=0.02)
     off = _render_luminance(scene, 1, tmp_path / "off.png")
     assert np.abs(off - flat).max() * 255 < 3
+
+
+def test_generation_writes_the_chosen_styles_crease_detail_and_the_bump(crease_weights, one_second_speech, tmp_path):
+    """The whole add-on path: the sequence carries fold activations, the wrinkle style's detail
+    map lands beside it (the style's own, in millimetres), the BSDF's Normal is bumped, and
+    Remove takes every file and restores the material."""
+    from textalker_blender.blender import api
+    from textalker_blender.core.pipeline import Pipeline
+
+    registered_scene()
+    bpy.ops.textalker.add_template_head()
+    head = bpy.context.active_object
+    material = head.active_material
+    bsdf = next(n for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
+    before = _material_snapshot(material)
+
+    summaries = {}
+    for style in (0, 1):
+        summaries[style] = api.generate(head, one_second_speech, steps=1, seed=2, wrinkle_style=style,
+                                        weights=str(crease_weights), output_folder=str(tmp_path))
+    folder = summaries[1].sequence_folder
+    assert not summaries[0].sequence_folder.exists()  # the second run replaced the first
+    detail_path = writers.crease_detail_path(folder)
+    detail = _read_exr(detail_path)[..., 0].astype(np.float32)
+    expected = Pipeline.load(crease_weights, "cpu").crease_detail_mm(1)
+    assert detail.shape == expected.shape == (2048, 2048)
+    np.testing.assert_allclose(detail, expected.astype(np.float16), atol=1e-3)
+    assert detail.min() < -0.05  # real grooves, not an empty map
+
+    frames = [_read_exr(path) for path in sorted(folder.glob(f"{writers.IMAGE_PREFIX}[0-9]*.exr"))]
+    assert len(frames) == summaries[1].exr_files == 30
+    assert all(frame.shape[-1] == 4 for frame in frames)
+    folds = np.stack([frame[..., 3] for frame in frames]).astype(np.float32)
+    assert folds.min() >= 0.0 and folds.max() <= 1.0 and folds.max() > 0.0
+
+    group_node = _group_node(material)
+    assert bsdf.inputs["Normal"].links[0].from_node == group_node
+    assert group_node.node_tree.nodes[writers.CREASE_DETAIL_NODE].image.filepath_raw.endswith(writers.CREASE_DETAIL_NAME)
+
+    counts = api.remove_output(head)
+    assert counts["files"] == 31 and not folder.exists()
+    assert _material_snapshot(material) == before

@@ -25,7 +25,7 @@ from ..core.arkit_export import write_track
 from ..core.errors import MeshError, TexTalkerError
 from ..core.mesh_match import offsets_to_mesh_frame
 from . import writers
-from .outputs import remove_all_output, write_sequence
+from .outputs import remove_all_output, write_crease_detail, write_sequence
 from .results import ArkitPlan, GenerationSummary
 from .scene_inputs import match_template_layout, part_frames, template_head, template_parts
 from .arkit_writer import _value_path, created_key_names, write_arkit_curves
@@ -149,7 +149,9 @@ def apply_arkit(request, animation, obj: bpy.types.Object, compute_s: float):
     folder = request.sequence_folder
     paths = []
     if request.write_wrinkles:
-        paths = write_sequence(result.wrinkle_maps, folder)  # checks space, cleans up on failure
+        # checks space, cleans up on failure
+        paths = write_sequence(result.wrinkle_maps, folder, folds=getattr(result, "fold_maps", None))
+        write_crease_detail(animation.crease_detail_mm, folder)
     written = None
     try:
         remove_all_output(obj, delete_files=True)

@@ -14,7 +14,14 @@ from ..core import mesh_match, part_motion
 from ..core.errors import MeshError
 from ..core.frame_store import FrameStore
 from . import arkit_output, writers
-from .outputs import SequenceWriter, record_session_run, remove_all_output, sweep_undone_runs, write_sequence
+from .outputs import (
+    SequenceWriter,
+    record_session_run,
+    remove_all_output,
+    sweep_undone_runs,
+    write_crease_detail,
+    write_sequence,
+)
 from .results import ARKIT, Animation, ExrSequence, GenerationRequest, GenerationSummary
 from .scene_inputs import request_target, template_parts
 
@@ -51,8 +58,22 @@ def compute(request: GenerationRequest, progress=None, cancel: threading.Event |
     else:
         animation = Animation(result, part_offsets=_part_offsets(pipeline.template, result.offsets, request))
     animation.note = note
+    animation.crease_detail_mm = _crease_detail(pipeline, result, request)
     _raise_if_cancelled(cancel)
     return animation
+
+
+def _crease_detail(pipeline, result, request: GenerationRequest) -> np.ndarray | None:
+    """The chosen wrinkle style's crease detail map (mm, full fold) in the layout of the
+    target's wrinkle images: the template's wrinkle rectangle, or a fitted head's own UV map.
+    None when no wrinkle images are written or the weights have no fold maps."""
+    style = getattr(result, "wrinkle_style", None)
+    if not request.write_wrinkles or style is None:
+        return None
+    detail = pipeline.crease_detail_mm(style.key)
+    if detail is None or request.fitted_head is None:
+        return detail
+    return request.fitted_head.crease_detail(detail, pipeline.template)
 
 
 def _fitted_animation(template, result, request: GenerationRequest) -> Animation:
@@ -162,10 +183,11 @@ def compute_streamed(request: GenerationRequest, write_maps, progress=None,
 
     A GPU out of memory part way restarts the run on the CPU (the same frames are written again).
     """
-    animation, _, note = _with_cpu_fallback(
+    animation, pipeline, note = _with_cpu_fallback(
         request, lambda pipeline: _stream(pipeline, request, write_maps, progress, cancel)
     )
     animation.note = note
+    animation.crease_detail_mm = _crease_detail(pipeline, animation.result, request)
     _raise_if_cancelled(cancel)
     return animation
 
@@ -179,7 +201,11 @@ def _stream(pipeline, request: GenerationRequest, write_maps, progress, cancel) 
         for chunk in stream:
             keeper.keep(chunk)
             if request.write_wrinkles:
-                write_maps(chunk.start, chunk.wrinkle_maps, stream.n_frames)
+                folds = getattr(chunk, "fold_maps", None)
+                if folds is None:  # weights without fold maps: the writer's three-argument form
+                    write_maps(chunk.start, chunk.wrinkle_maps, stream.n_frames)
+                else:
+                    write_maps(chunk.start, chunk.wrinkle_maps, stream.n_frames, folds)
     sequence = ExrSequence(request.sequence_folder, stream.n_frames) if request.write_wrinkles else None
     return keeper.animation(stream.result(None, sequence))
 
@@ -291,7 +317,8 @@ def _apply_output(request: GenerationRequest, animation: Animation, compute_s: f
             f"{offsets.shape[1]} generated)"
         )
     folder = request.sequence_folder
-    paths = write_sequence(result.wrinkle_maps, folder)
+    paths = write_sequence(result.wrinkle_maps, folder, folds=getattr(result, "fold_maps", None))
+    write_crease_detail(animation.crease_detail_mm, folder)
     try:
         remove_all_output(obj, delete_files=True)
         # A streamed run's half-float offsets are freed block by block as their keys are made:

@@ -209,7 +209,7 @@ class FittedTarget:
     triangles: np.ndarray  # (F, 3) user triangles
     triangle_uvs: np.ndarray | None  # (F, 3, 2) the UV map the wrinkles go through; None: no wrinkles
     _matrix: object = None
-    _lookups: dict = None  # {(H, W): WrinkleTexelLookup}, built on first use (any thread)
+    _lookups: dict = None  # {((H, W), R): WrinkleTexelLookup}, built on first use (any thread)
 
     @property
     def movable(self) -> np.ndarray:
@@ -222,24 +222,34 @@ class FittedTarget:
         return head_fit.transfer_offsets(self.fit, template_offsets, template, influence=self.influence,
                                          matrix=self._matrix)
 
-    def wrinkle_maps(self, maps: np.ndarray, template=None, neutral=None) -> np.ndarray:
+    def wrinkle_maps(self, maps: np.ndarray, template=None, neutral=None, resolution: int | None = None) -> np.ndarray:
         """Template wrinkle maps (T, H, W, C) -> images in the mesh's UV layout (T, R, R, C).
 
         `neutral` per channel defaults to 1 for the three albedo-ratio channels and 0 for any
-        further channel (fold activation)."""
+        further channel (fold activation). `resolution` R defaults to WRINKLE_IMAGE_SCALE times the
+        maps' size, at most MAX_WRINKLE_IMAGE. Any map in the template's wrinkle layout goes through
+        here, e.g. a style's crease detail (mm, neutral 0):
+        `wrinkle_maps(detail[None, ..., None], template, neutral=0.0)[0, ..., 0]`."""
         maps = np.asarray(maps)
         shape = tuple(maps.shape[-3:-1])
+        if resolution is None:
+            resolution = int(min(MAX_WRINKLE_IMAGE, WRINKLE_IMAGE_SCALE * max(shape)))
         if self._lookups is None:
             self._lookups = {}
-        lookup = self._lookups.get(shape)
+        lookup = self._lookups.get((shape, resolution))
         if lookup is None:
-            resolution = int(min(MAX_WRINKLE_IMAGE, WRINKLE_IMAGE_SCALE * max(shape)))
             lookup = head_fit.wrinkle_texel_lookup(self.fit, self.triangle_uvs, self.triangles, resolution, shape, template)
-            self._lookups[shape] = lookup
+            self._lookups[(shape, resolution)] = lookup
         if neutral is None:
             channels = maps.shape[-1]
             neutral = np.array([1.0] * min(3, channels) + [0.0] * max(0, channels - 3), np.float32)
         return lookup.apply(maps, neutral).astype(maps.dtype, copy=False)
+
+    def crease_detail(self, detail_mm: np.ndarray, template=None) -> np.ndarray:
+        """A wrinkle style's crease detail map (mm, template wrinkle layout) -> the mesh's UV
+        layout, MAX_WRINKLE_IMAGE px square, 0 (no groove) where no face is behind a texel."""
+        detail = np.asarray(detail_mm, np.float32)[None, ..., None]
+        return self.wrinkle_maps(detail, template, neutral=0.0, resolution=MAX_WRINKLE_IMAGE)[0, ..., 0]
 
     def map_writer(self, write_maps, template=None):
         """Wraps a `write_maps(first_frame, maps, n_frames, ...)` callback so it receives the

@@ -86,6 +86,8 @@ class Animation:
     arkit_solve_s: float = 0.0
     note: str = ""  # said to the user with the summary (for example a fallback to the CPU)
     mesh_offsets: FrameStore | None = None  # streamed shape-key mode: (T, V, 3), mesh frame
+    crease_detail_mm: np.ndarray | None = None  # the wrinkle style's crease heights (mm) in the
+    # target's wrinkle image layout; None: weights without fold maps, or no wrinkle output
 
 
 @dataclass(frozen=True)

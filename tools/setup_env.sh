@@ -31,13 +31,20 @@ stamp_file="$venv_dir/.textalker-stamp"
 #     are the Hindi/Marathi/Telugu front ends, which the NSK voices do not depend on.
 #   w* word lists, hunspell-* dictionaries, dict-freedict-fin-eng (Finnish headwords) and aspell-mr:
 #     words for the sentences of each language (tools/synthetic_textalk4d/text_languages.py).
+# Real human speech in several languages and bands for tools/real_speech_check.py (#19; list and
+# licences in tools/real_speech/sources.py, about 70 MB): Asterisk prompts recorded by voice actors
+# (en/es/fr/it/ru wideband G.722; it/es/fr 8 kHz), pocketsphinx-testdata (LibriVox + CMU English
+# with transcripts), klettres-data (syllables read by de/es/it/ru/en speakers).
 debian_packages=(flite espeak-ng sox alsa-utils
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
     festvox-itapc16k festvox-italp16k festvox-czech-dita festvox-czech-machac
     festvox-suopuhe-lj festvox-suopuhe-mv festvox-ru festvox-ca-ona-hts
     festival-hi festvox-hi-nsk festival-mr festvox-mr-nsk festival-te festvox-te-nsk
     wspanish witalian wfrench wngerman wportuguese
-    hunspell-ru hunspell-cs hunspell-ca hunspell-hi hunspell-te dict-freedict-fin-eng aspell-mr)
+    hunspell-ru hunspell-cs hunspell-ca hunspell-hi hunspell-te dict-freedict-fin-eng aspell-mr
+    asterisk-core-sounds-en-g722 asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722
+    asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722 asterisk-prompt-it-menardi-wav
+    asterisk-prompt-es-co asterisk-prompt-fr-armelle pocketsphinx-testdata klettres-data)
 
 say() { printf 'setup_env: %s\n' "$*"; }
 die() { printf 'setup_env: ERROR: %s\n' "$*" >&2; exit 1; }

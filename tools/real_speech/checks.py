@@ -14,7 +14,16 @@ Statistics per clip (None when the clip has too few frames of the kind):
   speech level: vowel nuclei) has a larger aperture than a deep-silence frame (Mann-Whitney AUC;
   0.5 = no relation, 0 = the mouth opens in silence and closes on vowels);
 - bilabial_minima_mm: per /p b m/ with known timing, the smallest aperture in
-  [start - BILABIAL_BEFORE_S, end + BILABIAL_AFTER_S] (the mouth leads the sound).
+  [start - BILABIAL_BEFORE_S, end + BILABIAL_AFTER_S] (the mouth leads the sound);
+- lag_ms, lag_correlation: the audio-to-motion lag (`sync.audio_motion_lag`: best-correlating
+  offset between the aperture and the speech envelope, +-200 ms; positive = mouth late);
+- rest_release_ms: per end of speech followed by a pause, ms until the mouth is back at rest
+  (`sync.rest_after_speech`, rest = aperture <= the silence_max_mm threshold).
+
+Issue #19 targets over a group of clips (`issue_targets`): /p b m/ closed (window minimum <=
+bilabial_max_mm) on >= 90 % of the bilabials; the mouth at rest within 100 ms on >= 90 % of the
+speech ends; the group's pooled lag (`sync.pooled_lag`) within +-40 ms (the per-clip lags are
+reported too; on the synthetic ground truth they are too noisy for a per-clip rule).
 """
 
 from __future__ import annotations
@@ -75,6 +84,7 @@ class ClipMeasures:
     distance: np.ndarray  # (T,) frames to the nearest speech frame
     bilabials: list = field(default_factory=list)  # [(label, start_s, end_s)]
     fps: float = 30.0
+    levels_fine_db: np.ndarray | None = None  # (N,) 100 Hz levels for the timing measures
 
     @property
     def deep_silence(self) -> np.ndarray:
@@ -92,8 +102,11 @@ def measure_clip(aperture_mm: np.ndarray, audio_16k: np.ndarray, bilabials=(), f
     aperture = np.asarray(aperture_mm, dtype=np.float64)
     levels = frame_levels_db(audio_16k, len(aperture), fps=fps)
     speech = voice_activity(levels, fps=fps, threshold_db=threshold_db)
+    from .sync import fine_levels_db
+
     return ClipMeasures(aperture, levels, speech, distance_to_speech(speech),
-                        [tuple(b) for b in bilabials if b[0] in BILABIALS], fps)
+                        [tuple(b) for b in bilabials if b[0] in BILABIALS], fps,
+                        fine_levels_db(audio_16k, len(aperture) / fps))
 
 
 def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -124,15 +137,27 @@ class ClipStatistics:
     speech_aperture_p90_mm: float | None
     loud_vs_silence_auc: float | None
     bilabial_minima_mm: list[float]
+    lag_ms: float | None = None
+    lag_correlation: float | None = None
+    rest_release_ms: list[float] = field(default_factory=list)
+    lag_curve: list[float] = field(default_factory=list)  # r per offset, -200..+200 ms, 10 ms steps
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def clip_statistics(measures: ClipMeasures) -> ClipStatistics:
+def clip_statistics(measures: ClipMeasures, thresholds: "Thresholds | None" = None) -> ClipStatistics:
+    from .sync import audio_motion_lag, rest_after_speech
+
+    thresholds = THRESHOLDS if thresholds is None else thresholds
     aperture = measures.aperture_mm
     silence, speech, loud = measures.deep_silence, measures.speech, measures.loud
     enough = lambda mask: int(mask.sum()) >= MIN_FRAMES  # noqa: E731
+    lag, releases = None, []
+    if measures.levels_fine_db is not None:
+        lag = audio_motion_lag(aperture, None, measures.fps, levels_fine_db=measures.levels_fine_db)
+        releases = rest_after_speech(aperture, None, thresholds.silence_max_mm, measures.fps,
+                                     levels_fine_db=measures.levels_fine_db)
     return ClipStatistics(
         frames=len(aperture),
         speech_frames=int(speech.sum()),
@@ -143,6 +168,10 @@ def clip_statistics(measures: ClipMeasures) -> ClipStatistics:
         loud_vs_silence_auc=auc(aperture[loud], aperture[silence])
         if enough(loud) and enough(silence) else None,
         bilabial_minima_mm=bilabial_minima(measures),
+        lag_ms=None if lag is None else lag.lag_ms,
+        lag_correlation=None if lag is None else lag.correlation,
+        rest_release_ms=releases,
+        lag_curve=[] if lag is None else lag.curve,
     )
 
 
@@ -206,3 +235,51 @@ def set_passes(per_clip: list[dict[str, CheckResult]], min_rate: float = MIN_PAS
     """The verdict over a set of clips: each applicable check passes on >= min_rate of them."""
     return all(passed >= min_rate * applicable
                for passed, applicable in pass_rates(per_clip).values() if applicable)
+
+
+# ------------------------------------------------------------------- issue #19 targets (groups)
+@dataclass
+class TargetResult:
+    name: str
+    passed_items: int  # bilabials closed / speech ends at rest in time / clips with |lag| in range
+    items: int
+    share: float | None
+    target: float  # required share (lag: the largest |pooled lag| in ms)
+    passed: bool | None  # None: nothing to measure in the group
+    value: float | None = None  # lag: the group's pooled lag (ms)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TARGET_NAMES = ("bilabials_closed", "rest_after_speech", "lag")
+
+
+def issue_targets(stats: list[ClipStatistics], thresholds: Thresholds = THRESHOLDS) -> dict[str, TargetResult]:
+    """The issue #19 targets over a group of clips (a language x band cell, say)."""
+    from .sync import BILABIAL_CLOSED_TARGET, LAG_TARGET_MS, REST_SHARE_TARGET, REST_WITHIN_MS, pooled_lag
+
+    def result(name, verdicts, target):
+        n = len(verdicts)
+        share = sum(verdicts) / n if n else None
+        return TargetResult(name, int(sum(verdicts)), n, share, target,
+                            None if share is None else bool(share >= target - 1e-9))
+
+    minima = [m for s in stats for m in s.bilabial_minima_mm]
+    releases = [r for s in stats for r in s.rest_release_ms]
+    lags = [s.lag_ms for s in stats if s.lag_ms is not None]
+    return {
+        "bilabials_closed": result("bilabials_closed", [m <= thresholds.bilabial_max_mm for m in minima],
+                                   BILABIAL_CLOSED_TARGET),
+        "rest_after_speech": result("rest_after_speech", [r <= REST_WITHIN_MS for r in releases],
+                                    REST_SHARE_TARGET),
+        "lag": _lag_result(stats, lags, LAG_TARGET_MS, pooled_lag),
+    }
+
+
+def _lag_result(stats, lags, limit_ms, pooled_lag) -> TargetResult:
+    with_curve = [s for s in stats if s.lag_curve]
+    pooled = pooled_lag([s.lag_curve for s in with_curve], [s.frames for s in with_curve])
+    within = sum(abs(v) <= limit_ms for v in lags)
+    return TargetResult("lag", int(within), len(lags), within / len(lags) if lags else None, limit_ms,
+                        None if pooled is None else bool(abs(pooled) <= limit_ms), pooled)

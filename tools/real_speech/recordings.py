@@ -10,15 +10,25 @@
   Debian package alsa-utils (GPL-2; not copied, read from /usr/share/sounds/alsa, installed by
   tools/setup_env.sh).
 
-Bilabial timings: arctic_a0009 from its published phone labels; arctic_a0007 from the transcript,
-spoken by three flite voices and aligned to the recording by DTW on MFCCs (`align_with_flite`).
+More recordings from Debian packages, in English, Spanish, French, Italian, Russian and German,
+wideband and telephone band: `sources.py` (not copied; tools/setup_env.sh installs them).
+Every wideband recording also gets an 8 kHz telephone version (`telephone.py`: 300-3400 Hz,
+mu-law or GSM, back to 16 kHz), which keeps its parent's phone timings (the conversion does not
+shift time).
+
+Bilabial timings (`time_phones`): arctic_a0009 from its published phone labels; English with a
+transcript by PocketSphinx forced alignment (`alignment.pocketsphinx_align`), falling back to three
+flite voices + DTW (`consensus_alignment`) when a word is not in its dictionary; other languages:
+espeak-ng's phone sequence of the transcript aligned by PocketSphinx's English acoustic model
+(`alignment.espeak_pocketsphinx_align`), falling back to espeak-ng phoneme timings + DTW
+(`alignment.espeak_dtw_align`).
 """
 
 from __future__ import annotations
 
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +60,10 @@ class Recording:
     transcript: str | None
     phones: list = field(default_factory=list)  # [(label, start_s, end_s)], may be empty
     timing_source: str = "none"  # how the phone timings were obtained
+    language: str = "en"  # ISO 639-1; "?" when not known
+    band: str = "wideband"  # "wideband", "telephone" (made from a wideband clip), "telephone-native"
+    codec: str = ""  # telephone codec of a made telephone version ("mu-law", "gsm")
+    parent: str | None = None  # the wideband recording a telephone version is made from
 
     @property
     def bilabials(self) -> list:
@@ -69,25 +83,16 @@ def read_htk_phone_labels(path: Path) -> list[tuple[str, float, float]]:
     return phones
 
 
-def _mfcc_features(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
-    """MFCC 1-19 + deltas, normalised per utterance (cancels channel and speaker level)."""
-    import librosa
-
-    mfcc = librosa.feature.mfcc(y=audio, sr=sample_rate, n_mfcc=20, n_fft=400, hop_length=160,
-                                n_mels=40)[1:]
-    features = np.vstack([mfcc, librosa.feature.delta(mfcc)])
-    return (features - features.mean(axis=1, keepdims=True)) / (features.std(axis=1, keepdims=True) + 1e-6)
-
-
 def align_with_flite(audio: np.ndarray, transcript: str, voice: str,
                      sample_rate: int = 16000) -> list[tuple[str, float, float]]:
     """Phones of `transcript` timed on `audio`: flite speaks it with `-psdur` phone timings, DTW
-    on MFCCs maps the synthetic timeline onto the recording's (leading/trailing silence trimmed
-    on both first, so the path does not spend its slack there)."""
+    on MFCCs maps the synthetic timeline onto the recording's (`alignment.dtw_map`)."""
     import librosa
     import soundfile
 
     from tools.synthetic_textalk4d.speech import parse_psdur
+
+    from .alignment import dtw_map
 
     with tempfile.TemporaryDirectory() as folder:
         wav = Path(folder) / "flite.wav"
@@ -97,36 +102,20 @@ def align_with_flite(audio: np.ndarray, transcript: str, voice: str,
     synthetic = synthetic.mean(axis=1)
     if rate != sample_rate:
         synthetic = librosa.resample(synthetic, orig_sr=rate, target_sr=sample_rate)
-    hop = 160
-    _, (s0, s1) = librosa.effects.trim(synthetic, top_db=40, frame_length=400, hop_length=hop)
-    _, (r0, r1) = librosa.effects.trim(audio, top_db=40, frame_length=400, hop_length=hop)
-    _, path = librosa.sequence.dtw(_mfcc_features(synthetic[s0:s1], sample_rate),
-                                   _mfcc_features(audio[r0:r1], sample_rate))
-    path = path[::-1].astype(np.float64)
-    synthetic_frames = path[:, 0] + s0 / hop
-    real_frames = path[:, 1] + r0 / hop
-    frame_s = hop / sample_rate
-
-    def to_real(seconds: float) -> float:
-        return float(np.interp(seconds / frame_s, synthetic_frames, real_frames) * frame_s)
-
     phones, start = [], 0.0
     for label, end in parse_psdur(printed):
-        phones.append((label, to_real(start), to_real(end)))
+        phones.append((label, start, end))
         start = end
-    return phones
+    return dtw_map(synthetic, np.asarray(audio, np.float32), phones, sample_rate)
 
 
 def consensus_alignment(audio: np.ndarray, transcript: str,
                         voices=ALIGNMENT_VOICES) -> list[tuple[str, float, float]]:
     """Median over voices of each phone's start and end (the voices give the same phone
     sequence for one transcript; a voice that does not is left out)."""
-    alignments = [align_with_flite(audio, transcript, voice) for voice in voices]
-    labels = [p[0] for p in alignments[0]]
-    same = [a for a in alignments if [p[0] for p in a] == labels]
-    starts = np.median([[p[1] for p in a] for a in same], axis=0)
-    ends = np.median([[p[2] for p in a] for a in same], axis=0)
-    return [(label, float(s), float(e)) for label, s, e in zip(labels, starts, ends)]
+    from .alignment import median_alignment
+
+    return median_alignment([align_with_flite(audio, transcript, voice) for voice in voices])
 
 
 def alignment_error_ms(aligned, reference) -> dict:
@@ -148,8 +137,38 @@ def flite_available() -> bool:
     return shutil.which("flite") is not None
 
 
-def available_recordings(align: bool = True) -> list[Recording]:
-    """Every recording present on this machine (the copied ones always, ALSA's when installed)."""
+def time_phones(audio: np.ndarray, transcript: str | None, language: str) -> tuple[list, str]:
+    """(phones, how they were timed) of a recording from its transcript; ([], reason) without."""
+    from .alignment import (
+        ESPEAK_VOICES,
+        espeak_available,
+        espeak_dtw_align,
+        espeak_pocketsphinx_align,
+        pocketsphinx_align,
+    )
+
+    if not transcript:
+        return [], "none (no transcript)"
+    if language == "en":
+        phones = pocketsphinx_align(audio, transcript)
+        if phones:
+            return phones, "PocketSphinx forced alignment"
+        if flite_available():
+            return (consensus_alignment(audio, transcript),
+                    "flite voices " + "/".join(ALIGNMENT_VOICES) + " + DTW, median")
+    if language in ESPEAK_VOICES and espeak_available():
+        phones = espeak_pocketsphinx_align(audio, transcript, language)
+        if phones:
+            return phones, "espeak-ng phones + PocketSphinx forced alignment"
+        return espeak_dtw_align(audio, transcript, language), "espeak-ng phonemes + DTW, median of 3 variants"
+    return [], "none (no aligner for this language installed)"
+
+
+CACHE_DIR = REPO / "build" / "real_speech"  # decoded and telephone WAVs (git-ignored, rebuilt)
+
+
+def core_recordings(align: bool = True) -> list[Recording]:
+    """The copied recordings (always) and ALSA's (when installed): the original set."""
     from textalker_blender.core.audio import load_audio
 
     recordings = []
@@ -163,10 +182,9 @@ def available_recordings(align: bool = True) -> list[Recording]:
     a0007 = DATA_DIR / "arctic_a0007.wav"
     if a0007.is_file():
         transcript = "And you always want to see it in the superlative degree."
-        phones, timing = [], "none (flite missing)"
-        if align and flite_available():
-            phones = consensus_alignment(load_audio(a0007), transcript)
-            timing = "flite voices " + "/".join(ALIGNMENT_VOICES) + " + DTW, median"
+        phones, timing = [], "none (not aligned)"
+        if align:
+            phones, timing = time_phones(load_audio(a0007), transcript, "en")
         recordings.append(Recording(
             "arctic_a0007", a0007, "PyPI pysptk 1.0.1 (sdist, pysptk/example_audio_data)",
             "CMU ARCTIC licence (free for any use; notice kept)",
@@ -175,11 +193,69 @@ def available_recordings(align: bool = True) -> list[Recording]:
     if amfm.is_file():
         recordings.append(Recording(
             "amfm_decompy_sample", amfm, "PyPI amfm_decompy 1.0.12.2 (wheel, amfm_decompy/sample.wav)",
-            "MIT", "female (f0 ~218 Hz)", None))
+            "MIT", "female (f0 ~218 Hz)", None, language="?"))
     for stem, phrase in ALSA_PHRASES.items():
         path = ALSA_DIR / f"{stem}.wav"
         if path.is_file():
+            phones, timing = [], "none (not aligned)"
+            if align:
+                phones, timing = time_phones(load_audio(path), phrase, "en")
             recordings.append(Recording(
                 f"alsa_{stem}", path, "Debian alsa-utils (/usr/share/sounds/alsa)", "GPL-2",
-                "ALSA speaker-test voice, female (f0 ~219 Hz)", phrase))
+                "ALSA speaker-test voice, female (f0 ~219 Hz)", phrase, phones, timing))
+    return recordings
+
+
+def packaged_recordings(align: bool = True, cache_dir: Path = CACHE_DIR) -> tuple[list[Recording], list[str]]:
+    """The Debian-package recordings of sources.py that are installed (decoded to 16 kHz WAV in
+    the cache) and the packages that are missing."""
+    from textalker_blender.core.audio import load_audio
+
+    from .sources import packaged_clips, decode_to_wav
+
+    clips, missing = packaged_clips()
+    recordings = []
+    for clip in clips:
+        path = decode_to_wav(clip, Path(cache_dir) / "decoded" / f"{clip.name}.wav")
+        phones, timing = [], "none (not aligned)" if clip.transcript else "none (no transcript)"
+        if align and clip.transcript:
+            phones, timing = time_phones(load_audio(path), clip.transcript, clip.language)
+        recordings.append(Recording(
+            clip.name, path, f"Debian {clip.package} ({clip.original})", clip.licence, clip.speaker,
+            clip.transcript, phones, timing, clip.language, clip.band))
+    return recordings, missing
+
+
+def telephone_recordings(wideband: list[Recording], cache_dir: Path = CACHE_DIR) -> list[Recording]:
+    """An 8 kHz telephone version of every wideband recording (codec alternating mu-law / GSM),
+    with its parent's phone timings."""
+    from .telephone import codec_for, telephone_version
+
+    made = []
+    for index, parent in enumerate(r for r in wideband if r.band == "wideband"):
+        codec = codec_for(index)
+        path = Path(cache_dir) / "telephone" / f"{parent.name}_{codec}.wav"
+        if not path.is_file() or path.stat().st_mtime < parent.path.stat().st_mtime:
+            telephone_version(parent.path, path, codec)
+        made.append(replace(
+            parent, name=f"{parent.name}_tel", path=path, band="telephone", codec=codec, parent=parent.name,
+            timing_source=(parent.timing_source + " (of the wideband clip)") if parent.phones else parent.timing_source))
+    return made
+
+
+def available_recordings(align: bool = True, extended: bool = False, telephone: bool = False,
+                         cache_dir: Path = CACHE_DIR, missing: list | None = None) -> list[Recording]:
+    """Every recording present on this machine.
+
+    Default: the original set (the copied recordings, ALSA's when installed). extended=True adds
+    the Debian-package recordings of sources.py; telephone=True adds a telephone version of every
+    wideband recording. Missing packages are appended to `missing` when a list is given."""
+    recordings = core_recordings(align)
+    if extended:
+        packaged, absent = packaged_recordings(align, cache_dir)
+        recordings += packaged
+        if missing is not None:
+            missing += absent
+    if telephone:
+        recordings += telephone_recordings(recordings, cache_dir)
     return recordings

@@ -133,6 +133,8 @@ def summarise(stats: list[ClipStatistics]) -> dict:
         values = _values(stats, name)
         summary[name] = _percentiles(values)
     summary["bilabial_minima_mm"] = _percentiles(bilabial_values(stats))
+    summary["lag_ms"] = _percentiles(_values(stats, "lag_ms"))
+    summary["rest_release_ms"] = _percentiles(np.array([v for s in stats for v in s.rest_release_ms], np.float64))
     return summary
 
 

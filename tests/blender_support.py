@@ -131,3 +131,75 @@ class ModalOperatorStandIn(SimpleNamespace):
         from textalker_blender.blender.operators import TEXTALKER_OT_generate
 
         TEXTALKER_OT_generate._report_success(self, job_state, summary)
+
+
+def skin_material(obj, normal_map: bool = False):
+    """A user's material on `obj`: an albedo texture into Base Color, an unlinked Normal value
+    that Remove must keep and, optionally, a normal map into Normal.
+    Returns (material, bsdf, albedo node, normal map node or None)."""
+    material = compat.new_material("Skin")
+    tree = material.node_tree
+    bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
+    albedo = tree.nodes.new("ShaderNodeTexImage")
+    albedo.name = "Albedo"
+    tree.links.new(albedo.outputs["Color"], bsdf.inputs["Base Color"])
+    bsdf.inputs["Normal"].default_value = (0.1, 0.2, 0.3)
+    normal = None
+    if normal_map:
+        normal = tree.nodes.new("ShaderNodeNormalMap")
+        normal.name = "User Normal Map"
+        normal.inputs["Strength"].default_value = 0.7
+        tree.links.new(normal.outputs["Normal"], bsdf.inputs["Normal"])
+    obj.data.materials.append(material)
+    return material, bsdf, albedo, normal
+
+
+def render_test_scene(engine: str = "CYCLES", size: int = 32, world_colour=(1.0, 1.0, 1.0, 1.0),
+                      world_strength: float = 1.0, grey: float = 0.8):
+    """A fresh scene that renders `size` px PNGs fast and reproducibly (Cycles on the CPU with 4
+    samples and no denoiser, or EEVEE), Standard view transform, a plain-coloured world, and a
+    1 m plane of rough `grey` (x, z in [0, 1], facing -Y) filling an orthographic camera. Returns (scene, plane)."""
+    import math
+
+    scene = fresh_scene()
+    scene.render.engine = engine
+    if engine == "CYCLES":
+        scene.cycles.device = "CPU"
+        scene.cycles.samples = 4
+        scene.cycles.use_denoising = False
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.image_settings.file_format = "PNG"
+    scene.view_settings.view_transform = "Standard"
+    world = compat.new_world("World")
+    background = next(n for n in world.node_tree.nodes if n.bl_idname == "ShaderNodeBackground")
+    if world_colour is not None:  # None: the Background node's own default
+        background.inputs["Color"].default_value = world_colour
+    background.inputs["Strength"].default_value = world_strength
+    scene.world = world
+
+    plane = grid_mesh_object("Plane", n=2)
+    material = compat.new_material("Grey")
+    bsdf = next(n for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
+    bsdf.inputs["Base Color"].default_value = (grey, grey, grey, 1.0)
+    bsdf.inputs["Roughness"].default_value = 1.0
+    plane.data.materials.append(material)
+    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    camera.data.type = "ORTHO"
+    camera.data.ortho_scale = 1.0
+    camera.location = (0.5, -3.0, 0.5)
+    camera.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    return scene, plane
+
+
+def render_frame(scene, frame: int, path) -> np.ndarray:
+    """Renders `frame` to `path` and returns its (H, W, 3) display values, bottom row first (as
+    Blender stores pixels)."""
+    scene.frame_set(frame)
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    image = bpy.data.images.load(str(path))
+    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], 4)
+    bpy.data.images.remove(image)
+    return pixels[..., :3]

@@ -17,6 +17,8 @@ from scipy.spatial.transform import Rotation
 from textalker_blender.core import head_fit, surface
 from textalker_blender.core.errors import MeshError
 from textalker_blender.core.template import load_template
+from tools.any_head import other_diagonal_triangles
+from tools.synthetic_textalk4d.geometry import midline_lip_pair
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +41,6 @@ def subdivide(vertices, triangles):
     return new_vertices, new_triangles, parents
 
 
-def flip_quad_diagonals(template):
-    """The template's quads split along their other diagonal (triangles stay the template's
-    surface only approximately: hm08 quads are nearly planar)."""
-    triangles = []
-    for polygon in template.polygons():
-        if len(polygon) == 4:
-            a, b, c, d = polygon
-            triangles += [(a, b, d), (b, c, d)]
-        else:
-            triangles += [(polygon[0], polygon[i], polygon[i + 1]) for i in range(1, len(polygon) - 1)]
-    return np.asarray(triangles, np.int64)
-
-
 def speech_offsets(template):
     """(4, V, 3): a few frames of face units a speaking face goes through."""
     weights = [
@@ -67,20 +56,6 @@ def errors_mm(user_offsets, truth_offsets, linear_map):
     """Per frame and vertex error, mm in the template's frame (undo the fit's scale)."""
     scale = np.cbrt(abs(np.linalg.det(linear_map)))
     return np.linalg.norm(user_offsets - truth_offsets, axis=-1) / scale * 1000.0
-
-
-def midline_lip_pair(template):
-    """(upper, lower) template vertices at the mouth's midline that touch when the lips close:
-    the lower-lip vertex jawOpen moves most and the upper-lip vertex right above it (the same
-    rule as the dataset tools')."""
-    x = template.vertices.astype(np.float64)
-    jaw = template.unit_offsets[template.unit_index("jawOpen")].astype(np.float64)
-    mid_x = float(np.median(x[template.lip_mask, 0]))
-    lips = np.nonzero(template.lip_mask & (np.abs(x[:, 0] - mid_x) < 0.004))[0]
-    lower = lips[np.argmin(jaw[lips, 2])]
-    upper_candidates = lips[(jaw[lips, 2] > -0.005) & (x[lips, 2] > x[lower, 2])]
-    upper = upper_candidates[np.argmin(x[upper_candidates, 2])]
-    return int(upper), int(lower)
 
 
 def closed_lips_offsets(template):
@@ -167,7 +142,7 @@ def test_too_few_or_collinear_landmarks_are_refused(template):
 def subdivided_head(template):
     """The template with its quads split the other way, subdivided once (17k vertices), vertices
     shuffled."""
-    vertices, triangles, parents = subdivide(template.vertices.astype(np.float64), flip_quad_diagonals(template))
+    vertices, triangles, parents = subdivide(template.vertices.astype(np.float64), other_diagonal_triangles(template))
     order = np.random.default_rng(7).permutation(len(vertices))
     new_index = np.argsort(order)
     vertices, parents, triangles = vertices[order], parents[order], new_index[triangles]

@@ -37,15 +37,10 @@ def _mesh_object(name, vertices, triangles, uvs=None):
 def _shuffled_template_head(name="My Head"):
     """The template head with shuffled vertices, its quads cut along the other diagonal, placed in
     centimetres and turned to face +Y, with a frontal planar UV map (not hm08's)."""
+    from tools.any_head import other_diagonal_triangles
+
     template = load_template()
-    triangles = []
-    for polygon in template.polygons():
-        if len(polygon) == 4:
-            a, b, c, d = polygon
-            triangles += [(a, b, d), (b, c, d)]
-        else:
-            triangles += [(polygon[0], polygon[i], polygon[i + 1]) for i in range(1, len(polygon) - 1)]
-    triangles = np.asarray(triangles)
+    triangles = other_diagonal_triangles(template)
     order = np.random.default_rng(3).permutation(template.n_vertices)
     new_index = np.argsort(order)
     x = template.vertices.astype(np.float64)

@@ -10,8 +10,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from blender_support import bpy, fresh_scene, grid_mesh_object, registered_scene
-from textalker_blender.blender import compat, outputs, panel, writers
+from blender_support import (
+    bpy,
+    fresh_scene,
+    grid_mesh_object,
+    registered_scene,
+    render_frame,
+    render_test_scene,
+    skin_material,
+)
+from textalker_blender.blender import outputs, panel, writers
 
 pytestmark = pytest.mark.blender
 
@@ -59,22 +67,8 @@ def _material_snapshot(material) -> dict:
 
 
 def _skin_material(obj, normal_map: bool):
-    """A user material: an albedo texture into Base Color and, optionally, a normal map into
-    Normal; returns (material, bsdf, normal map node or None)."""
-    material = compat.new_material("Skin")
-    tree = material.node_tree
-    bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
-    albedo = tree.nodes.new("ShaderNodeTexImage")
-    albedo.name = "Albedo"
-    tree.links.new(albedo.outputs["Color"], bsdf.inputs["Base Color"])
-    bsdf.inputs["Normal"].default_value = (0.1, 0.2, 0.3)  # an unlinked value Remove must keep
-    normal = None
-    if normal_map:
-        normal = tree.nodes.new("ShaderNodeNormalMap")
-        normal.name = "User Normal Map"
-        normal.inputs["Strength"].default_value = 0.7
-        tree.links.new(normal.outputs["Normal"], bsdf.inputs["Normal"])
-    obj.data.materials.append(material)
+    """(material, bsdf, normal map node or None) of a user's skin material on `obj`."""
+    material, bsdf, _, normal = skin_material(obj, normal_map)
     return material, bsdf, normal
 
 
@@ -215,14 +209,22 @@ def test_user_normal_map_is_chained_into_the_bump_and_remove_restores_its_link(t
     assert bsdf.inputs["Normal"].links[0].from_node == normal_map
 
 
-def test_sequence_without_crease_detail_leaves_the_normal_alone(tmp_path):
-    """Older weights (no fold maps, no detail map): colour only, as before."""
+def _colour_only_run(tmp_path, normal_map: bool):
+    """A grid with a user's skin material and a neutral two-frame run without fold maps or
+    detail map (older weights). Returns (obj, material, bsdf, normal map node, snapshot of the
+    material before the run, the wrinkle node group)."""
     fresh_scene()
     obj = grid_mesh_object()
-    material, bsdf, normal_map = _skin_material(obj, normal_map=True)
+    material, bsdf, normal = _skin_material(obj, normal_map=normal_map)
     before = _material_snapshot(material)
     writers.write_exr_sequence(np.ones((2, 4, 4, 3), np.float32), tmp_path / "seq")
     group = writers.ensure_wrinkle_material(obj, tmp_path / "seq", n_frames=2, frame_start=1)
+    return obj, material, bsdf, normal, before, group
+
+
+def test_sequence_without_crease_detail_leaves_the_normal_alone(tmp_path):
+    """Older weights (no fold maps, no detail map): colour only, as before."""
+    obj, material, bsdf, normal_map, before, group = _colour_only_run(tmp_path, normal_map=True)
     assert not any(n.bl_idname == "ShaderNodeBump" for n in group.nodes)
     assert writers.NORMAL_SOCKET not in _group_node(material).inputs
     assert bsdf.inputs["Normal"].links[0].from_node == normal_map
@@ -234,12 +236,7 @@ def test_sequence_without_crease_detail_leaves_the_normal_alone(tmp_path):
 
 def test_remove_restores_a_material_saved_by_an_earlier_version(tmp_path):
     """Group nodes recorded before the Normal was wired (only textalker_to/from) are restored."""
-    fresh_scene()
-    obj = grid_mesh_object()
-    material, bsdf, _ = _skin_material(obj, normal_map=False)
-    before = _material_snapshot(material)
-    writers.write_exr_sequence(np.ones((2, 4, 4, 3), np.float32), tmp_path / "seq")
-    writers.ensure_wrinkle_material(obj, tmp_path / "seq", n_frames=2, frame_start=1)
+    obj, material, _, _, before, _ = _colour_only_run(tmp_path, normal_map=False)
     node = _group_node(material)
     assert "textalker_normal_to" not in node  # what an earlier version's node looks like
     writers.remove_textalker_output(obj)
@@ -316,13 +313,7 @@ def test_crease_settings_change_the_group_inputs_and_sit_next_to_the_wrinkle_sty
 
 
 def _render_luminance(scene, frame, path):
-    scene.frame_set(frame)
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
-    image = bpy.data.images.load(str(path))
-    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], 4)
-    bpy.data.images.remove(image)
-    return pixels[..., :3] @ np.array([0.2126, 0.7152, 0.0722])  # bottom row first
+    return render_frame(scene, frame, path) @ np.array([0.2126, 0.7152, 0.0722])  # bottom row first
 
 
 def crease_scene(tmp_path, engine: str = "CYCLES"):
@@ -330,37 +321,11 @@ def crease_scene(tmp_path, engine: str = "CYCLES"):
     frame 1 is fully folded and frame 2 flat over the left half of the UV square. The detail map
     is a synthetic array: grooves 30 mm deep (large enough to span pixels of a 32 px render).
     Returns (scene, plane)."""
-    scene = fresh_scene()
-    scene.render.engine = engine
-    if engine == "CYCLES":
-        scene.cycles.device = "CPU"
-        scene.cycles.samples = 4
-        scene.cycles.use_denoising = False
-    scene.render.resolution_x = scene.render.resolution_y = 32
-    scene.render.image_settings.file_format = "PNG"
-    scene.view_settings.view_transform = "Standard"
-    world = compat.new_world("World")
-    background = next(n for n in world.node_tree.nodes if n.bl_idname == "ShaderNodeBackground")
-    background.inputs["Strength"].default_value = 0.2
-    scene.world = world
+    scene, plane = render_test_scene(engine, world_colour=None, world_strength=0.2, grey=0.6)
     sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
     sun.data.energy = 3.0
     sun.rotation_euler = (math.radians(20.0), 0.0, 0.0)  # grazing, from above the plane
     scene.collection.objects.link(sun)
-
-    plane = grid_mesh_object("Plane", n=2)  # x, z in [0, 1] m, facing -Y
-    material = compat.new_material("Grey")
-    bsdf = next(n for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
-    bsdf.inputs["Base Color"].default_value = (0.6, 0.6, 0.6, 1.0)
-    bsdf.inputs["Roughness"].default_value = 1.0
-    plane.data.materials.append(material)
-    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
-    camera.data.type = "ORTHO"
-    camera.data.ortho_scale = 1.0
-    camera.location = (0.5, -3.0, 0.5)
-    camera.rotation_euler = (math.pi / 2, 0.0, 0.0)
-    scene.collection.objects.link(camera)
-    scene.camera = camera
 
     rows = (np.arange(256) + 0.5) / 256
     grooves = -15.0 * (1.0 + np.cos(2 * np.pi * 6 * rows))  # 6 grooves down the region, mm

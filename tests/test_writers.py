@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from blender_support import action_curve_paths, bpy, fresh_scene, grid_mesh_object, key_values
-from textalker_blender.blender import compat, writers
+from blender_support import action_curve_paths, bpy, fresh_scene, grid_mesh_object, key_values, skin_material
+from textalker_blender.blender import writers
 
 pytestmark = pytest.mark.blender
 
@@ -124,21 +124,10 @@ def test_exr_sequence_is_half_float_in_image_row_order(tmp_path):
         assert not rgba[..., 3].any()  # no fold maps given: no fold anywhere
 
 
-def _material_with_albedo_texture(obj):
-    material = compat.new_material("Skin")
-    tree = material.node_tree
-    bsdf = next(n for n in tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
-    albedo = tree.nodes.new("ShaderNodeTexImage")
-    albedo.name = "Albedo"
-    tree.links.new(albedo.outputs["Color"], bsdf.inputs["Base Color"])
-    obj.data.materials.append(material)
-    return material, albedo, bsdf
-
-
 def test_node_group_is_inserted_and_removal_restores_the_original_link(tmp_path):
     fresh_scene()
     obj = grid_mesh_object()
-    material, albedo, bsdf = _material_with_albedo_texture(obj)
+    material, bsdf, albedo, _ = skin_material(obj)
     writers.write_exr_sequence(np.ones((4, 8, 8, 3), np.float32), tmp_path / "seq")
     group = writers.ensure_wrinkle_material(
         obj, tmp_path / "seq", n_frames=4, frame_start=5, uv_region=(0.1, 0.2, 0.6, 0.9)

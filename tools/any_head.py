@@ -97,7 +97,9 @@ def _subdivide(vertices, triangles):
     return new_vertices, new_triangles, parents
 
 
-def _other_diagonal(template) -> np.ndarray:
+def other_diagonal_triangles(template) -> np.ndarray:
+    """The template's quads split along their other diagonal (another triangulation of nearly
+    the same surface: hm08 quads are nearly planar), (F, 3) int64."""
     triangles = []
     for polygon in template.polygons():
         if len(polygon) == 4:
@@ -204,7 +206,7 @@ def make_heads(template, dense: bool) -> list[TestHead]:
     heads.append(TestHead("moved", "template rotated (175 deg about Z, tilted), in centimetres, 100 m from the origin",
                           100.0 * x @ rotation.T + [100.0, -40.0, 25.0], template.triangles,
                           truth=identity, true_linear=100.0 * rotation))
-    vertices, triangles, parents = _subdivide(x, _other_diagonal(template))
+    vertices, triangles, parents = _subdivide(x, other_diagonal_triangles(template))
     order = np.random.default_rng(7).permutation(len(vertices))
     heads.append(TestHead("remeshed", "quads split along the other diagonal, subdivided once, vertices shuffled",
                           vertices[order], np.argsort(order)[triangles], truth=parents[order], true_linear=np.eye(3)))

@@ -145,3 +145,16 @@ def crease_weights(tmp_path_factory):
     model.save(path, trained=False, dataset="none (test weights with crease curves)")
     return path
 
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The synthetic TexTalk4D the training, evaluation and baseline tests share: 3 subjects
+    (2 train, 1 test-B), ~20 train utterances and one test-A utterance (seed 5). Built once per
+    test session; tests read it and never write into it."""
+    if shutil.which("flite") is None or shutil.which("sox") is None:
+        pytest.skip("needs the Debian packages flite and sox (dataset build)")
+    from tools.synthetic_textalk4d.builder import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("tiny_dataset") / "ds"
+    build(BuildConfig(out=root, subjects=3, minutes=1.3, seed=5), log=lambda *a: None)
+    return root

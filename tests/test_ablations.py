@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -210,17 +209,13 @@ def _tiny_ablation_configs(folder: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    if shutil.which("flite") is None or shutil.which("sox") is None:
-        pytest.skip("needs the Debian packages flite and sox (dataset build)")
-    from tools.synthetic_textalk4d.builder import BuildConfig, build
+def trained(tmp_path_factory, tiny_dataset):
     from tools.training.ablations import train_ablation
     from tools.training.common import Distributed, load_training_config
     from tools.training.vq_stage import train_vq
 
     root = tmp_path_factory.mktemp("ablations")
-    data = root / "ds"
-    build(BuildConfig(out=data, subjects=3, minutes=1.3, seed=5), log=lambda *a: None)
+    data = tiny_dataset
     configs = _tiny_ablation_configs(root / "configs")
     cpu = Distributed()
     vq_runs = {kind: root / "vq" / kind for kind in ("motion", "wrinkle")}

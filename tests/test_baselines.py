@@ -19,7 +19,6 @@ from tools.evaluation.baselines import (  # noqa: E402
     biased_causal_mask,
     load_baseline,
 )
-from tools.synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
 from tools.train_baselines import make_batch, prepare_inputs, train_baseline  # noqa: E402
 from tools.training.common import read_log  # noqa: E402
 
@@ -37,11 +36,8 @@ SLUGS = {"FaceFormer-like": "faceformer", "CodeTalker-like": "codetalker", "Face
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """3 subjects (2 train, 1 test-B), ~20 train utterances and one test-A utterance."""
-    root = tmp_path_factory.mktemp("baselines") / "ds"
-    build(BuildConfig(out=root, subjects=3, minutes=1.3, seed=5), log=lambda *a: None)
-    return root
+def dataset(tiny_dataset) -> Path:
+    return tiny_dataset
 
 
 @pytest.fixture(scope="module")

@@ -524,8 +524,7 @@ def tiny_training_config(blink: bool):
 
 
 @needs_dataset_tools
-def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path):
-    from tools.synthetic_textalk4d.builder import BuildConfig, build
+def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path, tiny_dataset):
     from tools.training.common import Distributed, read_log
     from tools.training.data import open_dataset
     from tools.training.export import export_bundle
@@ -537,8 +536,7 @@ def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path
     from textalker_blender.core.pipeline import Pipeline
 
     cpu = Distributed()
-    data = tmp_path / "ds"
-    build(BuildConfig(out=data, subjects=3, minutes=1.3, seed=5), log=lambda *a: None)
+    data = tiny_dataset
     for kind in ("motion", "wrinkle"):
         train_vq(tiny_training_config(False), data, tmp_path / kind, kind, cpu, steps=2, progress_bar=False)
     vqs = (tmp_path / "motion", tmp_path / "wrinkle")

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,17 +198,6 @@ def test_ablation_verdicts_compare_with_the_same_budget_reference_when_there_is_
 
 # ------------------------------------------------------------------------------------------------
 # End to end
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    if shutil.which("flite") is None or shutil.which("sox") is None:
-        pytest.skip("needs the Debian packages flite and sox (dataset build)")
-    from tools.synthetic_textalk4d.builder import BuildConfig, build
-
-    root = tmp_path_factory.mktemp("evaluate") / "ds"
-    build(BuildConfig(out=root, subjects=3, minutes=1.3, seed=5), log=lambda *a: None)
-    return root
 
 
 def test_evaluate_end_to_end_writes_results_with_finite_numbers(tiny_dataset, tmp_path):

@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 
-from tools.synthetic_textalk4d.builder import BuildConfig, build  # noqa: E402
 from tools.training.common import (  # noqa: E402
     REFINE_DEFAULTS,
     Distributed,
@@ -73,11 +72,8 @@ def vq_config(seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """3 subjects (2 train, 1 test-B), ~20 train utterances and one test-A utterance."""
-    root = tmp_path_factory.mktemp("refine") / "ds"
-    build(BuildConfig(out=root, subjects=3, minutes=1.3, seed=5), log=lambda *a: None)
-    return root
+def dataset(tiny_dataset) -> Path:
+    return tiny_dataset
 
 
 @pytest.fixture(scope="module")

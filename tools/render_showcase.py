@@ -42,14 +42,12 @@ CLIP_NAME = "showcase.mp4"
 
 
 def parse_args(argv=None):
+    from tools.showcase_common import add_scene_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the contact sheet and MP4")
-    parser.add_argument("--audio", type=Path, default=None, help="speech file (default: bundled sample)")
-    parser.add_argument("--speaking-style", default=None, help="style key (default: the first)")
-    parser.add_argument("--wrinkle-style", default=None, help="style key (default: the first)")
-    parser.add_argument("--fps", type=float, default=24.0, help="scene frame rate")
+    add_scene_arguments(parser, samples=16)
     parser.add_argument("--resolution", type=int, default=320, help="contact-sheet frame size (square)")
-    parser.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
     parser.add_argument("--sheet-frames", type=int, default=10)
     parser.add_argument("--sheet-columns", type=int, default=5)
     parser.add_argument("--closeup-width", type=int, default=0, help="close-up width (0: 1.3 x --resolution)")
@@ -58,10 +56,8 @@ def parse_args(argv=None):
     parser.add_argument("--clip-samples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=0, help="sampler steps (0: model default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="AUTO", choices=["AUTO", "CUDA", "CPU"])
     parser.add_argument("--max-sheet-bytes", type=int, default=1_000_000,
                         help="above this the sheet is saved as a 256-colour PNG")
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--transcript", default=None,
                         help="text the audio was synthesised from with flite, for phoneme labels "
                              "(default for the bundled sample: read from tools/make_sample_audio.sh)")

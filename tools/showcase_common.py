@@ -126,7 +126,7 @@ def _region_box(head, names) -> tuple:
 
     template = load_template()
     regions = crease_region_vertices(template)
-    weight = np.max(np.stack([regions[n] for n in names]), axis=0)
+    weight = np.max(np.stack([regions[n] for n in names if n in regions]), axis=0)
     points = template.vertices[weight > 0.3]
     low, high = points.min(axis=0), points.max(axis=0)
     centre = head.matrix_world @ Vector(((low + high) / 2).tolist())
@@ -185,22 +185,44 @@ def showcase_look(bpy, scene, head, *, resolution: int, samples: int, azimuth_de
         scene.cycles.denoiser = "OPENIMAGEDENOISE"
 
 
+def add_scene_arguments(parser, samples: int, mode: str = "") -> None:
+    """The options every rendering tool shares: the speech, the two styles, the frame rate, Cycles
+    samples, the device and the scratch folder (`mode`: which of the tool's modes they serve)."""
+    prefix = f"{mode}: " if mode else ""
+    parser.add_argument("--audio", type=Path, default=None, help=f"{prefix}speech file (default: bundled sample)")
+    parser.add_argument("--speaking-style", default=None, help=f"{prefix}style key (default: the first)")
+    parser.add_argument("--wrinkle-style", default=None, help=f"{prefix}style key (default: the first)")
+    parser.add_argument("--fps", type=float, default=24.0, help=f"{prefix}scene frame rate")
+    parser.add_argument("--samples", type=int, default=samples, help="Cycles samples per pixel")
+    parser.add_argument("--device", default="AUTO", choices=["AUTO", "CUDA", "CPU"])
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
+
+
 def add_closeup_camera(bpy, scene, head, aspect: float = 2.0, group: str = "upper_face"):
     """A camera framing a group of crease regions (`CLOSEUP_GROUPS`: "upper_face" = forehead,
     glabella, crow's feet; "lower_face" = nasolabial folds and lips), nearly frontal; not made the
     scene camera. Render it at an aspect of `aspect`:1."""
+    # The eyes whole, not only the crow's-feet band beside them.
+    lower = 0.1 if group == "upper_face" else 0.0
+    return region_camera(bpy, scene, head, CLOSEUP_GROUPS[group][0], aspect, lower_by=lower)
+
+
+def region_camera(bpy, scene, head, regions, aspect: float = 2.0, margins=(1.15, 1.3), elevation: float = 8.0,
+                  lower_by: float = 0.0, name: str = "Close-up"):
+    """An 85 mm camera framing the template vertices of the crease `regions` (weight > 0.3) with
+    `margins` (x width, x height), 10 degrees from the face's right and `elevation` degrees above,
+    its aim lowered by `lower_by` x the regions' height; not made the scene camera."""
     from tools import demo
 
-    centre, width, height = _region_box(head, CLOSEUP_GROUPS[group][0])
-    data = bpy.data.cameras.new("Close-up")
+    centre, width, height = _region_box(head, regions)
+    data = bpy.data.cameras.new(name)
     data.lens = 85.0
     data.sensor_width = 36.0
     data.sensor_fit = "HORIZONTAL"
-    frame_width = max(1.15 * width, 1.3 * height * aspect)
-    camera = bpy.data.objects.new("Close-up", data)
-    if group == "upper_face":
-        centre.z -= 0.1 * height  # the eyes whole, not only the crow's-feet band beside them
-    demo.aim_camera(camera, centre, frame_width * data.lens / data.sensor_width, -10.0, 8.0)
+    frame_width = max(margins[0] * width, margins[1] * height * aspect)
+    camera = bpy.data.objects.new(name, data)
+    centre.z -= lower_by * height
+    demo.aim_camera(camera, centre, frame_width * data.lens / data.sensor_width, -10.0, elevation)
     scene.collection.objects.link(camera)
     return camera
 

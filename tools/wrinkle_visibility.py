@@ -68,6 +68,8 @@ LUMA = np.array([0.2126, 0.7152, 0.0722])
 
 
 def parse_args(argv=None):
+    from tools.showcase_common import add_scene_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the pictures, JSON and WRINKLES.md")
     parser.add_argument("--ground-truth", type=Path, default=None, metavar="DATASET",
@@ -76,12 +78,8 @@ def parse_args(argv=None):
                         help="with --ground-truth: utterance id (default: the test-A utterance whose "
                              "face creases most)")
     parser.add_argument("--calibrate", action="store_true", help="the flat-patch calibration only")
-    parser.add_argument("--audio", type=Path, default=None, help="model mode: speech (default: bundled sample)")
-    parser.add_argument("--speaking-style", default=None, help="model mode: style key (default: the first)")
-    parser.add_argument("--wrinkle-style", default=None, help="model mode: style key (default: the first)")
-    parser.add_argument("--fps", type=float, default=24.0, help="scene frame rate (model mode)")
+    add_scene_arguments(parser, samples=64, mode="model mode")
     parser.add_argument("--width", type=int, default=480, help="close-up width in pixels (height: half)")
-    parser.add_argument("--samples", type=int, default=64, help="Cycles samples per pixel")
     parser.add_argument("--crease-strength", type=float, default=None,
                         help="the head's Crease Strength setting (default: the add-on's default)")
     parser.add_argument("--cavity", type=float, default=None,
@@ -91,10 +89,8 @@ def parse_args(argv=None):
                              "creased frame (how the default strength was chosen), e.g. 1,5")
     parser.add_argument("--steps", type=int, default=0, help="sampler steps (0: model default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="AUTO", choices=["AUTO", "CUDA", "CPU"])
     parser.add_argument("--max-png-bytes", type=int, default=600_000,
                         help="above this a picture is saved as a 256-colour PNG")
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     return parser.parse_args(argv)
 
 
@@ -268,30 +264,10 @@ def closeup_region_maps(resolution: int) -> dict[str, np.ndarray]:
 def closeup_camera(bpy, scene, head, regions, aspect: float = 2.0):
     """A camera framing the template vertices of the crease `regions` (weight > 0.3), nearly
     frontal (10 degrees from the face's right, 5 above), 85 mm; not made the scene camera."""
-    from mathutils import Vector
+    from tools.showcase_common import region_camera
 
-    from tools import demo
-    from tools.showcase_common import crease_region_vertices
-
-    from textalker_blender.core.template import load_template
-
-    template = load_template()
-    masks = crease_region_vertices(template)
-    weight = np.max(np.stack([masks[name] for name in regions if name in masks]), axis=0)
-    points = template.vertices[weight > 0.3]
-    low, high = points.min(axis=0), points.max(axis=0)
-    centre = head.matrix_world @ Vector(((low + high) / 2).tolist())
-    scale = max(head.matrix_world.to_scale())
-    width, height = float(high[0] - low[0]) * scale, float(high[2] - low[2]) * scale
-    data = bpy.data.cameras.new("Wrinkle close-up")
-    data.lens = 85.0
-    data.sensor_width = 36.0
-    data.sensor_fit = "HORIZONTAL"
-    frame_width = max(1.25 * width, 1.4 * height * aspect)
-    camera = bpy.data.objects.new("Wrinkle close-up", data)
-    demo.aim_camera(camera, centre, frame_width * data.lens / data.sensor_width, -10.0, 5.0)
-    scene.collection.objects.link(camera)
-    return camera
+    return region_camera(bpy, scene, head, regions, aspect, margins=(1.25, 1.4), elevation=5.0,
+                         name="Wrinkle close-up")
 
 
 def render_rgba(bpy, scene, frame: int, path: Path) -> np.ndarray:

@@ -41,9 +41,6 @@ from tools.training.vq_stage import train_vq  # noqa: E402
 
 from textalker_blender.core.weights import load_weights, sha256_file  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
-                                reason="needs the Debian packages flite and sox (dataset build)")
-
 TINY = REPO / "tools" / "configs" / "tiny.json"
 CPU = Distributed()
 # Small batches, a high learning rate (a 4-step VQ's decoder has far to go), a log record per step,

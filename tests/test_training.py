@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,9 +28,6 @@ from tools.training.export import export_bundle  # noqa: E402
 from tools.training.ldm_stage import train_ldm  # noqa: E402
 from tools.training.artefacts import VQ_WEIGHTS  # noqa: E402
 from tools.training.vq_stage import train_vq  # noqa: E402
-
-pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
-                                reason="needs the Debian packages flite and sox (dataset build)")
 
 TINY = REPO / "tools" / "configs" / "tiny.json"
 CPU = Distributed()

@@ -43,6 +43,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+from tools.evaluation.cli import add_device_arguments, add_report_arguments  # noqa: E402
 from tools.bench_support import current_rss_bytes, keep_blender_user_files_out_of_home, peak_rss_bytes, speech_file, speech_samples  # noqa: E402
 
 SCENE_FPS = 30
@@ -754,14 +755,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--long-seconds", type=float, default=600.0)
     parser.add_argument("--long-from", type=Path, default=None,
                         help="reuse a saved `--worker core` JSON line for the long file instead of re-running it")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--device", default="cpu")
+    add_device_arguments(parser, threads_default=os.cpu_count() or 1)
     parser.add_argument("--steps", type=int, default=None, help="sampler steps for the end-to-end runs (default: the model's)")
     parser.add_argument("--flops-seconds", type=float, default=10.0, help="clip length for FLOPs and the profile")
     parser.add_argument("--step-clip-seconds", type=float, default=None,
                         help="clip for the sampler-step comparison (default: one sliding window)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "PERFORMANCE.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    add_report_arguments(parser, REPO_ROOT / "docs" / "PERFORMANCE.md")
     parser.add_argument("--baselines-dir", type=Path, default=None,
                         help="trained baselines (tools/train_baselines.py --out): time their inference too")
     parser.add_argument("--worker", choices=["end_to_end", "core", "model", "baselines"], help=argparse.SUPPRESS)

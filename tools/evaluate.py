@@ -45,6 +45,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from textalker_blender.core.wrinkle_channels import ratio_from_channels  # noqa: E402
+from tools.evaluation.cli import add_device_arguments, add_report_arguments  # noqa: E402
 from tools.evaluation.metrics import CreaseScores, MotionScores, TextureScores  # noqa: E402
 from tools.evaluation.report import write_results  # noqa: E402
 
@@ -75,12 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="TexTalker bundle (.safetensors)")
     parser.add_argument("--baselines-dir", type=Path, default=None,
                         help="folder of the learned baselines' runs (<dir>/<slug>, tools/train_baselines.py)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "RESULTS.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write every number as JSON here")
+    add_report_arguments(parser, REPO_ROOT / "docs" / "RESULTS.md")
     parser.add_argument("--max-utterances", type=int, default=None,
                         help="at most N utterances per split, evenly spaced (quick runs, tests)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (timings are per device)")
+    add_device_arguments(parser, threads_default=2, device_help="cpu | cuda | auto (timings are per device)")
     parser.add_argument("--seed", type=int, default=0, help="diffusion seed of every utterance")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the weights' config)")
     parser.add_argument("--skip-sampler-sweep", action="store_true")

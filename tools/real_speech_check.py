@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+from tools.evaluation.cli import add_device_arguments, add_report_arguments  # noqa: E402
 from tools.real_speech.alignment import (  # noqa: E402
     bilabial_error_ms,
     espeak_available,
@@ -131,7 +132,7 @@ def _equalised_results(pipeline, recordings, dataset: Path) -> list:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=None, help="weights file (default: the bundle)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "REAL_SPEECH.md")
+    add_report_arguments(parser, REPO / "docs" / "REAL_SPEECH.md")
     parser.add_argument("--dataset", type=Path, default=REPO / "data" / "synthetic_textalk4d")
     parser.add_argument("--reference-limit", type=int, default=None,
                         help="use only the first N test-A utterances for the reference")
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference from the ground truth only (skip the model on test-A)")
     parser.add_argument("--no-equalise", action="store_true",
                         help="skip the inference-only spectral-matching experiment")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    add_device_arguments(parser)
     parser.add_argument("--original-only", action="store_true",
                         help="only the original set (copied + ALSA recordings), no Debian-package sources")
     parser.add_argument("--no-telephone", action="store_true", help="no telephone versions of the wideband clips")

@@ -137,9 +137,10 @@ def measure_speed(weights: Path | None, threads: int, frames: int = 300, repeats
     from textalker_blender.core.model import TexTalkerModel
     from textalker_blender.core.pipeline import DEFAULT_WEIGHTS
     from textalker_blender.core.vq import VQAutoencoder
+    from textalker_blender.core.weights import load_weights
 
     torch.set_num_threads(threads)
-    model = TexTalkerModel.load(weights or DEFAULT_WEIGHTS)
+    model = TexTalkerModel.from_weights(load_weights(weights or DEFAULT_WEIGHTS, verify=False))
     shipped = model.wrinkle_vq.eval()
     config = shipped.config
     scale = 512 // config.resolution

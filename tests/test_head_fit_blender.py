@@ -161,7 +161,9 @@ def test_generation_drives_a_fitted_head_in_its_own_topology_and_uvs(tmp_path, s
     assert moved[user_index[template.lip_mask]].max() > 0.05
     assert moved[user_index[template.vertices[:, 1] > 0.03]].max() == 0.0
     # The wrinkle images are made in the mesh's own UV map (the whole square).
-    images = sorted((tmp_path / "textalker").rglob("*.exr"))
+    from textalker_blender.blender import writers
+
+    images = sorted((tmp_path / "textalker").rglob(f"{writers.IMAGE_PREFIX}[0-9]*.exr"))
     assert len(images) == summary.n_frames
     from textalker_blender.blender import preflight
 

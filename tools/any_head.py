@@ -448,7 +448,7 @@ def render_generated(template, soma: TestHead, out: Path, resolution: int, sampl
     import bpy
 
     import textalker_blender
-    from textalker_blender.blender import api, catalog, head_fitting
+    from textalker_blender.blender import api, catalog, head_fitting, writers
     from tools.showcase_common import compose_rows, labelled_tile, ratio_map_picture, save_png
 
     work = Path(tempfile.mkdtemp(prefix="any_head_generated_"))
@@ -495,7 +495,7 @@ def render_generated(template, soma: TestHead, out: Path, resolution: int, sampl
         frame = summary.frame_start + index
         picture = render_check._render(bpy, scene, frame, work / f"generated_{frame:04d}.png")
         tiles.append(labelled_tile(picture, f"frame {frame}: lip gap {gaps[index]:.1f} mm"))
-    exr = sorted(Path(summary.sequence_folder).glob("*.exr"))
+    exr = sorted(Path(summary.sequence_folder).glob(f"{writers.IMAGE_PREFIX}[0-9]*.exr"))
     darkest, darkest_mean = None, 2.0
     for path in exr[:: max(1, len(exr) // 12)]:
         image = bpy.data.images.load(str(path))

@@ -199,8 +199,9 @@ def test_signal_while_writing_exrs_removes_the_partial_sequence_with_one_line(
     real_write = writers.write_exr_sequence
     written = []
 
-    def write_then_get_killed(maps, folder, first_frame=1):
-        paths = real_write(maps[:3], folder, first_frame=first_frame)
+    def write_then_get_killed(maps, folder, first_frame=1, folds=None):
+        paths = real_write(maps[:3], folder, first_frame=first_frame,
+                           folds=None if folds is None else folds[:3])
         written.extend(paths)
         os.kill(os.getpid(), signal_number)  # delivered at the next Python instruction
         return paths

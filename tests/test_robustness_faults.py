@@ -152,7 +152,8 @@ def test_cancel_while_writing_removes_partial_output(tmp_path, head, speech_file
     real_material = writers.ensure_wrinkle_material
 
     def interrupted(*args, **kwargs):
-        assert len(files_under(request.sequence_folder)) == 15  # the files were written
+        # the files were written: 15 wrinkle frames and the style's crease detail map
+        assert files_under(request.sequence_folder) == ["crease_detail.exr"] + [f"wrinkle_{i:04d}.exr" for i in range(1, 16)]
         raise Cancelled("Generation cancelled.")
 
     monkeypatch.setattr(writers, "ensure_wrinkle_material", interrupted)

@@ -270,7 +270,7 @@ def test_streamed_arkit_weights_match_the_whole_clip_solve(tmp_path, head, monke
     whole = api.compute(request)
     monkeypatch.setattr(pipeline_module, "CHUNK_FRAMES", 8)
     handed = []
-    streamed = api.compute_streamed(request, lambda first, maps, n: handed.append((first, len(maps), n)))
+    streamed = api.compute_streamed(request, lambda first, maps, n, folds=None: handed.append((first, len(maps), n)))
     assert handed == [(first, min(8, 30 - first), 30) for first in range(0, 30, 8)]
     assert streamed.result.offsets is None and streamed.mesh_offsets is None  # no offsets kept
     np.testing.assert_allclose(streamed.arkit_weights, whole.arkit_weights, atol=1e-4)
@@ -288,16 +288,17 @@ def test_a_streamed_rerun_that_fails_part_way_keeps_the_previous_output(tmp_path
     first = api.generate(head, _clip(1.0), steps=1, output_folder=str(tmp_path))
     before = snapshot()
     files_before = files_under(tmp_path / "textalker")
-    assert len(files_before) == 30
+    assert len(files_before) == 30 + 1  # 30 wrinkle frames and the style's crease detail map
+    assert sum(name.endswith("/crease_detail.exr") for name in files_before) == 1
     monkeypatch.setattr(pipeline_module, "CHUNK_FRAMES", 8)
     written = []
     real_write = writers.write_exr_sequence
 
-    def write(maps, folder, first_frame=1):
+    def write(maps, folder, first_frame=1, folds=None):
         if written and failure == "disk":
             raise OSError(28, "No space left on device")
         written.append(first_frame)
-        return real_write(maps, folder, first_frame)
+        return real_write(maps, folder, first_frame, folds=folds)
 
     monkeypatch.setattr(writers, "write_exr_sequence", write)
     cancel = threading.Event()
@@ -383,7 +384,7 @@ def test_streamed_run_falls_back_to_the_cpu_when_the_gpu_runs_out_of_memory(tmp_
     request = api.prepare(head, _clip(0.5), device="cuda", steps=1, output_folder=str(tmp_path))
     summary = api.run(request)
     assert "ran out of memory" in summary.note and summary.n_frames == summary.exr_files == 15
-    assert len(files_under(request.sequence_folder)) == 15
+    assert files_under(request.sequence_folder) == ["crease_detail.exr"] + [f"wrinkle_{i:04d}.exr" for i in range(1, 16)]
 
 
 class _StreamLike:

@@ -12,12 +12,14 @@ from textalker_blender.core.options import GenerationOptions
 def test_defaults_and_checked_values():
     options = GenerationOptions()
     assert (options.speaking_style, options.wrinkle_style, options.fps, options.seed, options.steps,
-            options.blink_rate) == (0, 0, 30.0, 0, None, None)
+            options.blink_rate) == (0, None, 30.0, 0, None, None)  # wrinkle None: the weights' default
     whole = GenerationOptions(speaking_style=2.0, fps=24, seed=3.0, steps=4.0, blink_rate=12)
     assert whole.speaking_style == 2 and isinstance(whole.speaking_style, int)
     assert whole.fps == 24.0 and isinstance(whole.fps, float)
     assert (whole.seed, whole.steps, whole.blink_rate) == (3, 4, 12.0)
     assert GenerationOptions(speaking_style="kal, S00").speaking_style == "kal, S00"
+    with pytest.raises(ArgumentError, match="speaking style"):  # only the wrinkle style has a default
+        GenerationOptions(speaking_style=None)
 
 
 @pytest.mark.parametrize("field, value, message", [

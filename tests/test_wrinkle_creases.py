@@ -401,3 +401,36 @@ def test_generation_writes_the_chosen_styles_crease_detail_and_the_bump(crease_w
     counts = api.remove_output(head)
     assert counts["files"] == 31 and not folder.exists()
     assert _material_snapshot(material) == before
+
+
+def test_the_default_wrinkle_style_is_the_most_lined_one_everywhere(crease_weights, one_second_speech):
+    """No wrinkle style asked for: the core, the panel's default and the catalog agree on the
+    style whose creases hold the most groove, so the wrinkles show without choosing one."""
+    from textalker_blender.blender import catalog
+    from textalker_blender.core.creases import Crease, groove_amount, most_lined_style
+    from textalker_blender.core.pipeline import Pipeline
+
+    line = np.array([[0.0, 0.0], [0.02, 0.0]])
+    shallow, deep = [Crease("forehead", line, 0.2, 0.5)], [Crease("forehead", line, 0.2, 0.5),
+                                                          Crease("glabella", line, 1.0, 0.5)]
+    assert groove_amount(deep) > groove_amount(shallow) > 0
+    assert most_lined_style([shallow, deep, shallow]) == 1 and most_lined_style(None) == 0
+
+    pipeline = Pipeline.load(crease_weights, "cpu")
+    expected = most_lined_style(pipeline.model.style_creases)
+    assert pipeline.default_wrinkle_style == expected == catalog.read_default_wrinkle_style(crease_weights)
+    result = pipeline.generate(str(one_second_speech), steps=1, seed=0)
+    assert result.wrinkle_style.id == expected
+    chosen = pipeline.generate(str(one_second_speech), steps=1, seed=0, wrinkle_style=1 - expected)
+    assert chosen.wrinkle_style.id == 1 - expected  # an explicit choice still wins
+    np.testing.assert_array_equal(pipeline.crease_detail_mm(None, 256), pipeline.crease_detail_mm(expected, 256))
+
+
+def test_the_panel_starts_on_the_bundled_weights_most_lined_wrinkle_style():
+    from textalker_blender.blender import catalog
+
+    scene = registered_scene()
+    styles = catalog.read_style_names()
+    if not styles:
+        pytest.skip("no bundled weights")
+    assert scene.textalker.wrinkle_style == styles[catalog.read_default_wrinkle_style()].key

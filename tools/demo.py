@@ -43,8 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="AUTO", choices=["AUTO", "CUDA", "CPU"])
     parser.add_argument("--steps", type=int, default=0, help="sampler steps (0: model default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speaking-style", default=None, help="style key (default: the first)")
-    parser.add_argument("--wrinkle-style", default=None, help="style key (default: the first)")
+    parser.add_argument("--speaking-style", default=None, help="style key (default: the panel's, the first)")
+    parser.add_argument("--wrinkle-style", default=None,
+                        help="style key (default: the panel's, the weights' most lined style)")
     parser.add_argument("--audio-source", default="auto", choices=["auto", "strip", "file"],
                         help="sound strip on the sequencer, or the panel's file field (auto: a strip "
                              "where this Blender can load sounds)")
@@ -177,10 +178,11 @@ def main(argv=None) -> dict:
         settings.audio_file = str(audio)
         first = scene.frame_start  # a file's keys start on the scene's first frame
     settings.target = head
-    styles = catalog.read_style_names()
-    if styles:
-        settings.speaking_style = args.speaking_style or styles[0].key
-        settings.wrinkle_style = args.wrinkle_style or styles[0].key
+    # Unless asked for, the panel's defaults: what an artist gets without choosing.
+    if args.speaking_style:
+        settings.speaking_style = args.speaking_style
+    if args.wrinkle_style:
+        settings.wrinkle_style = args.wrinkle_style
     settings.device = args.device
     settings.steps = args.steps
     settings.seed = args.seed

@@ -59,3 +59,20 @@ def read_style_names(path: str | os.PathLike | None = None) -> tuple[StyleName, 
     styles = [StyleName(i, str(k), n) for i, (k, n) in enumerate(zip(keys, names))]
     _cache[cache_key] = tuple(styles)
     return _cache[cache_key]
+
+
+def read_default_wrinkle_style(path: str | os.PathLike | None = None) -> int:
+    """Id of the weights' default wrinkle style (their most lined, `core.creases.most_lined_style`),
+    from the crease curves in the header; 0 when the file has none or cannot be read."""
+    from ..core.creases import creases_from_json, most_lined_style  # numpy only
+
+    path = Path(path) if path else weights_path()
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+        styles = [creases_from_json(json.dumps(creases)) for creases in json.loads(metadata.get("style_creases", "[]"))]
+    except Exception:  # the panel must draw; generation reports a broken file
+        return 0
+    return most_lined_style(styles)

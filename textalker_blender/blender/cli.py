@@ -83,7 +83,8 @@ def parse_args(argv=None):
     parser.add_argument("--audio", help="speech file (default: the scene's sound strip)")
     parser.add_argument("--strip", help="sound strip name, when the sequencer has several")
     parser.add_argument("--speaking-style", default="0", help="style id or key")
-    parser.add_argument("--wrinkle-style", default="0", help="style id or key")
+    parser.add_argument("--wrinkle-style", default=None,
+                        help="style id or key (default: the weights' most lined style)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     # Read as numbers; checked once, by the rules of the API and the core CLI, when the options
     # are made right after parsing (core/options.py). The upper bound of --steps comes from the
@@ -117,7 +118,9 @@ def parse_args(argv=None):
     return args
 
 
-def _style(value: str) -> int | str:
+def _style(value: str | None) -> int | str | None:
+    if value is None:
+        return None
     return int(value) if value.isdigit() else value
 
 

@@ -172,7 +172,7 @@ def prepare(
     obj: bpy.types.Object,
     audio,
     speaking_style: int | str = 0,
-    wrinkle_style: int | str = 0,
+    wrinkle_style: int | str | None = None,
     device: str = "auto",
     steps: int | None = None,
     seed: int = 0,
@@ -210,7 +210,8 @@ def prepare(
         options = options.replace(fps=scene_fps(scene))
     check_steps(options.steps, weights)
     for role, style in (("speaking", options.speaking_style), ("wrinkle", options.wrinkle_style)):
-        check_style(style, role, weights)
+        if style is not None:  # None: the weights' default wrinkle style
+            check_style(style, role, weights)
     mesh = obj.data
     template = template_head()
     # A stored head fit (Fit to This Head) drives the mesh whatever its UV layout (issue #20).

@@ -65,6 +65,9 @@ class TexTalkerSettings(bpy.types.PropertyGroup):
     )
     wrinkle_style: EnumProperty(
         name="Wrinkle Style", items=style_items,
+        # The most lined style, so that wrinkles show before the artist picks one (a dynamic
+        # enum's default is the item's number).
+        default=catalog.read_default_wrinkle_style(),
         description="Whose skin creasing to imitate (independent of the speaking style)",
     )
     device: EnumProperty(

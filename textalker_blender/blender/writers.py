@@ -52,7 +52,7 @@ SEQUENCE_NODE = "TexTalker Wrinkle Sequence"
 CREASE_DETAIL_NODE = "TexTalker Crease Detail"
 BUMP_NODE = "TexTalker Crease Bump"
 # Crease Strength scales the model's depth (1 = as deep as the model says, at the head's real
-# size); Cavity darkens the albedo by that fraction per millimetre of (scaled) depth. Defaults
+# size); Cavity darkens the albedo to 1 / (1 + Cavity x depth in mm, scaled). Defaults
 # chosen from Cycles close-ups, see docs/WRINKLES.md.
 DEFAULT_CREASE_STRENGTH = 2.5
 MAX_CREASE_STRENGTH = 10.0
@@ -424,8 +424,9 @@ def _build_node_group(
     normal when nothing is linked), where h = D x a x Crease Strength in millimetres: D the detail
     map, a the sequence's alpha (fold activation), both 0 outside the region. The Bump node's
     Distance turns millimetres into world units at the object's size (`units_per_mm`), so at
-    strength 1 a crease is as deep as the model says; the cavity term 1 + Cavity x h (clamped to
-    [0, 1]) darkens grooves by Cavity per millimetre, so thin lines read in flat light too."""
+    strength 1 a crease is as deep as the model says; the cavity term 1 / (1 + Cavity x |h|)
+    darkens thin lines by about Cavity per millimetre, so they read in flat light too, and deep
+    folds towards a shadow, never to black."""
     group = bpy.data.node_groups.new(NODE_GROUP_NAME, "ShaderNodeTree")
     group[TAG] = True
     interface = group.interface
@@ -550,8 +551,11 @@ def _add_crease_nodes(build: _GroupBuilder, group_in, region_uv, inside, sequenc
     bump.inputs["Strength"].default_value = 1.0
     build.feed(bump.inputs["Height"], height)
     build.feed(bump.inputs["Normal"], _socket(base_normal, "Result_Vector", True))
-    cavity = build.math("MULTIPLY_ADD", "1 + cavity x h, in [0, 1]", height,
-                        group_in.outputs[CAVITY_SOCKET], 1.0, clamp=True)
+    # 1 / (1 + Cavity x |h|) (h <= 0): about 1 - Cavity x |h| for thin lines, and a deep fold
+    # darkens towards a shadowed valley, never to black paint.
+    minus_denominator = build.math("MULTIPLY_ADD", "cavity x h - 1 = -(1 + cavity x |h|)", height,
+                                   group_in.outputs[CAVITY_SOCKET], -1.0)
+    cavity = build.math("DIVIDE", "1 / (1 + cavity x |h|)", -1.0, minus_denominator, clamp=True)
     build.next_column()
     shaded = build.add("ShaderNodeMix", "x cavity", data_type="RGBA", blend_type="MULTIPLY")
     _socket(shaded, "Factor_Float").default_value = 1.0

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--speaking-style", type=_style, default=0, help="style id or key (motion)")
     parser.add_argument(
-        "--wrinkle-style", type=_style, default=0, help="style id or key (wrinkles)"
+        "--wrinkle-style", type=_style, default=None,
+        help="style id or key (wrinkles; default: the weights' most lined style)",
     )
     # Read as numbers here; checked once, by the same rules as the Pipeline and the add-on, when
     # main() makes the GenerationOptions (core/options.py), before any work.

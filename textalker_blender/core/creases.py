@@ -199,6 +199,19 @@ def texel_positions(template, neutral: np.ndarray, resolution: int) -> tuple[np.
     return positions.astype(np.float32), valid
 
 
+def groove_amount(creases: list[Crease]) -> float:
+    """How lined a wrinkle style is: the sum over its creases of depth (mm) x length (m)."""
+    return float(sum(c.depth_mm * c.length_m for c in creases))
+
+
+def most_lined_style(style_creases: list[list[Crease]] | None) -> int:
+    """The wrinkle style whose creases hold the most groove (0 without crease curves): the
+    default wrinkle style, so that the wrinkle output shows at default settings."""
+    if not style_creases:
+        return 0
+    return int(np.argmax([groove_amount(creases) for creases in style_creases]))
+
+
 def detail_map_mm(creases: list[Crease], template, neutral: np.ndarray | None = None,
                   resolution: int = DETAIL_RESOLUTION) -> np.ndarray:
     """(resolution, resolution) float32 crease height at full fold, mm (<= 0 in a groove, 0 off the

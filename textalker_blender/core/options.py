@@ -14,8 +14,11 @@ from . import arguments
 from .arguments import ArgumentError
 
 
-def _check_style(value, role: str) -> int | str:
-    """A style is a row of the weights' style table (a whole number >= 0) or its key / name."""
+def _check_style(value, role: str, default_allowed: bool = False) -> int | str | None:
+    """A style is a row of the weights' style table (a whole number >= 0) or its key / name;
+    None (where `default_allowed`) is the weights' default style."""
+    if value is None and default_allowed:
+        return None
     if isinstance(value, str) and value.strip():
         return value
     number = arguments.whole_number(value)
@@ -29,7 +32,9 @@ class GenerationOptions:
     """The choices of one generation (the audio and the target are given beside it)."""
 
     speaking_style: int | str = 0      # style row or key: how the mouth and face move
-    wrinkle_style: int | str = 0       # style row or key: how the skin creases
+    # how the skin creases; None: the weights' default, their most lined style
+    # (core.creases.most_lined_style), so that wrinkles show without choosing one
+    wrinkle_style: int | str | None = None
     fps: float = 30.0                  # output frames per second (the scene's)
     seed: int = 0                      # the diffusion noise (and the blink timing)
     steps: int | None = None           # DDIM steps; None: the model's default
@@ -38,7 +43,7 @@ class GenerationOptions:
     def __post_init__(self) -> None:
         checked = {
             "speaking_style": _check_style(self.speaking_style, "speaking"),
-            "wrinkle_style": _check_style(self.wrinkle_style, "wrinkle"),
+            "wrinkle_style": _check_style(self.wrinkle_style, "wrinkle", default_allowed=True),
             "fps": arguments.check_fps(self.fps),
             "seed": arguments.check_seed(self.seed),
             "steps": arguments.check_steps(self.steps),

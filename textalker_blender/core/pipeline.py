@@ -38,7 +38,7 @@ import torch
 from . import arguments
 from .audio import AudioSource, load_audio_with_report
 from .config import MODEL_FPS, SAMPLE_RATE
-from .creases import DETAIL_RESOLUTION, detail_map_mm
+from .creases import DETAIL_RESOLUTION, detail_map_mm, most_lined_style
 from .errors import Cancelled, DeviceError, WeightsError
 from .model import TexTalkerModel
 from .options import GenerationOptions
@@ -284,7 +284,12 @@ class Pipeline:
         """False for the motion-only ablation (wrinkle maps are exactly 1.0)."""
         return self.config.generates_texture
 
-    def crease_detail_mm(self, wrinkle_style: int | str, resolution: int = DETAIL_RESOLUTION) -> np.ndarray | None:
+    @property
+    def default_wrinkle_style(self) -> int:
+        """The style row used when none is asked for: the most lined one (core/creases.py)."""
+        return most_lined_style(self.model.style_creases if self.generates_folds else None)
+
+    def crease_detail_mm(self, wrinkle_style: int | str | None, resolution: int = DETAIL_RESOLUTION) -> np.ndarray | None:
         """(resolution, resolution) float32 full-fold crease height (mm, <= 0) of a wrinkle style
         on the template, in the wrinkle layout, image row order: what a frame's fold map
         scales. None when the weights carry no crease curves. The last one is cached (a 2048 px
@@ -292,7 +297,7 @@ class Pipeline:
         creases = self.model.style_creases
         if creases is None or not self.generates_folds:
             return None
-        index = self.model.pivots.index(wrinkle_style)
+        index = self.default_wrinkle_style if wrinkle_style is None else self.model.pivots.index(wrinkle_style)
         key = (index, int(resolution))
         cached = self._crease_detail
         if cached is None or cached[0] != key:
@@ -394,7 +399,7 @@ class Pipeline:
         pivots = self.model.pivots
         try:
             speaking = pivots.index(options.speaking_style)
-            wrinkle = pivots.index(options.wrinkle_style)
+            wrinkle = self.default_wrinkle_style if options.wrinkle_style is None else pivots.index(options.wrinkle_style)
         except ValueError as exc:
             from .errors import TexTalkerError
 

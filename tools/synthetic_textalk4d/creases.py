@@ -44,6 +44,13 @@ DRIVERS = {
     "lip_lines": {"mouthPucker": 0.7, "mouthFunnel": 0.4},
 }
 
+# Depths (mm, at full fold, before the style's family multiplier and age) are those of dynamic
+# expression folds on adult skin: forehead and glabella lines up to about a millimetre, crow's
+# feet and marionette lines somewhat less, nasolabial folds up to a few millimetres, lip lines a
+# few tenths. A crease shallower than MIN_DEPTH_MM is not drawn.
+MIN_DEPTH_MM = 0.025
+
+
 @dataclasses.dataclass(frozen=True)
 class CreaseStyle:
     """How one subject's skin creases (drawn from a seeded Generator, stored in meta.json)."""
@@ -151,7 +158,7 @@ def make_creases(template, style: CreaseStyle) -> list[Crease]:
     def add(group: str, points: np.ndarray, depth_mm: float, width_mm: float) -> None:
         family = family_of(group)
         depth = depth_mm * style.family_depth.get(family, 0.0) * (0.35 + 0.65 * age)
-        if depth > 0.01:
+        if depth > MIN_DEPTH_MM:
             creases.append(Crease(group, np.asarray(points, np.float64), round(float(depth), 4),
                                   round(float(width_mm), 4)))
 
@@ -168,7 +175,7 @@ def make_creases(template, style: CreaseStyle) -> list[Crease]:
         half = 0.5 * eye_span * u(0.45, 0.95) * (1.0 - 0.12 * abs(i - (n_lines - 1) / 2))
         centre = mid_x + u(-0.006, 0.006)
         sag = u(0.002, 0.006)  # the line's ends droop: its middle bows upwards
-        depth = u(0.15, 0.5) * (1.0 - 0.15 * abs(i - (n_lines - 1) / 2))
+        depth = u(0.375, 1.25) * (1.0 - 0.15 * abs(i - (n_lines - 1) / 2))
         width = u(0.5, 1.1)
         if u() < 0.35:  # broken line: two pieces with a gap near the middle
             gap = u(0.004, 0.012)
@@ -189,7 +196,7 @@ def make_creases(template, style: CreaseStyle) -> list[Crease]:
         x0 = mid_x + side * u(0.003, 0.007)
         bottom = (x0, eye_z + u(0.004, 0.008))
         top = (x0 - side * u(0.0, 0.002), bottom[1] + u(0.010, 0.018))
-        add("glabella", _polyline(bottom, top, bend=side * u(-0.001, 0.001)), u(0.15, 0.45), u(0.5, 0.9))
+        add("glabella", _polyline(bottom, top, bend=side * u(-0.001, 0.001)), u(0.375, 1.125), u(0.5, 0.9))
 
     for side in ("Left", "Right"):
         outward = marks[f"outward_{side}"]
@@ -201,25 +208,25 @@ def make_creases(template, style: CreaseStyle) -> list[Crease]:
             length = u(0.008, 0.02) * (0.6 + 0.4 * age)
             direction = np.array([outward * np.cos(angle), np.sin(angle)])
             add(f"crows_feet{side}", _polyline(start, start + length * direction, bend=u(-0.001, 0.001)),
-                u(0.12, 0.4), u(0.35, 0.7))
+                u(0.3, 1.0), u(0.35, 0.7))
         # Under-eye fold: an arc below the lower lid, inner to outer.
         for k in range(1 + int(age > 0.6 and u() < 0.5)):
             z = eye[2] - u(0.011, 0.016) - 0.004 * k
             inner = (eye[0] - outward * u(0.004, 0.008), z + u(0.0, 0.002))
             outer = (eye[0] + outward * u(0.010, 0.016), z + u(0.002, 0.005))
             add(f"under_eye{side}", _polyline(inner, outer, bend=u(0.001, 0.003), towards=(0.0, -1.0)),
-                u(0.08, 0.3), u(0.7, 1.3))
+                u(0.2, 0.75), u(0.7, 1.3))
         # Nasolabial fold: from beside the nose wing to outside the mouth corner, bulging outwards.
         mouth_corner = marks[f"mouth_corner_{side}"]
         top = (mid_x + outward * 0.75 * abs(mouth_corner[0] - mid_x) + outward * u(-0.002, 0.002),
                marks["nose_z"] + u(-0.003, 0.003))
         bottom = (mouth_corner[0] + outward * u(0.006, 0.012), mouth_corner[2] - u(0.002, 0.012))
         add(f"nasolabial{side}", _polyline(top, bottom, bend=u(0.001, 0.004), towards=(outward, 0.0)),
-            u(0.35, 1.0), u(1.0, 2.2))
+            u(0.875, 2.5), u(1.0, 2.2))
         # Marionette line: from below the mouth corner downwards, slightly outwards.
         start = (mouth_corner[0] + outward * u(0.0, 0.003), mouth_corner[2] - u(0.003, 0.006))
         end = (start[0] + outward * u(0.001, 0.005), start[1] - u(0.008, 0.018) * (0.5 + 0.5 * age))
-        add(f"marionette{side}", _polyline(start, end), u(0.1, 0.45), u(0.7, 1.4))
+        add(f"marionette{side}", _polyline(start, end), u(0.25, 1.125), u(0.7, 1.4))
 
     # Lip lines: short vertical lines above the upper lip and below the lower lip.
     lip_half_width = 0.6 * abs(marks["mouth_corner_Left"][0] - marks["mouth_corner_Right"][0]) / 2
@@ -228,7 +235,7 @@ def make_creases(template, style: CreaseStyle) -> list[Crease]:
         for x in mid_x + u(-lip_half_width, lip_half_width, size=count):
             start = (x, z_edge + direction * u(0.0, 0.0015))
             end = (x + u(-0.001, 0.001), start[1] + direction * u(0.003, 0.008))
-            add("lip_lines", _polyline(start, end, n=8), u(0.05, 0.22), u(0.25, 0.5))
+            add("lip_lines", _polyline(start, end, n=8), u(0.125, 0.55), u(0.25, 0.5))
     return creases
 
 

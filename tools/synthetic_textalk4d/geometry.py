@@ -29,7 +29,7 @@ CREASE_REGIONS = ("forehead", "glabella", "nasolabial", "lips", "crows_feet")
 # this many times finer, then averaged over the texel.
 SHADE_SUPERSAMPLING = 8
 # A texel whose grooves average this deep (mm) counts as fully creased for the shading.
-FULL_GROOVE_MM = 0.25
+FULL_GROOVE_MM = 0.625
 # Share of the shading that the surrounding folded skin gets (bunching), not only the grooves.
 BUNCHING = 0.25
 

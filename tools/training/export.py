@@ -66,3 +66,43 @@ def export_bundle(run_path: str | Path, out: str | Path, use_ema: bool = True, u
     return {"out": str(out), "sha256": digest, "source": str(source), "styles": model.pivots.names,
             "dataset": dataset, "ldm_step": progress["step"],
             "motion_decoder_refine_step": None if refined is None else refined["step"]}
+
+
+def restyle_creases(bundle: str | Path, data_root: str | Path, out: str | Path | None = None,
+                    update_manifest: bool = True) -> dict:
+    """Rewrite a weights file's wrinkle-style crease curves from the dataset's training subjects,
+    leaving every tensor as it is.
+
+    A style's crease curves set the depth of the detail map its fold maps scale; the fold maps
+    the model generates do not depend on those depths (tools/synthetic_textalk4d/creases.py draws
+    the curves and the activations apart). So when the crease generator's depths change, the
+    weights file takes the new curves without retraining. The styles are matched to the subjects
+    by their names, so a dataset other than the one the model was trained on is refused."""
+    from safetensors import safe_open
+
+    from tools.synthetic_textalk4d.creases import make_creases
+    from tools.synthetic_textalk4d.reader import SyntheticTextalk4D
+
+    from .ldm_stage import describe_subject
+
+    bundle, out = Path(bundle), Path(out or bundle)
+    with safe_open(str(bundle), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    if "style_creases" not in metadata:
+        raise ValueError(f"{bundle} has no crease curves (weights without fold maps)")
+    names = json.loads(metadata["style_names"])
+    train = SyntheticTextalk4D(data_root, "train")
+    by_name = {describe_subject(subject): subject for subject in train.subjects.values()}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"{data_root} has no training subject for the styles {missing}: "
+                         "it is not the dataset these weights were trained on")
+    styles = [[c.to_dict() for c in make_creases(train.template, by_name[name].wrinkle)] for name in names]
+    metadata["style_creases"] = json.dumps(styles, separators=(",", ":"))
+    training = json.loads(metadata.get("training", "{}"))
+    training["style_creases_from"] = "tools/synthetic_textalk4d/creases.py at export (restyle_creases)"
+    metadata["training"] = json.dumps(training, sort_keys=True)
+    digest = save_weights(out, tensors, metadata, update_manifest=update_manifest)
+    return {"out": str(out), "sha256": digest, "styles": names,
+            "deepest_mm": [max((c["depth_mm"] for c in creases), default=0.0) for creases in styles]}

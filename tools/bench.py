@@ -153,7 +153,7 @@ def worker_end_to_end(seconds: float, repeats: int, threads: int, steps: int | N
 
 
 def _end_to_end_runs(head, scene, seconds, repeats, steps, device, record) -> list[dict]:
-    from textalker_blender.blender import api
+    from textalker_blender.blender import api, writers
     from textalker_blender.core.pipeline import Pipeline
 
     runs = []
@@ -171,6 +171,8 @@ def _end_to_end_runs(head, scene, seconds, repeats, steps, device, record) -> li
             prepared = time.perf_counter()
             summary = api.run(request)  # streamed: EXRs are written while the model runs
             finished = time.perf_counter()
+            sequence = [p for p in Path(request.sequence_folder).iterdir() if p.is_file()]
+            detail_bytes = sum(p.stat().st_size for p in sequence if p.name == writers.CREASE_DETAIL_NAME)
             stages = {key: float(summary.timings.get(key, 0.0)) for key, _ in MODEL_STAGES}
             stages.update({key: float(record.get(key, 0.0)) for key, _ in ADDON_STAGES[:4]})
             stages["apply_other"] = max(0.0, (finished - prepared) - sum(stages.values()))
@@ -183,6 +185,9 @@ def _end_to_end_runs(head, scene, seconds, repeats, steps, device, record) -> li
                     "total_s": finished - started,
                     "frames": int(summary.n_frames),
                     "exr_files": int(summary.exr_files),
+                    # what the run leaves on disk: the wrinkle frames, and the style's detail map once
+                    "frame_bytes": sum(p.stat().st_size for p in sequence) - detail_bytes,
+                    "detail_bytes": detail_bytes,
                     "duration_s": float(summary.n_frames) / float(summary.fps),
                     "steps": int(request.options.steps or Pipeline.load(device=device).config.sampling_steps),
                     "device": device,
@@ -403,6 +408,8 @@ def summarise_end_to_end(worker: dict) -> dict:
         "apply": spread([run["apply_s"] for run in runs]),
         "total": total,
         "rtf": spread([seconds / run["total_s"] for run in runs]),
+        "frame_mb_per_audio_min": runs[0]["frame_bytes"] / 1e6 * 60.0 / seconds,
+        "detail_mb": runs[0]["detail_bytes"] / 1e6,
         "load_cold_s": worker["load_cold_s"],
         "load_cached_s": worker["load_cached_s"],
         "rss_before_bytes": worker["rss_before_bytes"],
@@ -499,12 +506,19 @@ def render_markdown(report: dict) -> str:
     lines.append("| peak RSS of the process | " + " | ".join(gib(row["peak_rss_bytes"]) for row in e2e) + " |")
     lines.append("| RSS before the runs (bpy, scene, model) | " + " | ".join(gib(row["rss_before_bytes"]) for row in e2e) + " |")
     lines.append("| GPU peak allocated | " + " | ".join(gib(row["gpu_peak_bytes"]) for row in e2e) + " |")
+    lines.append("| wrinkle frames on disk, MB per minute of audio | "
+                 + " | ".join(f"{row['frame_mb_per_audio_min']:.1f}" for row in e2e) + " |")
     first = e2e[0]
     lines += [
         "",
         f"Model load: {first['load_cold_s']:.2f} s the first time in a process (weights, template, "
         f"librosa warm-up), {first['load_cached_s'] * 1000:.2f} ms afterwards (`Pipeline.load` is "
         "cached per weights file and device), not included above.",
+        "",
+        "Disk: the wrinkle frames are half-float RGBA OpenEXR with ZIP compression (the albedo "
+        "ratio needs more than 8 bits near 1, and the fold activation rides in alpha); the "
+        f"row above is their size per minute of audio at {SCENE_FPS} fps. Each run also writes the "
+        f"wrinkle style's 2048 px crease detail map once: {first['detail_mb']:.1f} MB.",
         "",
     ]
 

@@ -59,6 +59,10 @@ def test_end_to_end_stages_come_from_the_real_code_path(bench_report):
     assert row["compute"]["median"] + row["apply"]["median"] <= row["total"]["median"] + 1e-6
     assert row["rtf"]["median"] == pytest.approx(row["seconds"] / row["total"]["median"])
     assert row["peak_rss_bytes"] >= row["rss_before_bytes"] > 100 * 1024**2
+    # What a run leaves on disk: 15 half-float 128 px RGBA frames (a few kB each, compressed)
+    # and one 2048 px crease detail map.
+    frames_mb = row["frame_mb_per_audio_min"] * row["seconds"] / 60.0
+    assert 15 * 1e-3 < frames_mb < 15 * 0.2 and 0.1 < row["detail_mb"] < 20
 
 
 def test_flops_and_sampler_steps_are_consistent(bench_report):

@@ -362,8 +362,9 @@ def measure_visibility(args, work: Path) -> tuple[dict, list]:
     else:
         audio = (args.audio or catalog.SAMPLE_SPEECH_PATH).resolve()
         bpy, scene, head, summary = _demo_scene(work / "scene", audio, args, args.fps)
+        chosen = scene.textalker.wrinkle_style
         source = {"mode": "model", "audio": str(audio), "weights": "bundled",
-                  "wrinkle_style": args.wrinkle_style or "first"}
+                  "wrinkle_style": f"`{chosen}`" + ("" if args.wrinkle_style else ", the panel's default")}
     settings = getattr(head, writers.CREASE_SETTINGS)
     if args.crease_strength is not None:
         settings.strength = args.crease_strength
@@ -583,8 +584,9 @@ def write_doc(out: Path) -> Path:
         "bumps the BSDF's Normal by the height h = D x a x Crease Strength (the Bump node's Distance",
         "turns millimetres into world units at the head's size, so strength 1 is the model's physical",
         "depth; a normal map the user had on the BSDF is chained into the bump) and darkens the grooves",
-        "by Cavity per millimetre of depth (1 + Cavity x h, clamped to [0, 1]), so thin lines read in",
-        "flat light too. Outside the UV rectangle the ratio is exactly 1 and h is 0. Crease Strength and",
+        "by the cavity term 1 / (1 + Cavity x |h|): about Cavity per millimetre for thin lines, so they",
+        "read in flat light too, while a deep fold darkens towards a shadow, never to black. Outside",
+        "the UV rectangle the ratio is exactly 1 and h is 0. Crease Strength and",
         "Cavity are the group node's inputs, set from the panel (next to the wrinkle style) or",
         "`object.textalker_creases` without regenerating; Remove restores the material exactly.",
         "",
@@ -693,12 +695,14 @@ def _calibration_section(c: dict) -> list[str]:
         f"![calibration patch]({CALIBRATION_PNG})",
         "",
         "On this patch strength 1 (the model's physical depth) already shows a 0.5 mm crease under a",
-        "raking light. On the head (\"Visibility on the head: the dataset's ground truth\" above: the demo's lights, about 0.4 mm per",
-        "pixel, the dataset's creases at most about 0.4 mm deep) strength 1 barely changes a pixel by",
-        "10 levels, 5 draws the nasolabial folds as dark lines, and 2.5 shows the creases while they still",
-        "read as skin: 2.5 is the default (the table of other strengths above is the sweep it was chosen",
-        "from). Under flat light the bump alone barely shows; the cavity term carries the line there,",
-        "and 0.5 per millimetre of (scaled) depth makes it read without painting it black.",
+        "raking light. On the head (\"Visibility on the head\" above: the demo's lights, about 0.4 mm",
+        "per pixel, and the dataset's creases at the depths of expression folds: a few tenths of a",
+        "millimetre for lip lines and crow's feet, about a millimetre for forehead lines, up to a few",
+        "for nasolabial folds) strength 1 shows only the deepest folds at this pixel size, 5 draws",
+        "them as dark trenches, and 2.5 shows the creases while they still read as skin: 2.5 is the",
+        "default (the strength tables above are the sweeps it was chosen from). Under flat light the",
+        "bump alone barely shows; the cavity term carries the line there, and 0.5 makes it read",
+        "without painting it black.",
         "",
         f"Measured in {c['seconds']:.0f} s.",
         "",

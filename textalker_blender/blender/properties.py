@@ -134,8 +134,9 @@ class TexTalkerCreaseSettings(bpy.types.PropertyGroup):
     cavity: FloatProperty(
         name="Cavity", default=writers.DEFAULT_CAVITY, min=0.0, max=writers.MAX_CAVITY,
         soft_max=1.0, update=_apply_crease_settings,
-        description="How much a crease darkens the skin, per millimetre of depth, so thin lines "
-        "read in flat light too (0: shading only)",
+        description="How much a crease darkens the skin (about this much per millimetre of depth "
+        "for thin lines; deep folds darken towards a shadow, never black), so thin lines read "
+        "in flat light too (0: shading only)",
     )
 
 

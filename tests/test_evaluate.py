@@ -156,7 +156,8 @@ def _results(ours_lve: float, learned_missing=()):
     split = {"TexTalker (ours)": entry("textalker", ours_lve, 0.5, 40.0, texture=True),
              "Mean face (neutral, zero offsets)": entry("baseline", 2.0, 1.0),
              "FaceFormer-like": entry("learned", 1.5, 0.9),
-             "Static texture (ratio 1)": entry("baseline", psnr=38.0, motion=False, texture=True)}
+             "Static texture (ratio 1)": entry("baseline", psnr=38.0, motion=False, texture=True),
+             "Style-mean texture (no audio)": entry("baseline", psnr=39.0, motion=False, texture=True)}
     return {"splits": {"test-A": split, "test-B": split},
             "learned_missing": [{"name": n, "reason": "not trained", "command": "x"} for n in learned_missing],
             "ablations": {"evaluated": {}, "splits": ["test-A"]}}
@@ -165,7 +166,11 @@ def _results(ours_lve: float, learned_missing=()):
 def test_done_when_verdicts_follow_the_numbers():
     checks = {c["check"]: c["result"] for c in done_when_checks(_results(1.0))}
     assert checks["test-A: TexTalker beats every baseline on LVE (mm², lower is better)"] is True
-    assert checks["test-A: TexTalker beats the static texture on PSNR (dB, higher is better)"] is True
+    psnr_check = "test-A: TexTalker beats the texture baselines (static; style mean without audio) on PSNR (dB, higher is better)"
+    assert checks[psnr_check] is True
+    no_audio_wins = _results(1.0)
+    no_audio_wins["splits"]["test-A"]["Style-mean texture (no audio)"]["psnr_db"] = 41.0
+    assert {c["check"]: c["result"] for c in done_when_checks(no_audio_wins)}[psnr_check] is False
     assert checks["test-B: TexTalker beats mean-face and the regressor (FaceFormer-like) on FDD"] is True
     worse = {c["check"]: c["result"] for c in done_when_checks(_results(1.7))}
     assert worse["test-A: TexTalker beats every baseline on LVE (mm², lower is better)"] is False
@@ -237,6 +242,10 @@ def test_evaluate_end_to_end_writes_results_with_finite_numbers(tiny_dataset, tm
     assert len(rows) == 3  # test-A, test-B and test-A over the telephone (TexTalker alone there)
     assert list(results["splits"]["test-A-phone"]) == ["TexTalker (ours)"]
     assert "fold_mae" in results["splits"]["test-A"]["TexTalker (ours)"]
+    # the no-audio texture ablation: the style's mean wrinkle map, scored like the others
+    no_audio = results["splits"]["test-A"]["Style-mean texture (no audio)"]
+    assert not no_audio["motion"] and no_audio["texture"]
+    assert math.isfinite(no_audio["psnr_db"]) and no_audio["crease_height_mae_mm"] >= 0
     for row in rows:
         cells = [c.strip().strip("*") for c in row.strip("|").split("|")[1:]]
         assert all(re.fullmatch(r"-?\d+(\.\d+)?", c) for c in cells), row

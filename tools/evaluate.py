@@ -415,6 +415,27 @@ def training_mean_offsets(root: Path, template) -> tuple[np.ndarray, int]:
     return np.asarray(template.apply_units(mean_weights[None])[0], np.float32), frames
 
 
+def style_mean_wrinkle_channels(root: Path, template, resolution: int, chunk: int = 512) -> tuple[dict, np.ndarray]:
+    """Each training subject's mean wrinkle channels (H, W, 3) over its training frames, and the
+    frame-weighted mean over all of them: the texture a wrinkle style gives without audio."""
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
+
+    train = SyntheticTextalk4D(root, "train", template=template, maps=False, wrinkle_resolution=resolution)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for index in range(len(train)):
+        subject = train.entries[index]["subject"]
+        weights = train.weights(index)
+        geometry = train.geometry(subject)
+        for start in range(0, len(weights), chunk):
+            maps = geometry.wrinkle_maps(weights[start:start + chunk]).astype(np.float64)
+            sums[subject] = sums.get(subject, 0.0) + maps.sum(axis=0)
+        counts[subject] = counts.get(subject, 0) + len(weights)
+    means = {s: (sums[s] / counts[s]).astype(np.float32) for s in sums}
+    overall = (sum(sums.values()) / max(sum(counts.values()), 1)).astype(np.float32)
+    return means, overall
+
+
 # ------------------------------------------------------------------------------------------------
 # ARKit accumulators
 
@@ -603,6 +624,23 @@ def sampler_sweep(pipe, styles, dataset, indices, steps_list, seed, masks, mask_
     return rows
 
 
+def style_mean_texture(root, template, resolution: int):
+    """Predictor of the no-audio texture ablation (`style_mean_wrinkle_channels`); the means are
+    computed on first use."""
+    from textalker_blender.core.wrinkle_channels import ratio_from_channels
+
+    cache: dict = {}
+
+    def predictor(sample, fps):
+        if not cache:
+            cache["means"], cache["overall"] = style_mean_wrinkle_channels(Path(root), template, resolution)
+        channels = cache["means"].get(sample.subject, cache["overall"])
+        n = sample.n_frames
+        return Prediction(None, np.broadcast_to(ratio_from_channels(channels), (n, *channels.shape)),
+                          fold=np.broadcast_to(channels[..., 0], (n, *channels.shape[:2])))
+    return predictor
+
+
 def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
     import torch
 
@@ -649,6 +687,10 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
                f"mean offset of all {train_frames} training frames", constant(offsets=mean_offsets)),
         Method("Static texture (ratio 1)", "baseline", False, True, "the neutral albedo on every frame",
                constant(ratio=1.0)),
+        Method("Style-mean texture (no audio)", "baseline", False, True,
+               "the subject's mean training wrinkle map on every frame (unseen subjects: the mean over all "
+               "training subjects): texture from the wrinkle style alone, not driven by the audio",
+               style_mean_texture(args.data, template, pipe.wrinkle_resolution)),
     ]
     learned, learned_missing = learned_baselines(args.baselines_dir, args.seed)
 

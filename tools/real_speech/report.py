@@ -287,7 +287,8 @@ def write_report(path: Path, *, weights: dict, results: list, thresholds: Thresh
         f"{template_info['lower']} (the lower-lip vertex jawOpen moves most, the upper-lip vertex")
     add(f"  above it), in mm; {template_info['rest_mm']:.2f} mm at rest (neutral template), negative when the")
     add("  lips press past touching. Model output: `Pipeline.generate(audio, speaking_style=0,")
-    add("  wrinkle_style=0, fps=30, seed=0)` (default styles, default DDIM steps).")
+    add("  fps=30, seed=0)` (the default styles: speaking style 0, the most lined wrinkle style; default")
+    add("  DDIM steps).")
     add(f"- **VAD** on the loudness-normalised audio (`core.audio.load_audio`, speech at "
         f"{TARGET_SPEECH_DBFS:.0f} dBFS): a frame is speech")
     add(f"  when its 40 ms RMS level exceeds {SPEECH_THRESHOLD_DBFS:.0f} dBFS; silent gaps shorter than "

@@ -35,7 +35,7 @@ class RecordingResult:
 
 
 def check_recording(pipeline, recording: Recording, thresholds: Thresholds = THRESHOLDS,
-                    speaking_style=0, wrinkle_style=0, seed: int = 0,
+                    speaking_style=0, wrinkle_style=None, seed: int = 0,
                     model_input: np.ndarray | None = None) -> RecordingResult:
     """The model's mouth on one recording (30 fps, default styles) and the four checks.
 

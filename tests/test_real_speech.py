@@ -521,3 +521,22 @@ def test_cross_lingual_alignment_of_espeak_phones_times_the_bilabials():
     assert errors is not None and max(errors) < 30, errors  # measured 15 and 5 ms
     matched = matched_phone_error_ms(aligned, truth)
     assert matched["matched"] >= 0.7 * matched["of"] and matched["mean_ms"] < 40
+
+
+def test_the_synthetic_reference_also_runs_the_model_over_the_phone_line(tiny_dataset):
+    """The reference holds the model on test-A and on the same utterances through the dataset's
+    telephone codecs, with the same phone timings, so the report can tell the telephone band's
+    loss from the voice's."""
+    from textalker_blender.core.pipeline import Pipeline
+    from tools.real_speech.reference import build_reference
+    from tools.synthetic_textalk4d import SyntheticTextalk4D
+
+    pipeline = Pipeline.load(device="cpu")
+    reference = build_reference(tiny_dataset, pipeline)
+    wide, phone = SyntheticTextalk4D(tiny_dataset, "test-A"), SyntheticTextalk4D(tiny_dataset, "test-A-phone")
+    assert len(phone) == len(wide) >= 1
+    assert len(reference.model_phone) == len(reference.model) == len(wide)
+    for clean, over_phone in zip(reference.model, reference.model_phone):
+        assert len(clean.bilabial_minima_mm) == len(over_phone.bilabial_minima_mm)  # same timings
+    without_model = build_reference(tiny_dataset, None)
+    assert without_model.model_phone == [] and without_model.model == []

@@ -41,6 +41,9 @@ class ReferenceSet:
     model: list[ClipStatistics] = field(default_factory=list)
     open_vowel_apertures_mm: list[float] = field(default_factory=list)  # ground truth
     model_open_vowel_apertures_mm: list[float] = field(default_factory=list)
+    # the model on the same utterances through the dataset's telephone codecs (split
+    # "test-A-phone", same phone timings): separates the telephone band's loss from the voice's
+    model_phone: list[ClipStatistics] = field(default_factory=list)
     rest_mm: float = 0.0
     model_seconds: float = 0.0
 
@@ -92,6 +95,16 @@ def build_reference(dataset_root: Path, pipeline=None, limit: int | None = None,
             reference.model_open_vowel_apertures_mm += predicted[frames].tolist()
         if progress is not None:
             progress(index + 1, count)
+    phone_split = f"{split}-phone"
+    if pipeline is not None and phone_split in dataset.meta.get("splits", {}):
+        phone = SyntheticTextalk4D(dataset_root, phone_split, maps=False)
+        for index in range(min(count, len(phone))):
+            sample = phone.load(index)
+            audio = load_audio((sample.audio, sample.sample_rate))
+            bilabials = [(p.label, p.start, p.end) for p in sample.phonemes]
+            result = pipeline.generate((sample.audio, sample.sample_rate), speaking_style=0, fps=30.0, seed=0)
+            predicted = mouth_aperture_mm(template, result.offsets)
+            reference.model_phone.append(clip_statistics(measure_clip(predicted, audio, bilabials)))
     return reference
 
 

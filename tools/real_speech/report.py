@@ -243,6 +243,11 @@ def write_report(path: Path, *, weights: dict, results: list, thresholds: Thresh
             model_targets = issue_targets(reference.model, thresholds)
             add("| model on synthetic test-A | " + str(len(reference.model)) + " | " + " | ".join(
                 _target_cell(model_targets[n]) for n in TARGET_NAMES) + " | " + _lag_stats(reference.model) + " | |")
+        if reference.model_phone:
+            phone_targets = issue_targets(reference.model_phone, thresholds)
+            add("| model on synthetic test-A over a phone line (the dataset's telephone codecs) | "
+                + str(len(reference.model_phone)) + " | " + " | ".join(
+                    _target_cell(phone_targets[n]) for n in TARGET_NAMES) + " | " + _lag_stats(reference.model_phone) + " | |")
     add("")
     add("A group with few bilabials (single syllables, short prompts) or few speech ends decides on few items:")
     add("read the counts, not only the verdict.")

@@ -64,7 +64,7 @@ def read_style_names(path: str | os.PathLike | None = None) -> tuple[StyleName, 
 def read_default_wrinkle_style(path: str | os.PathLike | None = None) -> int:
     """Id of the weights' default wrinkle style (their most lined, `core.creases.most_lined_style`),
     from the crease curves in the header; 0 when the file has none or cannot be read."""
-    from ..core.creases import creases_from_json, most_lined_style  # numpy only
+    from ..core.creases import Crease, most_lined_style  # numpy only
 
     path = Path(path) if path else weights_path()
     try:
@@ -72,7 +72,7 @@ def read_default_wrinkle_style(path: str | os.PathLike | None = None) -> int:
 
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-        styles = [creases_from_json(json.dumps(creases)) for creases in json.loads(metadata.get("style_creases", "[]"))]
+        styles = [[Crease.from_dict(c) for c in creases] for creases in json.loads(metadata.get("style_creases", "[]"))]
     except Exception:  # the panel must draw; generation reports a broken file
         return 0
     return most_lined_style(styles)

@@ -69,4 +69,8 @@ def test_document_reports_the_measured_fractions_and_pictures(tmp_path):
     assert "**25.0 % of face pixels change luminance by >= 10/255 at the most creased frame**" in text
     assert f"]({visibility.VISIBILITY_PNG})" in text
     assert "| eyes | 3, 41 | 1000 | 25.0 % | 1.0 % | 40 |" in text
+    assert "Reached in: forehead (25.0 %), eyes (25.0 %), nasolabial (25.0 %); not reached in: none." in text
+    results["closeups"]["forehead"]["changed_most_creased"] = 0.003  # below the noise floor
+    (tmp_path / visibility.VISIBILITY_JSON).write_text(json.dumps(results))
+    assert "not reached in: forehead (0.3 %)." in visibility.write_doc(tmp_path).read_text()
     assert "How the defaults were chosen" not in text  # no calibration measured in this folder

@@ -60,15 +60,27 @@ def _phone_centre_frames(phonemes, labels, n_frames: int, fps: float, lead_s: fl
     return frames
 
 
+def _model_aperture(pipeline, template, sample) -> np.ndarray:
+    """(T,) the model's midline lip gap (mm) on a sample's audio, with the settings of the real
+    recordings (speaking style 0, the default wrinkle style, as users get; seed 0, 30 fps)."""
+    result = pipeline.generate((sample.audio, sample.sample_rate), speaking_style=0, fps=30.0, seed=0)
+    return mouth_aperture_mm(template, result.offsets)
+
+
+def _heard_and_bilabials(sample):
+    """The audio as the Pipeline hears it, and the sample's phones as (label, start, end)."""
+    from textalker_blender.core.audio import load_audio
+
+    return load_audio((sample.audio, sample.sample_rate)), [(p.label, p.start, p.end) for p in sample.phonemes]
+
+
 def build_reference(dataset_root: Path, pipeline=None, limit: int | None = None,
                     split: str = "test-A", progress=None) -> ReferenceSet:
     """Statistics of every `split` utterance (the first `limit` of them); the model's when a
-    Pipeline is given."""
+    Pipeline is given, also over the dataset's phone line (`<split>-phone`) when it has one."""
     import time
 
     from tools.synthetic_textalk4d import SyntheticTextalk4D
-
-    from textalker_blender.core.audio import load_audio
 
     dataset = SyntheticTextalk4D(dataset_root, split, maps=False)
     template = dataset.template
@@ -76,8 +88,7 @@ def build_reference(dataset_root: Path, pipeline=None, limit: int | None = None,
     count = len(dataset) if limit is None else min(limit, len(dataset))
     for index in range(count):
         sample = dataset.load(index)
-        audio = load_audio((sample.audio, sample.sample_rate))  # what the Pipeline hears
-        bilabials = [(p.label, p.start, p.end) for p in sample.phonemes]
+        audio, bilabials = _heard_and_bilabials(sample)
         truth = aperture_from_unit_weights(template, sample.weights)
         reference.utterances.append(sample.id)
         reference.ground_truth.append(clip_statistics(measure_clip(truth, audio, bilabials)))
@@ -86,10 +97,8 @@ def build_reference(dataset_root: Path, pipeline=None, limit: int | None = None,
         reference.open_vowel_apertures_mm += truth[vowel_frames].tolist()
         if pipeline is not None:
             start = time.perf_counter()
-            result = pipeline.generate((sample.audio, sample.sample_rate), speaking_style=0,
-                                       fps=30.0, seed=0)  # the default wrinkle style, as users get
+            predicted = _model_aperture(pipeline, template, sample)
             reference.model_seconds += time.perf_counter() - start
-            predicted = mouth_aperture_mm(template, result.offsets)
             reference.model.append(clip_statistics(measure_clip(predicted, audio, bilabials)))
             frames = [f for f in vowel_frames if f < len(predicted)]
             reference.model_open_vowel_apertures_mm += predicted[frames].tolist()
@@ -100,10 +109,8 @@ def build_reference(dataset_root: Path, pipeline=None, limit: int | None = None,
         phone = SyntheticTextalk4D(dataset_root, phone_split, maps=False)
         for index in range(min(count, len(phone))):
             sample = phone.load(index)
-            audio = load_audio((sample.audio, sample.sample_rate))
-            bilabials = [(p.label, p.start, p.end) for p in sample.phonemes]
-            result = pipeline.generate((sample.audio, sample.sample_rate), speaking_style=0, fps=30.0, seed=0)
-            predicted = mouth_aperture_mm(template, result.offsets)
+            audio, bilabials = _heard_and_bilabials(sample)
+            predicted = _model_aperture(pipeline, template, sample)
             reference.model_phone.append(clip_statistics(measure_clip(predicted, audio, bilabials)))
     return reference
 

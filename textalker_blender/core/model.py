@@ -38,6 +38,10 @@ from .weights import WeightsFile, save_weights
 
 STYLE_SPEAKING = "style.speaking"
 STYLE_WRINKLE = "style.wrinkle"
+# Per wrinkle style, the mean error of the wrinkle autoencoder on that style's training frames
+# (S, H, W, C) in decoded-channel units: the static skin detail its codes blur, added back at
+# decode (`decode_maps`). Optional: weights without it decode as before.
+STYLE_WRINKLE_BIAS = "style.wrinkle_bias"
 
 
 class TexTalkerModel(nn.Module):
@@ -70,6 +74,9 @@ class TexTalkerModel(nn.Module):
         # Per style: the crease curves its fold activation scales (core/creases.py); None for
         # weights trained without crease detail.
         self.style_creases: list[list[Crease]] | None = None
+        # Per wrinkle style: the wrinkle autoencoder's mean reconstruction error (S, H, W, C),
+        # added to its decoded channels (STYLE_WRINKLE_BIAS); None: nothing added.
+        self.style_wrinkle_bias: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ blinks
     def blink_statistics_for(self, speaking: int) -> BlinkStatistics:
@@ -178,6 +185,21 @@ class TexTalkerModel(nn.Module):
             pivots = pivots[:, None]
         return (joint - pivots - self.denoiser.latent_center) / self.denoiser.latent_scale
 
+    def batch_from_model_space(
+        self, x0: torch.Tensor, subjects: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Inverse of `batch_to_model_space` for frames x0 (N, Dz) of known subjects (N,):
+        z_f (N, Dz_f), z_w (N, Dz_w); None for a slot the model does not make. Differentiable
+        (training decodes predicted latents through it)."""
+        joint = x0 * self.denoiser.latent_scale + self.denoiser.latent_center
+        joint = joint + self._batch_pivots(subjects, subjects)
+        if self.config.modalities == "motion":
+            return joint, None
+        if self.config.modalities == "wrinkle":
+            return None, joint
+        split = self.config.motion_latent_dim
+        return joint[..., :split], joint[..., split:]
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate_latents(
@@ -243,10 +265,15 @@ class TexTalkerModel(nn.Module):
         return self._joint_codec
 
     def decode_maps(
-        self, z_motion: torch.Tensor | None, z_wrinkle: torch.Tensor | None
+        self,
+        z_motion: torch.Tensor | None,
+        z_wrinkle: torch.Tensor | None,
+        wrinkle_style: int | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Latents of a batch of frames -> (motion maps (B, H, W, 3) metres, wrinkle log-ratio
-        maps (B, Hw, Ww, 3) in the wrinkle layout); None where the model makes no such output."""
+        """Latents of a batch of frames -> (motion maps (B, H, W, 3) metres, wrinkle channel
+        maps (B, Hw, Ww, C) in the wrinkle layout); None where the model makes no such output.
+        With `wrinkle_style` and weights that carry `style_wrinkle_bias`, that style's bias is
+        added to the wrinkle channels."""
         if self.config.joint_codebook_vq is not None:
             return self.joint_codec().split(self.joint_vq.decode(z_motion))
         motion = None
@@ -255,7 +282,24 @@ class TexTalkerModel(nn.Module):
             motion = self.motion_vq.decode(z_motion)
         if z_wrinkle is not None and self.config.generates_texture:
             wrinkle = self.wrinkle_vq.decode(z_wrinkle)
+            if wrinkle_style is not None and self.style_wrinkle_bias is not None:
+                wrinkle = wrinkle + self.style_wrinkle_bias[int(wrinkle_style)].to(wrinkle.device, wrinkle.dtype)
         return motion, wrinkle
+
+    def set_wrinkle_bias(self, bias: torch.Tensor | np.ndarray | None) -> None:
+        """Set (or clear, with None) the per-style wrinkle bias (S, H, W, C); checked against the
+        styles and the wrinkle autoencoder's output shape."""
+        if bias is None:
+            self.style_wrinkle_bias = None
+            return
+        bias = torch.as_tensor(bias).float()
+        vq = self.config.wrinkle_vq
+        expected = (len(self.pivots), vq.resolution, vq.resolution, vq.in_channels)
+        if self.wrinkle_vq is None or tuple(bias.shape) != expected:
+            raise ValueError(f"wrinkle bias of shape {tuple(bias.shape)}; this model needs {expected}")
+        if not torch.isfinite(bias).all():
+            raise ValueError("wrinkle bias has non-finite values")
+        self.style_wrinkle_bias = bias
 
     # ------------------------------------------------------------------ weights
     def weight_tensors(self) -> dict[str, torch.Tensor]:
@@ -266,6 +310,9 @@ class TexTalkerModel(nn.Module):
         }
         state[STYLE_SPEAKING] = torch.from_numpy(self.pivots.speaking)
         state[STYLE_WRINKLE] = torch.from_numpy(self.pivots.wrinkle)
+        if self.style_wrinkle_bias is not None:
+            # float16: its values are hundredths of the channels' range (2 MB for 20 styles)
+            state[STYLE_WRINKLE_BIAS] = self.style_wrinkle_bias.to(torch.float16)
         return state
 
     def metadata(self, trained: bool, dataset: str) -> dict[str, str]:
@@ -319,6 +366,7 @@ class TexTalkerModel(nn.Module):
                 f"{metadata['audio_encoder']!r} but its config says {config.audio_encoder!r}."
             )
         tensors = dict(weights.tensors)
+        wrinkle_bias = tensors.pop(STYLE_WRINKLE_BIAS, None)
         try:
             pivots = StylePivots(
                 tensors.pop(STYLE_SPEAKING).numpy(), tensors.pop(STYLE_WRINKLE).numpy(), names, keys
@@ -354,6 +402,11 @@ class TexTalkerModel(nn.Module):
                 raise WeightsError(f"{weights.path.name} has crease curves for {len(styles)} styles, "
                                    f"and {len(pivots)} styles")
             model.style_creases = styles
+        if wrinkle_bias is not None:
+            try:
+                model.set_wrinkle_bias(wrinkle_bias)
+            except ValueError as exc:
+                raise WeightsError(f"{weights.path.name}: {exc}") from exc
         model.trained = metadata.get("trained") == "true"
         return model.eval()
 

@@ -85,6 +85,12 @@ LDM_DEFAULTS: dict[str, Any] = {
     # pause splicing (training/pauses.py): windows crossing a silent gap between two utterances
     # of a subject, so the mouth learns to rest closed in silence; off unless a config sets it
     "pauses": {"probability": 0.0},
+    # telephone copies of the training audio (training/lip_closure.py): the share of windows
+    # whose audio goes through a real narrowband codec; off unless a config sets it
+    "telephone": {"probability": 0.0},
+    # lip-closure term (training/lip_closure.py): L1 of the decoded lip gap (mm) on frames drawn
+    # mostly where the ground-truth lips are closed; off while the weight is 0
+    "lip_closure": {"weight": 0.0},
     # learning rate: linear warm-up, constant, then (when start_step is set) a cosine decay to
     # final_fraction x the rate at the run's step budget
     "lr_decay": {"start_step": None, "final_fraction": 0.1},

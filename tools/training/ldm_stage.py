@@ -36,7 +36,15 @@ from .common import (
 from .augment import augment_log_mel
 from .loop import StageLoop, StepReport
 from .losses import ldm_loss
-from .pauses import add_pauses
+from .pauses import add_pauses, over_telephone
+from .lip_closure import (
+    LipGapReader,
+    closures_hit,
+    encode_telephone_split,
+    ground_truth_gap_mm,
+    lip_closure_loss,
+    lip_closure_settings,
+)
 from .data import BucketedOrder, check_wrinkle_encoding, open_dataset, to_physical
 from .artefacts import EMA_WEIGHTS, MODEL_WEIGHTS, latent_cache_key, load_trained_vq
 from .joint_maps import encode_joint_latents
@@ -124,10 +132,12 @@ def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: D
             log(f"encoded {n + 1}/{len(todo)} utterances of {folder.name} ({rate:.0f} frames/s)")
 
 
-def load_split_cache(dataset, folder: Path, blink: bool = False) -> list[dict]:
+def load_split_cache(dataset, folder: Path, blink: bool = False, lip_gap: bool = False,
+                     telephone_folder: Path | None = None) -> list[dict]:
     """The split's cached latents and audio; with `blink`, also each utterance's eyelid closure
-    (core/blinks.py), measured from its ground-truth offsets (cheap: ~8 s for the training set,
-    so it is not cached)."""
+    (core/blinks.py), with `lip_gap` its midline lip gap in mm (training/lip_closure.py), both
+    measured from its ground-truth offsets (cheap: ~8 s for the training set, so not cached);
+    with `telephone_folder`, the audio input of its telephone copy ("audio_phone")."""
     items = []
     for index, entry in enumerate(dataset.entries):
         with np.load(folder / f"{entry['id']}.npz") as data:
@@ -139,20 +149,32 @@ def load_split_cache(dataset, folder: Path, blink: bool = False) -> list[dict]:
                 "audio": torch.from_numpy(data["audio"]),
                 "n_frames": int(data["z_motion"].shape[0]),
             }
-        if blink:
+        if blink or lip_gap:
             offsets = dataset.geometry(entry["subject"]).offsets(dataset.weights(index))
-            item["blink"] = torch.from_numpy(eyelid_closure(dataset.template, offsets))
-            if len(item["blink"]) != item["n_frames"]:
-                raise ValueError(f"{entry['id']}: {len(item['blink'])} frames of motion but {item['n_frames']} cached latents")
+            if len(offsets) != item["n_frames"]:
+                raise ValueError(f"{entry['id']}: {len(offsets)} frames of motion but {item['n_frames']} cached latents")
+            if blink:
+                item["blink"] = torch.from_numpy(eyelid_closure(dataset.template, offsets))
+            if lip_gap:
+                item["lip_gap"] = torch.from_numpy(ground_truth_gap_mm(dataset.template, offsets))
+        if telephone_folder is not None:
+            with np.load(telephone_folder / f"{entry['id']}.npz") as data:
+                item["audio_phone"] = torch.from_numpy(data["audio"])
         items.append(item)
     return items
 
 
+def window_track(items: list[dict], starts: list[int], length: int, device, key: str = "blink") -> torch.Tensor | None:
+    """A per-frame track (B, length) of the windows ("blink": eyelid closure, "lip_gap": lip gap
+    in mm), or None when the items carry none."""
+    if not items or key not in items[0]:
+        return None
+    return torch.stack([it[key][s : s + length] for it, s in zip(items, starts)]).to(device)
+
+
 def window_blink(items: list[dict], starts: list[int], length: int, device) -> torch.Tensor | None:
     """Eyelid closure (B, length) of the windows, or None when the items carry none."""
-    if not items or "blink" not in items[0]:
-        return None
-    return torch.stack([it["blink"][s : s + length] for it, s in zip(items, starts)]).to(device)
+    return window_track(items, starts, length, device, "blink")
 
 
 # ---------------------------------------------------------------------------- training
@@ -200,8 +222,11 @@ def window_batch(model: TexTalkerModel, items: list[dict], starts: list[int], le
 
 
 @torch.no_grad()
-def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: dict, device) -> dict:
-    """Loss on fixed test-A windows (fixed noise) and the seam metric of sampled sequences."""
+def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: dict, device,
+             lip_reader: LipGapReader | None = None) -> dict:
+    """Loss on fixed test-A windows (fixed noise), the seam metric of sampled sequences and,
+    with `lip_reader`, the share of ground-truth lip closures the sampled lips close
+    (`lip_closure.closures_hit`) on the first `validation_windows` utterances."""
     model.eval()
     config = model.config
     generator = torch.Generator().manual_seed(1234)
@@ -229,6 +254,18 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
     if seams:
         result["val_border_discontinuity"] = float(np.mean(seams))
         result["truth_border_discontinuity"] = float(np.mean(truth_seams))
+    if lip_reader is not None and chosen and "lip_gap" in chosen[0]:
+        closed_mm = float(lip_closure_settings(config_ldm)["closed_mm"])
+        hits = runs = 0
+        for item in chosen:
+            row = rows[item["subject"]]
+            feats = model.audio_encoder.clip_features(item["audio"].to(device), item["n_frames"])
+            styles = {"speaking_style": row, "wrinkle_style": row} if config.style_mode == "onehot" else {}
+            x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps,
+                                 torch.Generator().manual_seed(7), **styles, blink=item.get("blink"))
+            hit, count = closures_hit(model, lip_reader, x0, row, item["lip_gap"].numpy(), closed_mm)
+            hits, runs = hits + hit, runs + count
+        result["val_closures_hit"] = hits / max(runs, 1)
     model.train()
     for vq in model.vq_modules():
         vq.eval()
@@ -385,6 +422,11 @@ def train_ldm(
     if val_set is not None:
         encode_split(val_set, motion_vq, wrinkle_vq, cache / "test-A", audio_fn, dist, int(section["encode_batch"]),
                      log=tqdm.write, should_stop=stop.should_stop)
+    telephone = dict(section.get("telephone") or {})
+    telephone_probability = float(telephone.get("probability", 0.0))
+    if telephone_probability > 0:
+        encode_telephone_split(train_set, cache / "train-phone", audio_fn, dist, log=tqdm.write,
+                               should_stop=stop.should_stop)
     encode_seconds = time.monotonic() - t0
     if dist.any(stop.should_stop() is not None):  # every rank leaves its loop, then all agree
         stop.restore()
@@ -397,8 +439,11 @@ def train_ldm(
         return summary
     dist.barrier()
     blink = model_config.blink_condition
-    train_items = load_split_cache(train_set, cache / "train", blink)
-    val_items = load_split_cache(val_set, cache / "test-A", blink) if val_set is not None else []
+    lip_settings = lip_closure_settings(section)
+    lip_weight = float(lip_settings["weight"])
+    train_items = load_split_cache(train_set, cache / "train", blink, lip_gap=lip_weight > 0,
+                                   telephone_folder=cache / "train-phone" if telephone_probability > 0 else None)
+    val_items = load_split_cache(val_set, cache / "test-A", blink, lip_gap=lip_weight > 0) if val_set is not None else []
 
     # ---- style pivots: one per training subject, in subject-index order
     subjects = sorted({it["subject"] for it in train_items}, key=lambda s: train_set.subjects[s].index)
@@ -489,7 +534,7 @@ def train_ldm(
         run.save_checkpoint({}, writer, state, progress)
 
     started = time.monotonic()
-    loop = StageLoop("LDM", section, dist, log, stop, total_steps, step, ["loss", "lr", "steps_per_s", "frames_per_s"],
+    loop = StageLoop("LDM", section, dist, log, stop, total_steps, step, ["loss", "lip_gap_mm", "lr", "steps_per_s", "frames_per_s"],
                      progress_bar)
     log.write({"event": "start", "step": step, "total_steps": total_steps, "world_size": dist.world_size,
                "train_utterances": len(train_items), "train_frames": int(sum(it["n_frames"] for it in train_items)),
@@ -503,6 +548,7 @@ def train_ldm(
     for index, item in enumerate(train_items):
         train_by_subject.setdefault(item["subject"], []).append(index)
     mel_per_frame = model.audio_encoder.mel_fps / MODEL_FPS if model.audio_encoder.augments_input else None
+    lip_reader = LipGapReader(train_set.template, model_config.motion_vq.resolution) if lip_weight > 0 else None
 
     def train_step(done: int) -> StepReport:
         t0 = time.monotonic()
@@ -513,11 +559,23 @@ def train_ldm(
         starts = [int(torch.randint(0, it["n_frames"] - length + 1, (1,), generator=generator)) for it in items]
         subject_rows = torch.tensor([rows[it["subject"]] for it in items], device=device)
         data_seconds = time.monotonic() - t0
+        if telephone_probability > 0:
+            items = [over_telephone(it) if float(torch.rand((), generator=generator)) < telephone_probability else it
+                     for it in items]
         items, starts = add_pauses(items, starts, length, train_items, train_by_subject, section["pauses"], MODEL_FPS,
                                    mel_per_frame, generator)
         z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device, section["augment"], generator)
-        loss = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows, generator=generator,
-                        blink=window_blink(items, starts, length, device))
+        blink_window = window_blink(items, starts, length, device)
+        metrics = {}
+        if lip_reader is None:
+            loss = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows, generator=generator, blink=blink_window)
+        else:
+            diffusion, prediction, usable = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows,
+                                                     generator=generator, blink=blink_window, return_prediction=True)
+            lips = lip_closure_loss(model, lip_reader, prediction, subject_rows,
+                                    window_track(items, starts, length, device, "lip_gap"), usable, lip_settings, generator)
+            loss = diffusion + lip_weight * lips
+            metrics = {"diffusion_loss": float(diffusion.detach()), "lip_gap_mm": float(lips.detach())}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(params.values())
@@ -527,7 +585,7 @@ def train_ldm(
         scheduler.step()
         if ema is not None:
             ema.update(params.items())
-        return StepReport({"loss": float(loss.detach())}, frames=length * len(items) * dist.world_size,
+        return StepReport({"loss": float(loss.detach()), **metrics}, frames=length * len(items) * dist.world_size,
                           data_seconds=data_seconds)
 
     def validate_on_main(step: int) -> dict | None:
@@ -537,7 +595,7 @@ def train_ldm(
             ema.swap(model)
         try:
             rng_state = torch.get_rng_state()  # validation must not shift the training RNG
-            metrics = validate(model, val_items, rows, section, device)
+            metrics = validate(model, val_items, rows, section, device, lip_reader)
             torch.set_rng_state(rng_state)
         finally:
             if ema is not None:

@@ -37,7 +37,8 @@ def splice_with_pause(first: dict, second: dict, gap_frames: int, mel_per_frame:
                       generator: torch.Generator) -> dict:
     """One cache item: `first`, `gap_frames` frames of silence at rest, then `second`.
 
-    Items hold "z_motion"/"z_wrinkle" (frames, D), optionally "blink" (frames,), and "audio": a log-mel (n_mels, M) at
+    Items hold "z_motion"/"z_wrinkle" (frames, D), optionally "blink" and "lip_gap" (frames,),
+    and "audio": a log-mel (n_mels, M) at
     `mel_per_frame` columns per frame, or, with `mel_per_frame` None, per-frame features
     (frames, C) (HuBERT cache), whose gap repeats the first utterance's last frame."""
     n_first = int(first["n_frames"])
@@ -51,9 +52,10 @@ def splice_with_pause(first: dict, second: dict, gap_frames: int, mel_per_frame:
         "z_motion": torch.cat([first["z_motion"][:n_first], held(first["z_motion"]), second["z_motion"]]),
         "z_wrinkle": torch.cat([first["z_wrinkle"][:n_first], held(first["z_wrinkle"]), second["z_wrinkle"]]),
     }
-    if "blink" in first:
-        # The eyelids hold with the rest of the face (the target repeats the last frame).
-        spliced["blink"] = torch.cat([first["blink"][:n_first], held(first["blink"]), second["blink"]])
+    for key in ("blink", "lip_gap"):
+        if key in first:
+            # Eyelids and lips hold with the rest of the face (the target repeats the last frame).
+            spliced[key] = torch.cat([first[key][:n_first], held(first[key]), second[key]])
     if mel_per_frame is None:
         audio = first["audio"]
         spliced["audio"] = torch.cat([audio[:n_first], audio[n_first - 1 : n_first].expand(gap_frames, -1), second["audio"]])
@@ -66,6 +68,11 @@ def splice_with_pause(first: dict, second: dict, gap_frames: int, mel_per_frame:
     gap_columns = max(0, second_start - first_columns)
     spliced["audio"] = torch.cat([mel[:, :first_columns], silence_columns(mel, gap_columns, generator), second["audio"]], dim=1)
     return spliced
+
+
+def over_telephone(item: dict) -> dict:
+    """The item with its telephone copy's audio (`audio_phone`, training/lip_closure.py)."""
+    return {**item, "audio": item["audio_phone"], "telephone": True}
 
 
 def add_pauses(items: list[dict], starts: list[int], length: int, pool: list[dict], by_subject: dict[str, list[int]],
@@ -85,6 +92,8 @@ def add_pauses(items: list[dict], starts: list[int], length: int, pool: list[dic
             continue
         candidates = by_subject[item["subject"]]
         second = pool[candidates[_randint(generator, 0, len(candidates) - 1)]]
+        if item.get("telephone"):  # one line for the whole window: the second part is on it too
+            second = over_telephone(second)
         gap = _randint(generator, min_gap, max_gap)
         spliced = splice_with_pause(item, second, gap, mel_per_frame, generator)
         n_first = int(item["n_frames"])

@@ -202,10 +202,13 @@ class StyleChooser:
         self.pipe = pipe
         self.training_subjects = list(training_subjects)
         self._original_pivots = pipe.model.pivots
+        self._original_bias = getattr(pipe.model, "style_wrinkle_bias", None)
         self.average_id: int | None = None
         self.choices: dict[str, dict] = {}
 
     def _average_style(self) -> int | None:
+        import torch
+
         from textalker_blender.core.style import StylePivots
 
         if self.average_id is not None:
@@ -219,6 +222,9 @@ class StyleChooser:
             [*pivots.names, AVERAGE_STYLE_NAME], [*pivots.keys, AVERAGE_STYLE_KEY])
         self.pipe.model.set_pivots(extended)
         self.pipe.model.to(self.pipe.device)  # set_pivots registers CPU buffers
+        bias = self._original_bias
+        if bias is not None:  # the average style's wrinkle bias: the mean of the styles' biases
+            self.pipe.model.set_wrinkle_bias(torch.cat([bias, bias.mean(dim=0, keepdim=True)]))
         self.average_id = len(extended) - 1
         return self.average_id
 
@@ -227,6 +233,8 @@ class StyleChooser:
         if self.average_id is not None:
             self.pipe.model.set_pivots(self._original_pivots)
             self.pipe.model.to(self.pipe.device)
+            if self._original_bias is not None:
+                self.pipe.model.set_wrinkle_bias(self._original_bias)
             self.average_id = None
 
     def style_for(self, subject: str) -> int:
@@ -311,12 +319,13 @@ class VQReconstructionPredictor:
     still make, i.e. what the VQ stages alone allow. A diagnostic, not a baseline: the sampler
     sweep reports it as its last row ("VQ bound"), and the done-when check never uses it."""
 
-    def __init__(self, pipe, data_root: Path, split: str):
+    def __init__(self, pipe, data_root: Path, split: str, styles: StyleChooser | None = None):
         from tools.synthetic_textalk4d import SyntheticTextalk4D
 
         from textalker_blender.core.pipeline import DECODE_BATCH
 
         self.pipe = pipe
+        self.styles = styles  # the subject's wrinkle style: its wrinkle bias is added at decode
         # Maps at the bundle's own resolutions (the evaluation's readers only render offsets).
         self.dataset = SyntheticTextalk4D(data_root, split, template=pipe.template, maps=False,
                                           motion_resolution=pipe.motion_resolution,
@@ -331,6 +340,7 @@ class VQReconstructionPredictor:
         _, motion, wrinkle = self.dataset.render(sample.subject, sample.weights)
         sampler, movable = self.pipe._uv_sampler(None)
         model, timings = self.pipe.model, {}
+        wrinkle_style = None if self.styles is None else self.styles.style_for(sample.subject)
         offsets, ratios = [], []
         with torch.inference_mode():
             for start in range(0, len(motion), self.batch):
@@ -339,7 +349,7 @@ class VQReconstructionPredictor:
                        if model.motion_vq is not None else None)
                 z_w = (model.wrinkle_vq.encode(torch.from_numpy(to_physical("wrinkle", wrinkle[start:stop])))
                        if model.wrinkle_vq is not None else None)
-                batch_offsets, batch_maps = self.pipe._decode_batch(z_f, z_w, sampler, movable, timings)
+                batch_offsets, batch_maps = self.pipe._decode_batch(z_f, z_w, sampler, movable, timings, wrinkle_style)
                 offsets.append(batch_offsets)
                 ratios.append(batch_maps.astype(np.float32))  # RGB ratio + fold
         maps = np.concatenate(ratios)
@@ -764,7 +774,7 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
                 progress, estimate_hook if not estimate else None)
         sweep = []
         if sweep_indices:
-            bound = (VQReconstructionPredictor(pipe, args.data, "test-A")
+            bound = (VQReconstructionPredictor(pipe, args.data, "test-A", styles)
                      if pipe.model.config.joint_codebook_vq is None and not args.skip_vq_reconstruction else None)
             sweep = sampler_sweep(pipe, styles, datasets["test-A"], sweep_indices, sweep_steps, args.seed, masks,
                                   mask_texels, albedo, progress, reconstruction=bound)

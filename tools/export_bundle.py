@@ -14,6 +14,12 @@ its metadata.
 
 rewrites only the wrinkle styles' crease curves (the detail map's depths) from the dataset's
 crease generator, keeping every tensor: the fold maps the model generates do not depend on them.
+
+    .venv/bin/python tools/export_bundle.py --fit-wrinkle-bias data/synthetic_textalk4d \
+        --out textalker_blender/assets/textalker_bundled.safetensors
+
+fits each wrinkle style's bias map (the wrinkle autoencoder's mean error on that style's training
+frames, added back at decode) into the file; with --run it runs right after the export.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import argparse
 from pathlib import Path
 
 
-from tools.training.export import export_bundle, restyle_creases  # noqa: E402
+from tools.training.export import export_bundle, fit_wrinkle_bias, restyle_creases  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restyle-creases", type=Path, default=None, metavar="DATA",
                         help="no --run: rewrite --out's wrinkle-style crease curves from DATA's training "
                              "subjects (after the crease generator's depths changed), tensors unchanged")
+    parser.add_argument("--fit-wrinkle-bias", type=Path, default=None, metavar="DATA",
+                        help="fit each wrinkle style's bias map on DATA's training frames into --out "
+                             "(after the export when --run is given; else into the existing file)")
     args = parser.parse_args(argv)
+    if args.fit_wrinkle_bias is not None and args.run is None and args.restyle_creases is None:
+        return _fit_bias(args)
     if args.restyle_creases is not None:
         if args.run is not None:
             parser.error("--restyle-creases rewrites an existing file: give --out, not --run")
@@ -56,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
           + (f", motion decoder refined {refined} steps)" if refined is not None else ")"))
     print(f"sha256 {result['sha256']}")
     print("styles: " + "; ".join(result["styles"]))
+    return _fit_bias(args) if args.fit_wrinkle_bias is not None else 0
+
+
+def _fit_bias(args) -> int:
+    result = fit_wrinkle_bias(args.out, args.fit_wrinkle_bias, update_manifest=not args.no_manifest)
+    print(f"wrote {result['out']} (wrinkle bias of {len(result['styles'])} styles from {result['frames']} "
+          f"training frames of {args.fit_wrinkle_bias}; mean |bias| {result['mean_abs_bias']:.5f})")
+    print(f"sha256 {result['sha256']}")
     return 0
 
 

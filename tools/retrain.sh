@@ -7,7 +7,7 @@
 # side by side (one thread each), then (when the config's "refine" section asks for steps) refines
 # the motion VQ for vertex accuracy (stage 1b: the decoder alone, or with "train_encoder" the whole
 # VQ, blinks oversampled), then the latent diffusion model on the final motion VQ, then writes the
-# add-on's weights file and its manifest entry. Every stage resumes from
+# add-on's weights file (with each wrinkle style's bias map) and its manifest entry. Every stage resumes from
 # its checkpoint, so the same command continues an interrupted run (a finished stage is skipped in
 # seconds).
 #
@@ -107,5 +107,6 @@ if ! stage_done "$RUNS/ldm" ldm; then
 fi
 
 echo "== export: $EXPORT_TO (+ assets/manifest.json)"
-"$PY" tools/export_bundle.py --run "$RUNS/ldm" --out "$EXPORT_TO" "${decoder_args[@]}"
+# (+ each wrinkle style's bias map, fitted on the training frames: a few minutes)
+"$PY" tools/export_bundle.py --run "$RUNS/ldm" --out "$EXPORT_TO" "${decoder_args[@]}" --fit-wrinkle-bias "$DATA"
 echo "done: evaluate with  $PY tools/evaluate.py --data $DATA --weights $EXPORT_TO"

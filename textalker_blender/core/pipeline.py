@@ -441,7 +441,7 @@ class Pipeline:
             tracker.finish_stage("diffusion")
         return GenerationStream(
             pipeline=self,
-            decoder=_ModelFrameDecoder(self, z_motion, z_wrinkle, uv_sampler, movable, timings),
+            decoder=_ModelFrameDecoder(self, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle),
             tracker=tracker,
             fps=float(fps),
             n_frames=output_frame_count(duration, fps),
@@ -461,10 +461,12 @@ class Pipeline:
         uv_sampler,
         movable: np.ndarray,
         timings: dict[str, float],
+        wrinkle_style: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Latents of a few frames -> per-point offsets (B, N, 3) float32 and wrinkle maps
         (B, H, W, 4) float16: RGB albedo ratio and, in A, the fold activation (0 for weights
-        whose channels have none).
+        whose channels have none). `wrinkle_style` (an index) adds that style's wrinkle bias
+        (`TexTalkerModel.decode_maps`).
 
         Points that are not `movable` get exactly zero offset, whatever the maps hold there. The
         ratio is exactly 1.0 and the fold 0 outside the face mask; float16 is what the EXR writer
@@ -472,11 +474,11 @@ class Pipeline:
         """
         n_frames = (z_motion if z_motion is not None else z_wrinkle).shape[0]
         with torch.inference_mode():
-            return self._decode_batch_inner(n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings)
+            return self._decode_batch_inner(n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle_style)
 
-    def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings):
+    def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle_style):
         mark = time.perf_counter()
-        motion_maps, channels = self.model.decode_maps(z_motion, z_wrinkle)
+        motion_maps, channels = self.model.decode_maps(z_motion, z_wrinkle, wrinkle_style)
         mark = _lap(timings, "vq_decode", mark)
         if motion_maps is None:  # wrinkle-only ablation: the face stays neutral
             offsets = np.zeros((n_frames, uv_sampler.n_points, 3), np.float32)
@@ -521,8 +523,10 @@ class _ModelFrameDecoder:
     are the same numbers. It holds at most one chunk plus one batch of decoded frames.
     """
 
-    def __init__(self, pipeline: Pipeline, z_motion, z_wrinkle, uv_sampler, movable, timings):
+    def __init__(self, pipeline: Pipeline, z_motion, z_wrinkle, uv_sampler, movable, timings,
+                 wrinkle_style: int | None = None):
         self.pipeline = pipeline
+        self.wrinkle_style = wrinkle_style  # index: its wrinkle bias is added at decode
         self.z_motion = z_motion
         self.z_wrinkle = z_wrinkle
         self.uv_sampler = uv_sampler
@@ -551,7 +555,8 @@ class _ModelFrameDecoder:
             stop = min(self.n_frames, decoded - decoded % self.batch + self.batch)
             z_f = None if self.z_motion is None else self.z_motion[decoded:stop]
             z_w = None if self.z_wrinkle is None else self.z_wrinkle[decoded:stop]
-            offsets, ratio = self.pipeline._decode_batch(z_f, z_w, self.uv_sampler, self.movable, self.timings)
+            offsets, ratio = self.pipeline._decode_batch(z_f, z_w, self.uv_sampler, self.movable, self.timings,
+                                                         self.wrinkle_style)
             new_offsets.append(offsets)
             new_ratio.append(ratio)
             decoded = stop

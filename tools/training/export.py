@@ -17,7 +17,7 @@ from pathlib import Path
 from .common import RunFolder
 from .artefacts import EMA_WEIGHTS, MODEL_WEIGHTS, load_refined_motion_vq, same_codes
 
-from textalker_blender.core.model import TexTalkerModel  # noqa: E402
+from textalker_blender.core.model import STYLE_WRINKLE_BIAS, TexTalkerModel  # noqa: E402
 from textalker_blender.core.weights import load_weights, save_weights  # noqa: E402
 
 
@@ -81,9 +81,6 @@ def restyle_creases(bundle: str | Path, data_root: str | Path, out: str | Path |
     from safetensors import safe_open
 
     from tools.synthetic_textalk4d.creases import make_creases
-    from tools.synthetic_textalk4d.reader import SyntheticTextalk4D
-
-    from .ldm_stage import describe_subject
 
     bundle, out = Path(bundle), Path(out or bundle)
     with safe_open(str(bundle), framework="pt") as handle:
@@ -92,13 +89,8 @@ def restyle_creases(bundle: str | Path, data_root: str | Path, out: str | Path |
     if "style_creases" not in metadata:
         raise ValueError(f"{bundle} has no crease curves (weights without fold maps)")
     names = json.loads(metadata["style_names"])
-    train = SyntheticTextalk4D(data_root, "train")
-    by_name = {describe_subject(subject): subject for subject in train.subjects.values()}
-    missing = [name for name in names if name not in by_name]
-    if missing:
-        raise ValueError(f"{data_root} has no training subject for the styles {missing}: "
-                         "it is not the dataset these weights were trained on")
-    styles = [[c.to_dict() for c in make_creases(train.template, by_name[name].wrinkle)] for name in names]
+    train, subjects = _styles_to_subjects(names, data_root)
+    styles = [[c.to_dict() for c in make_creases(train.template, train.subjects[s].wrinkle)] for s in subjects]
     metadata["style_creases"] = json.dumps(styles, separators=(",", ":"))
     training = json.loads(metadata.get("training", "{}"))
     training["style_creases_from"] = "tools/synthetic_textalk4d/creases.py at export (restyle_creases)"
@@ -106,3 +98,76 @@ def restyle_creases(bundle: str | Path, data_root: str | Path, out: str | Path |
     digest = save_weights(out, tensors, metadata, update_manifest=update_manifest)
     return {"out": str(out), "sha256": digest, "styles": names,
             "deepest_mm": [max((c["depth_mm"] for c in creases), default=0.0) for creases in styles]}
+
+
+def _styles_to_subjects(names: list[str], data_root: str | Path, **reader_options):
+    """The training split and the training subject of each style (matched by name); refuses a
+    dataset the weights were not trained on."""
+    from tools.synthetic_textalk4d.reader import SyntheticTextalk4D
+
+    from .ldm_stage import describe_subject
+
+    train = SyntheticTextalk4D(data_root, "train", **reader_options)
+    by_name = {describe_subject(subject): name for name, subject in train.subjects.items()}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"{data_root} has no training subject for the styles {missing}: "
+                         "it is not the dataset these weights were trained on")
+    return train, [by_name[name] for name in names]
+
+
+def fit_wrinkle_bias(bundle: str | Path, data_root: str | Path, out: str | Path | None = None,
+                     utterance_stride: int = 6, frame_stride: int = 3, update_manifest: bool = True,
+                     log=print) -> dict:
+    """Fit each wrinkle style's bias map (`core.model.STYLE_WRINKLE_BIAS`) and write it into the
+    weights file, leaving every other tensor as it is.
+
+    A style's bias is the mean error of the file's own wrinkle autoencoder on that style's
+    training frames (ground-truth channels minus their encode-decode round trip), i.e. the
+    least-squares per-style correction of its decoder: the static skin detail (a subject's own
+    shading and flush) its codes blur on every frame. Measured on test-A (docs/RESULTS.md, "VQ
+    bound"), adding it back lifts the albedo PSNR of the round trip above the no-audio style
+    mean, which the autoencoder alone does not reach. Every `utterance_stride`-th training
+    utterance and every `frame_stride`-th frame of it are used (deterministic)."""
+    import numpy as np
+    import torch
+
+    from tools.training.data import to_physical
+
+    bundle, out = Path(bundle), Path(out or bundle)
+    weights = load_weights(bundle, verify=False)
+    model = TexTalkerModel.from_weights(weights)
+    if model.wrinkle_vq is None or not model.config.generates_texture:
+        raise ValueError(f"{bundle} has no wrinkle autoencoder (a joint-codebook or motion-only model)")
+    resolution = model.config.wrinkle_vq.resolution
+    train, subjects = _styles_to_subjects(model.pivots.names, data_root, maps=False,
+                                          wrinkle_resolution=resolution)
+    by_subject: dict[str, list[int]] = {}
+    for index, entry in enumerate(train.entries):
+        by_subject.setdefault(entry["subject"], []).append(index)
+    vq = model.wrinkle_vq.eval()
+    biases, frames = [], 0
+    with torch.inference_mode():
+        for style, subject in enumerate(subjects):
+            total, count = 0.0, 0
+            for index in by_subject[subject][::utterance_stride]:
+                unit_weights = train.weights(index)[::frame_stride]
+                truth = to_physical("wrinkle", train.geometry(subject).wrinkle_maps(unit_weights).astype(np.float32))
+                for start in range(0, len(truth), 64):
+                    batch = torch.from_numpy(truth[start:start + 64])
+                    total = total + (batch - vq.decode(vq.encode(batch))).double().sum(dim=0)
+                count += len(truth)
+            biases.append((total / max(count, 1)).float())
+            frames += count
+            log(f"wrinkle bias: style {style + 1}/{len(subjects)} ({subject}) from {count} frames")
+    model.set_wrinkle_bias(torch.stack(biases))
+    tensors = dict(weights.tensors)
+    tensors[STYLE_WRINKLE_BIAS] = model.style_wrinkle_bias.to(torch.float16)
+    metadata = dict(weights.metadata)
+    training = json.loads(metadata.get("training", "{}"))
+    training["wrinkle_bias"] = {"frames": frames, "utterance_stride": utterance_stride, "frame_stride": frame_stride,
+                                "from": "tools/export_bundle.py --fit-wrinkle-bias (fit_wrinkle_bias)"}
+    metadata["training"] = json.dumps(training, sort_keys=True)
+    digest = save_weights(out, tensors, metadata, update_manifest=update_manifest)
+    return {"out": str(out), "sha256": digest, "styles": model.pivots.names, "frames": frames,
+            "mean_abs_bias": float(model.style_wrinkle_bias.abs().mean())}

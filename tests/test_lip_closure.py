@@ -47,17 +47,22 @@ def test_gap_reader_matches_the_real_speech_measure_of_the_sampled_vertices(temp
     assert upper != lower and reader.rest_mm == pytest.approx(mouth_aperture_mm(template, np.zeros((1, template.n_vertices, 3)))[0])
 
 
-def test_draw_frames_takes_closed_frames_first_and_never_a_prefix_frame():
+def test_draw_frames_oversamples_closed_frames_weights_them_back_and_skips_prefix_frames():
     gap = torch.tensor([[0.0, 5.0, 0.5, 6.0, 1.0], [7.0, 0.2, 8.0, 9.0, 0.1]])
     usable = torch.tensor([[False, True, True, True, True], [True, True, True, True, True]])
     settings = {**DEFAULT_LIP_CLOSURE, "closed_frames": 10, "other_frames": 2}
-    rows, frames = draw_frames(gap, usable, settings, torch.Generator().manual_seed(0))
-    picked = set(zip(rows.tolist(), frames.tolist()))
+    rows, frames, weight = draw_frames(gap, usable, settings, torch.Generator().manual_seed(0))
+    picked = list(zip(rows.tolist(), frames.tolist()))
     closed = {(0, 2), (0, 4), (1, 1), (1, 4)}  # (0, 0) is closed but a prefix frame
-    assert closed <= picked and (0, 0) not in picked
-    assert len(picked) == len(rows) == len(closed) + 2
+    assert closed <= set(picked) and (0, 0) not in picked
+    assert len(set(picked)) == len(rows) == len(closed) + 2
+    # Each group weighs its share of the 9 usable frames: 4 closed (all drawn), 5 others (2 drawn).
+    is_closed = torch.tensor([p in closed for p in picked])
+    assert weight.sum().item() == pytest.approx(1.0)
+    assert weight[is_closed].sum().item() == pytest.approx(4 / 9)
+    assert torch.allclose(weight[~is_closed], torch.full((2,), 2.5 / 9))
     again = draw_frames(gap, usable, settings, torch.Generator().manual_seed(0))
-    assert torch.equal(again[0], rows) and torch.equal(again[1], frames)
+    assert torch.equal(again[0], rows) and torch.equal(again[1], frames) and torch.equal(again[2], weight)
     none = draw_frames(gap, torch.zeros_like(usable), settings, torch.Generator().manual_seed(0))
     assert len(none[0]) == 0
 

@@ -4,8 +4,11 @@ The diffusion loss is an MSE on latents: a latent that decodes to lips 3 mm apar
 about as much as any other latent error of the same size, and where the audio leaves the model
 unsure it predicts the average of closed and open. The lip-closure term decodes the predicted
 motion latents of a few frames per batch with the frozen motion VQ and penalises the L1 error of
-the midline lip gap (mm) against the ground truth, with most of those frames drawn where the
-ground-truth lips are closed (bilabials, and the silence between words). Decoding goes through
+the midline lip gap (mm) against the ground truth, over all frames: the frames are drawn half
+where the ground-truth lips are closed (bilabials, and the silence between words) and half
+elsewhere, and weighted back to each group's share, so closures are seen often but not counted
+more than they occur (counted more, they taught the model to close its lips on open vowels:
+docs/BUNDLE.md). Decoding goes through
 the codebook snap the add-on applies (straight-through), so the term sees the lips users get.
 
 Telephone copies: the dataset puts only part of its utterances through a telephone line, and the
@@ -31,8 +34,8 @@ from tools.synthetic_textalk4d.acoustics import SAMPLE_RATE, TELEPHONE_CODECS, t
 
 DEFAULT_LIP_CLOSURE = {
     "weight": 0.0,  # 0: the term is off
-    "closed_frames": 12,  # frames per batch drawn where the ground-truth gap is <= closed_mm
-    "other_frames": 4,  # frames per batch drawn anywhere else (keeps open vowels open)
+    "closed_frames": 8,  # frames per batch drawn where the ground-truth gap is <= closed_mm
+    "other_frames": 8,  # frames per batch drawn anywhere else
     # The real-speech check's bilabial threshold (real_speech/checks.py THRESHOLDS), so the
     # frames the term closes are those the check counts.
     "closed_mm": 1.67,
@@ -74,37 +77,44 @@ def decode_gap_mm(model, reader: LipGapReader, x0: torch.Tensor, subjects: torch
 
 
 def draw_frames(gap_mm: torch.Tensor, usable: torch.Tensor, settings: dict,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, frame) indices of the frames the term decodes: up to `closed_frames` where the
-    ground-truth gap (B, T) is <= closed_mm and up to `other_frames` of the rest, only where
-    `usable` (B, T) (non-prefix frames). Drawn with the training generator (reproducible)."""
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch, frame) indices of the frames the term decodes, and each one's weight: up to
+    `closed_frames` where the ground-truth gap (B, T) is <= closed_mm and up to `other_frames` of
+    the rest, only where `usable` (B, T) (non-prefix frames), drawn with the training generator
+    (reproducible). The weights (summing to 1) give each group its share of the usable frames, so
+    the weighted mean estimates the error over all frames: closures are drawn more often than
+    they occur (they are few, and decoding is the cost), not counted more."""
     closed = usable & (gap_mm <= float(settings["closed_mm"]))
     other = usable & ~closed
-    chosen = []
+    chosen, weights = [], []
     for mask, count in ((closed, int(settings["closed_frames"])), (other, int(settings["other_frames"]))):
         candidates = torch.nonzero(mask.cpu(), as_tuple=False)
         if count > 0 and len(candidates):
             order = torch.randperm(len(candidates), generator=generator)[:count]
             chosen.append(candidates[order])
+            weights.append(torch.full((len(order),), len(candidates) / len(order), dtype=torch.float32))
     if not chosen:
         empty = torch.zeros(0, dtype=torch.long)
-        return empty, empty
+        return empty, empty, torch.zeros(0)
     picked = torch.cat(chosen)
-    return picked[:, 0], picked[:, 1]
+    weight = torch.cat(weights)
+    return picked[:, 0], picked[:, 1], weight / weight.sum()
 
 
 def lip_closure_loss(model, reader: LipGapReader, prediction: torch.Tensor, subjects: torch.Tensor,
                      gap_mm: torch.Tensor, usable: torch.Tensor, settings: dict,
                      generator: torch.Generator) -> torch.Tensor:
-    """Mean L1 (mm) between the decoded gap of the predicted x0 (B, T, Dz) and the ground-truth
-    gap (B, T) on the drawn frames; zero (with a graph) when no frame is usable."""
-    rows, frames = draw_frames(gap_mm, usable, settings, generator)
+    """L1 (mm) between the decoded gap of the predicted x0 (B, T, Dz) and the ground-truth gap
+    (B, T), estimated over the usable frames from the drawn ones (`draw_frames` weights); zero
+    (with a graph) when no frame is usable."""
+    rows, frames, weight = draw_frames(gap_mm, usable, settings, generator)
     if not len(rows):
         return prediction.sum() * 0.0
     device = prediction.device
     rows, frames = rows.to(device), frames.to(device)
     gap = decode_gap_mm(model, reader, prediction[rows, frames], subjects[rows])
-    return (gap - gap_mm[rows, frames].to(gap.dtype)).abs().mean()
+    error = (gap - gap_mm[rows, frames].to(gap.dtype)).abs()
+    return (error * weight.to(device, error.dtype)).sum()
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from tools.training.lip_closure import (
     LipGapReader,
     closures_hit,
     draw_frames,
+    lip_closure_applies,
     lip_closure_loss,
     telephone_codec,
 )
@@ -65,6 +66,15 @@ def test_draw_frames_oversamples_closed_frames_weights_them_back_and_skips_prefi
     assert torch.equal(again[0], rows) and torch.equal(again[1], frames) and torch.equal(again[2], weight)
     none = draw_frames(gap, torch.zeros_like(usable), settings, torch.Generator().manual_seed(0))
     assert len(none[0]) == 0
+
+
+def test_lip_closure_applies_only_to_models_with_their_own_motion_vq():
+    from tools.training.ablations import ABLATION_CONFIGS
+    from tools.training.common import load_training_config
+
+    applies = {name: lip_closure_applies(load_training_config(path).model) for name, path in ABLATION_CONFIGS.items()}
+    assert applies == {"reference": True, "motion_only": True, "wrinkle_only": False, "joint_codebook": False,
+                       "onehot": True}
 
 
 def test_telephone_codec_is_fixed_by_the_id_and_uses_every_codec():

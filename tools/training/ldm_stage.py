@@ -42,6 +42,7 @@ from .lip_closure import (
     closures_hit,
     encode_telephone_split,
     ground_truth_gap_mm,
+    lip_closure_applies,
     lip_closure_loss,
     lip_closure_settings,
 )
@@ -441,6 +442,10 @@ def train_ldm(
     blink = model_config.blink_condition
     lip_settings = lip_closure_settings(section)
     lip_weight = float(lip_settings["weight"])
+    if lip_weight > 0 and not lip_closure_applies(model_config):
+        log.write({"event": "lip_closure_off", "reason": "no motion VQ of its own"},
+                  "LDM: lip_closure off (this model has no motion VQ of its own)")
+        lip_weight = 0.0
     train_items = load_split_cache(train_set, cache / "train", blink, lip_gap=lip_weight > 0,
                                    telephone_folder=cache / "train-phone" if telephone_probability > 0 else None)
     val_items = load_split_cache(val_set, cache / "test-A", blink, lip_gap=lip_weight > 0) if val_set is not None else []

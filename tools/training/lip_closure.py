@@ -46,6 +46,13 @@ def lip_closure_settings(section: dict) -> dict:
     return {**DEFAULT_LIP_CLOSURE, **(section.get("lip_closure") or {})}
 
 
+def lip_closure_applies(model_config) -> bool:
+    """Whether the term can run for this model: it decodes predicted motion latents with the
+    model's own motion VQ, which an ablation without motion, or with one joint codebook over both
+    maps, does not have (those train without it)."""
+    return model_config.generates_motion and model_config.joint_codebook_vq is None
+
+
 def ground_truth_gap_mm(template, offsets: np.ndarray) -> np.ndarray:
     """(T,) midline lip gap (mm) of ground-truth offsets (T, V, 3): the real-speech measure."""
     return mouth_aperture_mm(template, offsets).astype(np.float32)

@@ -199,6 +199,14 @@ def test_ablation_verdicts_compare_with_the_same_budget_reference_when_there_is_
     checks = {c["check"]: c["result"] for c in done_when_checks(results)}
     assert checks["test-A: the joint model (the shipped bundle: NOT the ablations' training budget) beats the "
                   "ablation motion_only (motion_only)"] is True
+    # a full-model bundle that is not the same-budget reference (a previous bundle, a training
+    # variant) is neither the reference nor judged as an ablation: the tables show it
+    split["previous_bundle"] = {**ablation, "lve_mm2": 0.5, "texture": True, "psnr_db": 40.0, "ssim": 0.99}
+    results["ablations"]["evaluated"]["previous_bundle"] = {**info, "ablation": None, "texture": True}
+    checks = {c["check"]: c["result"] for c in done_when_checks(results)}
+    assert not any("previous_bundle" in check for check in checks)
+    assert checks["test-A: the joint model (the shipped bundle: NOT the ablations' training budget) beats the "
+                  "ablation motion_only (motion_only)"] is True
 
 
 # ------------------------------------------------------------------------------------------------

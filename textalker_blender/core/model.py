@@ -145,7 +145,10 @@ class TexTalkerModel(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """x0 (T, Dz) -> z_f (T, Dz_f), z_w (T, Dz_w); None for a slot the model does not make."""
         joint = x0 * self.denoiser.latent_scale + self.denoiser.latent_center
-        joint = joint + self._pivot_offsets(speaking, wrinkle)
+        return self._split_modelled(joint + self._pivot_offsets(speaking, wrinkle))
+
+    def _split_modelled(self, joint: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Modelled latents (..., Dz) -> z_f, z_w; None for a slot the model does not make."""
         if self.config.modalities == "motion":
             return joint, None
         if self.config.modalities == "wrinkle":
@@ -192,13 +195,7 @@ class TexTalkerModel(nn.Module):
         z_f (N, Dz_f), z_w (N, Dz_w); None for a slot the model does not make. Differentiable
         (training decodes predicted latents through it)."""
         joint = x0 * self.denoiser.latent_scale + self.denoiser.latent_center
-        joint = joint + self._batch_pivots(subjects, subjects)
-        if self.config.modalities == "motion":
-            return joint, None
-        if self.config.modalities == "wrinkle":
-            return None, joint
-        split = self.config.motion_latent_dim
-        return joint[..., :split], joint[..., split:]
+        return self._split_modelled(joint + self._batch_pivots(subjects, subjects))
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -105,10 +105,11 @@ def test_panel_says_why_generate_is_disabled_without_a_mesh():
     labels = [entry[1] for entry in log if entry[0] == "label"]
     assert api.blocking_reason(bpy.context) in labels
     advanced = _draw(panel.TEXTALKER_PT_advanced, bpy.context)
-    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks"]
+    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "brows"]
     bpy.context.scene.textalker.blinks = "CUSTOM"  # the rate shows only for the custom choice
+    bpy.context.scene.textalker.brows = "CUSTOM"
     advanced = _draw(panel.TEXTALKER_PT_advanced, bpy.context)
-    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "blink_rate"]
+    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "blink_rate", "brows", "brow_rate"]
 
 
 def test_blink_settings_default_to_the_styles_rate():
@@ -125,6 +126,19 @@ def test_blink_settings_default_to_the_styles_rate():
     assert api.blink_rate_setting(settings) == pytest.approx(120.0)
     settings.blinks = "OFF"
     assert api.blink_rate_setting(settings) == 0.0
+
+
+def test_brow_settings_default_to_the_styles_rate():
+    settings = registered_scene().textalker
+    assert settings.brows == "STYLE" and api.brow_rate_setting(settings) is None
+    rna = settings.bl_rna.properties
+    assert [i.identifier for i in rna["brows"].enum_items] == ["STYLE", "CUSTOM", "OFF"]
+    rate = rna["brow_rate"]
+    assert (rate.default, rate.hard_min, rate.hard_max) == (20, 0, 120)
+    settings.brows, settings.brow_rate = "CUSTOM", 500.0  # clamped to the hard maximum
+    assert api.brow_rate_setting(settings) == pytest.approx(120.0)
+    settings.brows = "OFF"
+    assert api.brow_rate_setting(settings) == 0.0
 
 
 @needs_assets
@@ -340,6 +354,11 @@ def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     assert requests["STYLE"].options.blink_rate is None
     assert requests["CUSTOM"].options.blink_rate == 40.0
     assert requests["OFF"].options.blink_rate == 0.0
+    settings.blinks, settings.brows, settings.brow_rate = "STYLE", "CUSTOM", 30.0
+    assert api.request_from_context(bpy.context).options.brow_rate == 30.0
+    settings.brows = "OFF"
+    assert api.request_from_context(bpy.context).options.brow_rate == 0.0
+    settings.brows = "STYLE"
     for request in requests.values():  # what Pipeline.generate / generate_chunks are given
         assert generation._generation_options(request, None, None)["options"].blink_rate == request.options.blink_rate
 

@@ -85,6 +85,8 @@ def test_generates_npz_with_consistent_shapes_and_metadata(wav, tmp_path, bundle
         assert int(result["seed"]) == 3 and int(result["steps"]) == 2
         assert np.isnan(float(result["blink_rate"]))  # not given: the speaking style's own rate
         assert bool(result["blink_input"]) == config.blink_condition
+        assert np.isnan(float(result["brow_rate"]))
+        assert bool(result["brow_input"]) == config.brow_condition
         assert str(result["weights_sha256"]) == sha256_file(DEFAULT_WEIGHTS)
         assert bool(result["trained"]) == (bundled_metadata["trained"] == "true")
         assert str(result["device"]) == "cpu"
@@ -118,6 +120,8 @@ def test_user_errors_exit_1_with_a_message_and_no_traceback(wav, tmp_path):
         assert bad_rate.returncode == 2, rate
         assert "the blink rate must be between 0 and 120 blinks per minute" in bad_rate.stderr
         assert "Traceback" not in bad_rate.stderr
+    bad_brows = run_cli(wav, "--out", tmp_path / "r.npz", "--brow-rate", "-2", "--quiet")
+    assert bad_brows.returncode == 2 and "brow emphasis rate must be between 0 and 120" in bad_brows.stderr
     assert not (tmp_path / "r.npz").exists()
 
 

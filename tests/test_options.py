@@ -12,11 +12,12 @@ from textalker_blender.core.options import GenerationOptions
 def test_defaults_and_checked_values():
     options = GenerationOptions()
     assert (options.speaking_style, options.wrinkle_style, options.fps, options.seed, options.steps,
-            options.blink_rate) == (0, None, 30.0, 0, None, None)  # wrinkle None: the weights' default
-    whole = GenerationOptions(speaking_style=2.0, fps=24, seed=3.0, steps=4.0, blink_rate=12)
+            options.blink_rate, options.brow_rate) == (0, None, 30.0, 0, None, None, None)  # wrinkle None: the weights' default
+    whole = GenerationOptions(speaking_style=2.0, fps=24, seed=3.0, steps=4.0, blink_rate=12, brow_rate=6)
     assert whole.speaking_style == 2 and isinstance(whole.speaking_style, int)
     assert whole.fps == 24.0 and isinstance(whole.fps, float)
     assert (whole.seed, whole.steps, whole.blink_rate) == (3, 4, 12.0)
+    assert whole.brow_rate == 6.0 and isinstance(whole.brow_rate, float)
     assert GenerationOptions(speaking_style="kal, S00").speaking_style == "kal, S00"
     with pytest.raises(ArgumentError, match="speaking style"):  # only the wrinkle style has a default
         GenerationOptions(speaking_style=None)
@@ -29,6 +30,9 @@ def test_defaults_and_checked_values():
     ("fps", "30", "fps must be a number"),
     ("fps", 0.5, "fps must be a number from 1"),
     ("blink_rate", 500, "blink_rate"),
+    ("brow_rate", -1, "brow_rate: the brow emphasis rate must be between 0 and 120"),
+    ("brow_rate", "often", "brow_rate"),
+    ("brow_rate", True, "brow_rate"),
     ("speaking_style", -1, "speaking style must be a style number"),
     ("wrinkle_style", "  ", "wrinkle style must be a style number"),
     ("speaking_style", True, "speaking style must be a style number"),

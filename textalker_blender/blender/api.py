@@ -49,6 +49,7 @@ from .results import ARKIT, OUTPUT_MODES, SHAPE_KEYS, Animation, ExrSequence, Ge
 from .scene_inputs import (
     available_styles,
     blink_rate_setting,
+    brow_rate_setting,
     match_template_layout,
     mesh_vertex_uvs,
     part_frames,
@@ -79,7 +80,7 @@ __all__ = [
     # data types
     "ARKIT", "OUTPUT_MODES", "SHAPE_KEYS", "Animation", "ExrSequence", "GenerationRequest", "GenerationSummary",
     # reading the scene
-    "available_styles", "blink_rate_setting", "match_template_layout", "mesh_vertex_uvs", "part_frames",
+    "available_styles", "blink_rate_setting", "brow_rate_setting", "match_template_layout", "mesh_vertex_uvs", "part_frames",
     "resolve_audio", "scene_fps", "selected_audio", "sequencer_scene", "sound_strips", "strip_audio_path",
     "style_id", "target_object", "template_head", "template_parts", "template_uv_layer",
 ]
@@ -88,7 +89,7 @@ def generate(obj: bpy.types.Object, audio, progress=None, **choices) -> Generati
     """Animates `obj` from `audio` (a path, a sound strip, or (samples, rate)); synchronous.
 
     `choices` are `prepare`'s keywords: speaking_style, wrinkle_style, device, steps, seed, scene,
-    output_folder, weights, output_mode, arkit_export, blink_rate, options.
+    output_folder, weights, output_mode, arkit_export, blink_rate, brow_rate, options.
     Styles are ids or keys of `Pipeline.styles`; device "auto" | "cuda" | "cpu"; steps None for
     the model's default. Raises TexTalkerError (with a message for the user) and then leaves
     the scene unchanged.
@@ -100,8 +101,10 @@ def generate(obj: bpy.types.Object, audio, progress=None, **choices) -> Generati
     `blink_rate`: blinks per minute (0..120) for weights with blink input; None (the default)
     blinks at the rate measured for the speaking style, 0 gives no blinks. Weights without blink
     input ignore it.
+    `brow_rate`: brow emphases (brows raised or knitted on a held syllable) per minute of speech
+    (0..120) for weights with brow input, the same way.
     `options`: a `core.options.GenerationOptions` made beforehand; it replaces speaking_style ...
-    blink_rate (the frame rate is always the scene's).
+    brow_rate (the frame rate is always the scene's).
     """
     return run(prepare(obj, audio, **choices), progress=progress)
 

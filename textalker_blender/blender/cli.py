@@ -13,7 +13,8 @@ With bpy as a Python module, from a checkout::
 `--output-mode arkit` writes 52 ARKit curves (on the template head or the mesh's own ARKit-named
 shape keys, docs/ARKIT.md) instead of one shape key per frame; `--arkit-export FILE.csv|.json`
 also writes the weights. `--blink-rate R` sets the blinks per minute of weights with blink input
-(default: the speaking style's own rate; 0: no blinks). Without `--audio` the scene's sound strip
+(default: the speaking style's own rate; 0: no blinks), `--brow-rate R` the brow emphases per
+minute of speech of weights with brow input, the same way. Without `--audio` the scene's sound strip
 is used (`--strip NAME` when there are several). The .blend is saved in place (`--save
 OTHER.blend` to save elsewhere, `--no-save` not to save), and a JSON summary is printed.
 
@@ -97,6 +98,10 @@ def parse_args(argv=None):
         help="blinks per minute, 0-120 (default: the speaking style's own rate; 0: no blinks)",
     )
     parser.add_argument(
+        "--brow-rate", type=number_from_text, default=None, metavar="R",
+        help="brow emphases per minute of speech, 0-120 (default: the speaking style's own rate; 0: none)",
+    )
+    parser.add_argument(
         "--output-folder", help="base folder of the wrinkle maps (default: beside the .blend)"
     )
     parser.add_argument(
@@ -112,7 +117,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     try:  # the scene's frame rate replaces the default fps once the .blend is open
         args.options = GenerationOptions(_style(args.speaking_style), _style(args.wrinkle_style),
-                                         seed=args.seed, steps=args.steps, blink_rate=args.blink_rate)
+                                         seed=args.seed, steps=args.steps, blink_rate=args.blink_rate,
+                                         brow_rate=args.brow_rate)
     except ArgumentError as error:
         parser.error(str(error))
     return args

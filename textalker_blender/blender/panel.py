@@ -108,6 +108,9 @@ class TEXTALKER_PT_advanced(_SidebarTab, bpy.types.Panel):
         self.layout.prop(settings, "blinks")
         if settings.blinks == "CUSTOM":
             self.layout.prop(settings, "blink_rate")
+        self.layout.prop(settings, "brows")
+        if settings.brows == "CUSTOM":
+            self.layout.prop(settings, "brow_rate")
 
 
 CLASSES = (TEXTALKER_PT_main, TEXTALKER_PT_advanced)

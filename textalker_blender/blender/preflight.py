@@ -20,7 +20,7 @@ from . import arkit_output, catalog, head_fitting
 from .preferences import get_preferences
 from .outputs import has_output
 from .results import ARKIT, GenerationRequest, OUTPUT_MODES, SHAPE_KEYS
-from .scene_inputs import blink_rate_setting, match_template_layout, part_frames, resolve_audio, scene_fps, selected_audio, sequencer_scene, sound_strips, style_id, target_object, template_head, template_uv_layer
+from .scene_inputs import blink_rate_setting, brow_rate_setting, match_template_layout, part_frames, resolve_audio, scene_fps, selected_audio, sequencer_scene, sound_strips, style_id, target_object, template_head, template_uv_layer
 
 # One shape key per frame stores every vertex per frame: refuse clips whose keys alone would
 # take more memory than this (Blender would crawl long before running out).
@@ -183,10 +183,11 @@ def prepare(
     arkit_export: str | None = None,
     blink_rate: float | None = None,
     options: GenerationOptions | None = None,
+    brow_rate: float | None = None,
 ) -> GenerationRequest:
     """Checks the inputs and gathers them; changes nothing. Raises TexTalkerError.
 
-    The generation choices come as keywords (speaking_style ... blink_rate) or, from a caller that
+    The generation choices come as keywords (speaking_style ... blink_rate, brow_rate) or, from a caller that
     already made them, as `options` (then those keywords are ignored); either way the frame rate
     is the scene's."""
     scene = scene or bpy.context.scene
@@ -205,7 +206,8 @@ def prepare(
         raise TexTalkerError("The ARKit export needs the output mode 'ARKit curves'")
     # The one place the add-on's choices are checked (core/options.py); then what the weights know.
     if options is None:
-        options = GenerationOptions(speaking_style, wrinkle_style, scene_fps(scene), seed, steps, blink_rate)
+        options = GenerationOptions(speaking_style, wrinkle_style, scene_fps(scene), seed, steps, blink_rate,
+                                    brow_rate)
     elif options.fps != scene_fps(scene):
         options = options.replace(fps=scene_fps(scene))
     check_steps(options.steps, weights)
@@ -375,6 +377,7 @@ def request_from_context(context) -> GenerationRequest:
         steps=settings.steps or None,
         seed=settings.seed,
         blink_rate=blink_rate_setting(settings),
+        brow_rate=brow_rate_setting(settings),
         device=settings.device,
         scene=context.scene,  # its fps and timeline drive the keys, wherever the strip lives
         output_mode=settings.output_mode,

@@ -14,6 +14,8 @@ from bpy.props import (
 )
 
 from ..core.blinks import DEFAULT_RATE_PER_MIN, MAX_RATE_PER_MIN
+from ..core.brows import DEFAULT_RATE_PER_MIN as DEFAULT_BROW_RATE
+from ..core.brows import MAX_RATE_PER_MIN as MAX_BROW_RATE
 from . import catalog, writers
 from .preferences import DEVICE_ITEMS
 
@@ -96,6 +98,22 @@ class TexTalkerSettings(bpy.types.PropertyGroup):
         max=MAX_RATE_PER_MIN,
         description="Blinks per minute, used with the custom rate (people blink about 15 times a "
         "minute while talking)",
+    )
+    brows: EnumProperty(
+        name="Brow Emphasis",
+        items=[
+            ("STYLE", "Style's rate", "Raise or knit the brows on held syllables as often as the chosen "
+             "speaking style does", 0),
+            ("CUSTOM", "Custom rate", "Emphasise with the brows at the rate set below (per minute of speech)", 1),
+            ("OFF", "No emphasis", "Keep the brows calm (the forehead lines then rarely form)", 2),
+        ],
+        default="STYLE",
+        description="How often the brows rise (or knit) on emphasised syllables, folding the forehead "
+        "(weights trained without brow input ignore this)",
+    )
+    brow_rate: FloatProperty(
+        name="Brow Rate", default=DEFAULT_BROW_RATE, min=0.0, soft_max=60.0, max=MAX_BROW_RATE,
+        description="Brow emphases per minute of speech, used with the custom rate",
     )
     output_mode: EnumProperty(
         name="Output",

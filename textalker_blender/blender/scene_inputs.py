@@ -218,6 +218,16 @@ def blink_rate_setting(settings) -> float | None:
     return None
 
 
+def brow_rate_setting(settings) -> float | None:
+    """The panel's brow emphasis choice as `brow_rate`: the style's rate (None), the custom rate,
+    or 0."""
+    if settings.brows == "CUSTOM":
+        return float(settings.brow_rate)
+    if settings.brows == "OFF":
+        return 0.0
+    return None
+
+
 def style_id(key: str) -> int | str:
     for style in catalog.read_style_names():
         if style.key == key:

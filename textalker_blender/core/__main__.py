@@ -2,7 +2,7 @@
 
     python -m textalker_blender.core speech.wav --out result.npz [--weights FILE]
         [--speaking-style ID|KEY] [--wrinkle-style ID|KEY] [--fps 30] [--seed 0] [--steps N]
-        [--blink-rate R] [--device auto|cpu|cuda] [--hubert-dir DIR]
+        [--blink-rate R] [--brow-rate R] [--device auto|cpu|cuda] [--hubert-dir DIR]
     python -m textalker_blender.core --list-styles [--weights FILE]
     python -m textalker_blender.core --describe bundled|paper|WEIGHTS_FILE [--seconds 10]
 
@@ -14,6 +14,8 @@ path and SHA-256, trained flag, model config name, device, duration.
 
 `--blink-rate R`: blinks per minute (0-120) for weights with blink input; by default the rate
 measured for the speaking style, 0 for no blinks. Weights without blink input ignore it.
+`--brow-rate R`: brow emphases (raised or knitted brows on a held syllable) per minute of speech
+(0-120) for weights with brow input, the same way.
 
 `--describe` prints, as a Markdown table, the shape of every tensor from audio samples to the
 per-vertex offsets for a config, measured by running the real modules (on PyTorch's "meta" device
@@ -75,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="blinks per minute, 0-120 (default: the speaking style's own rate; 0: no blinks)",
     )
+    parser.add_argument(
+        "--brow-rate",
+        type=number_from_text,
+        default=None,
+        metavar="R",
+        help="brow emphases per minute of speech, 0-120 (default: the speaking style's own rate; 0: none)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
         "--hubert-dir", type=Path, default=None, help="local HuBERT checkpoint (hubert weights)"
@@ -124,10 +133,12 @@ def list_styles(args) -> int:
     return 0
 
 
-def result_arrays(result, pipeline, blink_rate: float | None = None) -> dict[str, np.ndarray]:
+def result_arrays(result, pipeline, blink_rate: float | None = None,
+                  brow_rate: float | None = None) -> dict[str, np.ndarray]:
     """Everything written to the .npz: the two outputs plus small metadata arrays.
 
-    `blink_rate`: the rate asked for (NaN in the file for None: the speaking style's own rate)."""
+    `blink_rate`, `brow_rate`: the rates asked for (NaN in the file for None: the speaking
+    style's own rate)."""
     return {
         "offsets": np.asarray(result.offsets, np.float32),
         "wrinkle_maps": np.asarray(result.wrinkle_maps, np.float16),
@@ -142,6 +153,8 @@ def result_arrays(result, pipeline, blink_rate: float | None = None) -> dict[str
         "steps": np.int64(result.steps),
         "blink_rate": np.float64(math.nan if blink_rate is None else blink_rate),
         "blink_input": np.bool_(pipeline.config.blink_condition),  # False: blink_rate was ignored
+        "brow_rate": np.float64(math.nan if brow_rate is None else brow_rate),
+        "brow_input": np.bool_(pipeline.config.brow_condition),  # False: brow_rate was ignored
         "device": np.str_(result.device),
         "weights_path": np.str_(str(pipeline.weights_path)),
         "weights_sha256": np.str_(pipeline.weights_sha256),
@@ -181,7 +194,7 @@ def generate(args) -> int:
     for warning in result.warnings:  # core/audio.py: silent, very quiet, clipped, not speech
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        write_npz(args.out, result_arrays(result, pipeline, args.options.blink_rate))
+        write_npz(args.out, result_arrays(result, pipeline, args.options.blink_rate, args.options.brow_rate))
     except OSError as exc:
         from .errors import ResourceError
 
@@ -505,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--out is required to write the results")
         try:
             args.options = GenerationOptions(args.speaking_style, args.wrinkle_style, args.fps, args.seed,
-                                             args.steps, args.blink_rate)
+                                             args.steps, args.blink_rate, args.brow_rate)
         except ArgumentError as exc:
             parser.error(str(exc))
     try:

@@ -14,6 +14,7 @@ and the CLIs show it as one line) and a `ValueError` (what Python callers expect
 - seed: a whole number torch's generator accepts (-2**63 .. 2**64 - 1).
 - fps: a finite number 1..1000.
 - blink rate: `core.blinks.check_rate` (0..120 blinks per minute).
+- brow emphasis rate: `core.brows.check_rate` (0..120 per minute of speech).
 
 A float with a whole value (4.0) counts as a whole number; 4.5, True/False, NaN and infinity do
 not.
@@ -106,6 +107,21 @@ def check_blink_rate(value) -> float | None:
         return check_rate(value)
     except ValueError as exc:
         raise ArgumentError(f"blink_rate: the {str(exc).replace('nan', repr(value))}") from exc
+
+
+def check_brow_rate(value) -> float | None:
+    """Brow emphases per minute of speech: None stays None (the speaking style's own rate), else
+    0..120."""
+    if value is None:
+        return None
+    from .brows import check_rate
+
+    try:
+        if not isinstance(value, numbers.Real):
+            check_rate(math.nan)
+        return check_rate(value)
+    except ValueError as exc:
+        raise ArgumentError(f"brow_rate: the {str(exc).replace('nan', repr(value))}") from exc
 
 
 def number_from_text(text: str):

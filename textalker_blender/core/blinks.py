@@ -39,12 +39,18 @@ def check_rate(value) -> float:
     """A blink rate as given by a caller or typed by a user (a number or its text) -> blinks per
     minute; ValueError unless it is a finite number in 0..MAX_RATE_PER_MIN (a bool is not one).
     The one check behind the Pipeline, the add-on API and both command lines."""
+    return check_per_minute(value, "blink rate", "blinks per minute", MAX_RATE_PER_MIN)
+
+
+def check_per_minute(value, what: str, unit: str, maximum: float) -> float:
+    """A rate per minute (`what`, in `unit`) -> float; ValueError unless it is a finite number in
+    0..maximum (a bool is not one). Blinks and brow emphases (core/brows.py) share it."""
     try:
         rate = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         rate = math.nan
-    if not (math.isfinite(rate) and 0.0 <= rate <= MAX_RATE_PER_MIN):
-        raise ValueError(f"blink rate must be between 0 and {MAX_RATE_PER_MIN:g} blinks per minute, not {value!r}")
+    if not (math.isfinite(rate) and 0.0 <= rate <= maximum):
+        raise ValueError(f"{what} must be between 0 and {maximum:g} {unit}, not {value!r}")
     return rate
 
 

@@ -56,7 +56,7 @@ _ABLATION_DEFAULTS: dict[str, Any] = {"modalities": "motion+wrinkle", "joint_cod
 # metadata of earlier weights (and their SHA-256) stays what it was.
 # Fields left out of a config's JSON at these values, so the headers of weights saved before the
 # field existed stay the same (from_dict restores them; the encoding at its legacy value).
-_OMITTED_AT_DEFAULT: dict[str, Any] = {**_ABLATION_DEFAULTS, "blink_condition": False,
+_OMITTED_AT_DEFAULT: dict[str, Any] = {**_ABLATION_DEFAULTS, "blink_condition": False, "brow_condition": False,
                                        "wrinkle_encoding": LEGACY_WRINKLE_ENCODING}
 
 
@@ -152,6 +152,12 @@ class ModelConfig:
     # flag it is told when the eyes close (training: the eyelid closure measured in the data;
     # generation: a track sampled at the speaking style's blink rate) and draws the blink itself.
     blink_condition: bool = False
+    # Brow emphasis as two per-frame inputs, raise and furrow (core/brows.py). Which syllable a
+    # speaker emphasises with the brows is only loosely fixed by the audio, so without it the
+    # model averages the brow raises (and the forehead folds they make) away; with it, training
+    # gives the brow motion measured in the data and generation places emphases on the longest
+    # syllable nuclei at the speaking style's measured rate.
+    brow_condition: bool = False
     # Style
     style_mode: str = "pivot"  # "pivot" | "onehot"
     num_styles: int = 8  # one-hot table size (only used when style_mode == "onehot")

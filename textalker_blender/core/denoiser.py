@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .brows import BROW_CHANNELS
 from .config import ModelConfig
 from .schedule import DDPMSchedule
 
@@ -101,6 +102,14 @@ class LatentDenoiser(nn.Module):
             nn.init.zeros_(self.blink_proj.bias)
             self.blink_out = nn.Linear(1, self.latent_dim, bias=False)
             nn.init.zeros_(self.blink_out.weight)
+        if config.brow_condition:
+            # The same two paths for the brow track (raise, furrow): an output direction per
+            # channel fitted to the data (`set_brow_direction`) and an input to every token.
+            self.brow_proj = nn.Linear(len(BROW_CHANNELS), width)
+            nn.init.zeros_(self.brow_proj.weight)
+            nn.init.zeros_(self.brow_proj.bias)
+            self.brow_out = nn.Linear(len(BROW_CHANNELS), self.latent_dim, bias=False)
+            nn.init.zeros_(self.brow_out.weight)
         if config.style_mode == "onehot":
             self.speaking_embedding = nn.Embedding(config.num_styles, width)
             self.wrinkle_embedding = nn.Embedding(config.num_styles, width)
@@ -128,11 +137,13 @@ class LatentDenoiser(nn.Module):
         speaking_style: torch.Tensor | None = None,
         wrinkle_style: torch.Tensor | None = None,
         blink: torch.Tensor | None = None,
+        brow: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict x0 (B, T, Dz) from x_t (B, T, Dz), steps t (B,), audio (B, T, C).
 
         `prefix_mask` (B, T) bool marks frames whose x_t is already the clean prefix. `blink`
-        (B, T) is the eyelid closure track of a `blink_condition` model (None: no blinks).
+        (B, T) is the eyelid closure track of a `blink_condition` model (None: no blinks),
+        `brow` (B, T, 2) the brow track (raise, furrow) of a `brow_condition` model.
         """
         batch, n_frames, _ = x_t.shape
         device = x_t.device
@@ -157,6 +168,8 @@ class LatentDenoiser(nn.Module):
             h = h + self.wrinkle_embedding(wrinkle_style.to(device))[:, None]
         if self.config.blink_condition and blink is not None:
             h = h + self.blink_proj(blink.to(device, h.dtype)[..., None])
+        if self.config.brow_condition and brow is not None:
+            h = h + self.brow_proj(brow.to(device, h.dtype))
         memory = self.audio_proj(audio)
         out = self.decoder(
             h,
@@ -173,6 +186,8 @@ class LatentDenoiser(nn.Module):
             prediction = abar.sqrt() * x_t + (1 - abar).sqrt() * prediction
         if self.config.blink_condition and blink is not None:
             prediction = prediction + self.blink_out(blink.to(device, prediction.dtype)[..., None])
+        if self.config.brow_condition and brow is not None:
+            prediction = prediction + self.brow_out(brow.to(device, prediction.dtype))
         return prediction
 
     @torch.no_grad()
@@ -187,3 +202,17 @@ class LatentDenoiser(nn.Module):
         direction = (centred[:, None] * (x0 - x0.mean(dim=0))).sum(dim=0) / variance
         self.blink_out.weight.copy_(direction[:, None])
         return direction
+
+    @torch.no_grad()
+    def set_brow_direction(self, x0: torch.Tensor, brow: torch.Tensor) -> torch.Tensor:
+        """Set `brow_out` to the least-squares slopes (2, Dz) of model-space latents x0 (N, Dz)
+        on their brow track (N, 2), both channels together (a channel the data never moves gets
+        slope 0); returns them. A brow-conditioned model only."""
+        centred = brow.to(torch.float64) - brow.to(torch.float64).mean(dim=0)
+        if float((centred * centred).sum()) <= 0:
+            raise ValueError("the training data moves no brows, so a brow input cannot be learned: "
+                             "set the model's brow_condition to false in the config")
+        target = (x0 - x0.mean(dim=0)).to(torch.float64)
+        slopes = torch.linalg.lstsq(centred, target, driver="gelsd").solution   # (2, Dz)
+        self.brow_out.weight.copy_(slopes.T.to(self.brow_out.weight.dtype))
+        return slopes.to(x0.dtype)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .blinks import DEFAULT_STATISTICS, BlinkStatistics, sample_blink_track
+from .brows import BrowStatistics, emphasis_nuclei, sample_brow_track
 from .config import ModelConfig
 from .creases import Crease
 from .denoiser import LatentDenoiser
@@ -71,6 +72,9 @@ class TexTalkerModel(nn.Module):
         # Blink rate and duration per style (core/blinks.py), measured on the training data;
         # None for a model without blink input.
         self.style_blinks: list[BlinkStatistics] | None = None
+        # Brow emphasis rate, heights and furrow share per style (core/brows.py), measured on the
+        # training data; None for a model without brow input.
+        self.style_brows: list[BrowStatistics] | None = None
         # Per style: the crease curves its fold activation scales (core/creases.py); None for
         # weights trained without crease detail.
         self.style_creases: list[list[Crease]] | None = None
@@ -102,6 +106,28 @@ class TexTalkerModel(nn.Module):
         # Its own stream, so the diffusion noise of a seed is the same with and without blinks.
         rng = np.random.default_rng([abs(int(seed)), int(int(seed) < 0), int(salt) & (2**64 - 1), 0xB1])
         return torch.from_numpy(sample_blink_track(n_frames, fps, rate, measured.duration_s, rng))
+
+    # ------------------------------------------------------------------ brows
+    def brow_statistics_for(self, speaking: int) -> BrowStatistics:
+        """The speaking style's measured brow emphases; the mean over styles for a style without
+        its own, the defaults for weights without statistics."""
+        table = self.style_brows or []
+        if 0 <= speaking < len(table):
+            return table[speaking]
+        return BrowStatistics.mean(table)
+
+    def brow_track(self, audio: np.ndarray, sample_rate: int, n_frames: int, fps: float, speaking: int,
+                   seed: int, rate_per_min: float | None = None, salt: int = 0) -> torch.Tensor | None:
+        """Brow track (n_frames, 2) for generation: emphases on the audio's longest syllable
+        nuclei at the speaking style's measured rate, or `rate_per_min` (0: none; core/brows.py),
+        or None for a model without brow input. Seeded by `seed` and `salt` like the blinks, in a
+        stream of its own."""
+        if not self.config.brow_condition:
+            return None
+        rng = np.random.default_rng([abs(int(seed)), int(int(seed) < 0), int(salt) & (2**64 - 1), 0xB20])
+        nuclei = emphasis_nuclei(audio, sample_rate)
+        return torch.from_numpy(sample_brow_track(nuclei, n_frames, fps, self.brow_statistics_for(speaking), rng,
+                                                  rate_per_min))
 
     @property
     def audio_encoder_stored(self) -> bool:
@@ -209,9 +235,11 @@ class TexTalkerModel(nn.Module):
         progress: Callable[[float], None] | None = None,
         cancel: threading.Event | None = None,
         blink: torch.Tensor | None = None,
+        brow: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Audio features (T, C) -> latents z_f (T, Dz_f), z_w (T, Dz_w) (None: not modelled).
-        `blink` (T,): eyelid closure track for a blink-conditioned model (`blink_track`)."""
+        `blink` (T,): eyelid closure track for a blink-conditioned model (`blink_track`);
+        `brow` (T, 2): brow track for a brow-conditioned model (`brow_track`)."""
         onehot = self.config.style_mode == "onehot"
         x0 = sample_sequence(
             self.denoiser,
@@ -224,6 +252,7 @@ class TexTalkerModel(nn.Module):
             progress=progress,
             cancel=cancel,
             blink=blink,
+            brow=brow,
         )
         z_motion, z_wrinkle = self.from_model_space(x0, speaking, wrinkle)
         if self.config.quantize_sampled_latents:
@@ -323,6 +352,8 @@ class TexTalkerModel(nn.Module):
         }
         if self.style_blinks is not None:
             metadata["style_blinks"] = json.dumps([b.to_dict() for b in self.style_blinks])
+        if self.style_brows is not None:
+            metadata["style_brows"] = json.dumps([b.to_dict() for b in self.style_brows])
         if self.style_creases is not None:
             metadata["style_creases"] = json.dumps([[c.to_dict() for c in creases] for creases in self.style_creases],
                                                    separators=(",", ":"))
@@ -390,6 +421,11 @@ class TexTalkerModel(nn.Module):
                 model.style_blinks = [BlinkStatistics.from_dict(b) for b in json.loads(metadata["style_blinks"])]
             except (ValueError, TypeError, KeyError) as exc:
                 raise WeightsError(f"{weights.path.name} has unreadable blink statistics: {exc}") from exc
+        if "style_brows" in metadata:
+            try:
+                model.style_brows = [BrowStatistics.from_dict(b) for b in json.loads(metadata["style_brows"])]
+            except (ValueError, TypeError, KeyError) as exc:
+                raise WeightsError(f"{weights.path.name} has unreadable brow statistics: {exc}") from exc
         if "style_creases" in metadata:
             try:
                 styles = [[Crease.from_dict(c) for c in creases] for creases in json.loads(metadata["style_creases"])]

@@ -36,9 +36,10 @@ class GenerationOptions:
     # (core.creases.most_lined_style), so that wrinkles show without choosing one
     wrinkle_style: int | str | None = None
     fps: float = 30.0                  # output frames per second (the scene's)
-    seed: int = 0                      # the diffusion noise (and the blink timing)
+    seed: int = 0                      # the diffusion noise (and the blink and brow timing)
     steps: int | None = None           # DDIM steps; None: the model's default
     blink_rate: float | None = None    # blinks per minute; None: the speaking style's own rate
+    brow_rate: float | None = None     # brow emphases per minute of speech; None: the style's own
 
     def __post_init__(self) -> None:
         checked = {
@@ -48,6 +49,7 @@ class GenerationOptions:
             "seed": arguments.check_seed(self.seed),
             "steps": arguments.check_steps(self.steps),
             "blink_rate": arguments.check_blink_rate(self.blink_rate),
+            "brow_rate": arguments.check_brow_rate(self.brow_rate),
         }
         for name, value in checked.items():  # frozen: the checked values replace what was given
             object.__setattr__(self, name, value)

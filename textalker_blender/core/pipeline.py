@@ -384,6 +384,8 @@ class Pipeline:
 
         `options.blink_rate`: blinks per minute for a blink-conditioned model (core/blinks.py);
         None uses the speaking style's measured rate, 0 gives no blinks. Ignored by other models.
+        `options.brow_rate`: brow emphases per minute of speech for a brow-conditioned model
+        (core/brows.py), the same way.
         """
         # Checked once where the options were made (core/options.py); here only what needs the
         # model: its number of diffusion steps and its style table.
@@ -420,6 +422,8 @@ class Pipeline:
 
             n_model = output_frame_count(duration, MODEL_FPS)
             features = self.model.audio_encoder.encode(samples, n_model).to(self.device)
+            brow = self.model.brow_track(samples, SAMPLE_RATE, n_model, MODEL_FPS, speaking, int(seed),
+                                         options.brow_rate, salt=audio_key)
             del samples
             mark = _lap(timings, "features", mark)
             tracker.finish_stage("features")
@@ -435,6 +439,7 @@ class Pipeline:
                 progress=lambda f: tracker.stage("diffusion", f),
                 cancel=cancel,
                 blink=blink,
+                brow=brow,
             )
             del features
             _lap(timings, "diffusion", mark)

@@ -64,9 +64,11 @@ def sample_sequence(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     blink: torch.Tensor | None = None,
+    brow: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate model-space x0 (T, Dz) for audio features (T, C) with sliding windows + DDIM;
-    `blink` (T,): eyelid closure track of a blink-conditioned model (None: no blinks).
+    `blink` (T,): eyelid closure track of a blink-conditioned model (None: no blinks); `brow`
+    (T, 2): brow track of a brow-conditioned model.
 
     `generator` is a CPU torch.Generator: the noise is drawn on the CPU and moved to the device,
     so a seed gives the same noise on every device.
@@ -87,6 +89,7 @@ def sample_sequence(
     for window in windows:
         audio_window = audio[window.start : window.stop][None]
         blink_window = None if blink is None else blink[window.start : window.stop][None].to(device)
+        brow_window = None if brow is None else brow[window.start : window.stop][None].to(device)
         prefix_mask = torch.zeros(1, window.length, dtype=torch.bool, device=device)
         prefix_mask[:, : window.prefix] = True
         prefix_values = output[window.start : window.start + window.prefix]
@@ -96,7 +99,7 @@ def sample_sequence(
                 raise Cancelled("Generation cancelled.")
             x[0, : window.prefix] = prefix_values
             x0 = denoiser(x, torch.tensor([t], device=device), audio_window, prefix_mask, **styles,
-                          blink=blink_window)
+                          blink=blink_window, brow=brow_window)
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             x = schedule.ddim_step(x, x0, t, t_prev)
             calls += 1

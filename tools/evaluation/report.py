@@ -253,6 +253,12 @@ def render_markdown(results: dict) -> str:
                    "it is told about (`core/blinks.py`, `ModelConfig.blink_condition`). No blink timing comes from "
                    "the ground truth" if model.get("blink_condition") else
                    "no blink input: blinks come only from what the denoiser learned from the audio"],
+        ["brow emphasis", "a brow track per utterance: emphases on the audio's longest-held syllable nuclei at the "
+                          "speaking style's rate measured on the training data, seeded like the blinks; the model "
+                          "draws the brows and forehead it is told about (`core/brows.py`, "
+                          "`ModelConfig.brow_condition`). No brow timing comes from the ground truth"
+                          if model.get("brow_condition") else
+                          "no brow input: brow raises come only from what the denoiser learned from the audio"],
         ["dataset", f"`{dataset['name']}` format {dataset['format_version']}, seed {dataset['seed']}, "
                     f"fingerprint `{dataset['fingerprint']}` (SHA-256 of meta.json, utterances.json, subjects/*.json)"],
         ["test sets", size_text],

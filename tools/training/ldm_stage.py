@@ -52,6 +52,7 @@ from .joint_maps import encode_joint_latents
 
 from textalker_blender.core.audio import load_audio  # noqa: E402
 from textalker_blender.core.blinks import blink_statistics, eyelid_closure  # noqa: E402
+from textalker_blender.core.brows import brow_activity, brow_statistics  # noqa: E402
 from textalker_blender.core.config import MODEL_FPS  # noqa: E402
 from textalker_blender.core.features import audio_encoder_class, build_audio_encoder  # noqa: E402
 from textalker_blender.core.sampling import border_discontinuity, sample_sequence  # noqa: E402
@@ -61,6 +62,7 @@ from textalker_blender.core.weights import load_weights, save_weights, sha256_fi
 
 # Parameters a warm start may lack (see initialise_from).
 BLINK_PARAMETER_PREFIXES = ("denoiser.blink_proj.", "denoiser.blink_out.")
+BROW_PARAMETER_PREFIXES = ("denoiser.brow_proj.", "denoiser.brow_out.")
 
 
 # ---------------------------------------------------------------------------- style names
@@ -134,9 +136,10 @@ def encode_split(dataset, motion_vq, wrinkle_vq, folder: Path, audio_fn, dist: D
 
 
 def load_split_cache(dataset, folder: Path, blink: bool = False, lip_gap: bool = False,
-                     telephone_folder: Path | None = None) -> list[dict]:
+                     telephone_folder: Path | None = None, brow: bool = False) -> list[dict]:
     """The split's cached latents and audio; with `blink`, also each utterance's eyelid closure
-    (core/blinks.py), with `lip_gap` its midline lip gap in mm (training/lip_closure.py), both
+    (core/blinks.py), with `lip_gap` its midline lip gap in mm (training/lip_closure.py), with
+    `brow` its brow track (core/brows.py), all
     measured from its ground-truth offsets (cheap: ~8 s for the training set, so not cached);
     with `telephone_folder`, the audio input of its telephone copy ("audio_phone")."""
     items = []
@@ -150,7 +153,7 @@ def load_split_cache(dataset, folder: Path, blink: bool = False, lip_gap: bool =
                 "audio": torch.from_numpy(data["audio"]),
                 "n_frames": int(data["z_motion"].shape[0]),
             }
-        if blink or lip_gap:
+        if blink or lip_gap or brow:
             offsets = dataset.geometry(entry["subject"]).offsets(dataset.weights(index))
             if len(offsets) != item["n_frames"]:
                 raise ValueError(f"{entry['id']}: {len(offsets)} frames of motion but {item['n_frames']} cached latents")
@@ -158,6 +161,8 @@ def load_split_cache(dataset, folder: Path, blink: bool = False, lip_gap: bool =
                 item["blink"] = torch.from_numpy(eyelid_closure(dataset.template, offsets))
             if lip_gap:
                 item["lip_gap"] = torch.from_numpy(ground_truth_gap_mm(dataset.template, offsets))
+            if brow:
+                item["brow"] = torch.from_numpy(brow_activity(dataset.template, offsets))
         if telephone_folder is not None:
             with np.load(telephone_folder / f"{entry['id']}.npz") as data:
                 item["audio_phone"] = torch.from_numpy(data["audio"])
@@ -166,8 +171,8 @@ def load_split_cache(dataset, folder: Path, blink: bool = False, lip_gap: bool =
 
 
 def window_track(items: list[dict], starts: list[int], length: int, device, key: str = "blink") -> torch.Tensor | None:
-    """A per-frame track (B, length) of the windows ("blink": eyelid closure, "lip_gap": lip gap
-    in mm), or None when the items carry none."""
+    """A per-frame track (B, length, ...) of the windows ("blink": eyelid closure, "lip_gap": lip
+    gap in mm, "brow": brow raise and furrow), or None when the items carry none."""
     if not items or key not in items[0]:
         return None
     return torch.stack([it[key][s : s + length] for it, s in zip(items, starts)]).to(device)
@@ -238,7 +243,8 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
         zm, zw, feats = window_batch(model, [item], [0], length, device)
         subjects = torch.tensor([rows[item["subject"]]], device=device)
         blink = window_blink([item], [0], length, device)
-        losses.append(float(ldm_loss(model, zm, zw, feats, subjects, generator=generator, blink=blink)))
+        brow = window_track([item], [0], length, device, "brow")
+        losses.append(float(ldm_loss(model, zm, zw, feats, subjects, generator=generator, blink=blink, brow=brow)))
     result = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
     long_items = [it for it in items if it["n_frames"] > config.window_frames][:3]
     seams, truth_seams = [], []
@@ -248,7 +254,7 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
         row = rows[item["subject"]]
         styles = {"speaking_style": row, "wrinkle_style": row} if config.style_mode == "onehot" else {}
         x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps, torch.Generator().manual_seed(7), **styles,
-                             blink=item.get("blink"))
+                             blink=item.get("blink"), brow=item.get("brow"))
         seams.append(border_discontinuity(x0.cpu(), config.window_frames, config.prefix_frames))
         truth = model.to_model_space(item["z_motion"].to(device), item["z_wrinkle"].to(device), row, row)
         truth_seams.append(border_discontinuity(truth.cpu(), config.window_frames, config.prefix_frames))
@@ -263,7 +269,7 @@ def validate(model: TexTalkerModel, items: list[dict], rows: dict, config_ldm: d
             feats = model.audio_encoder.clip_features(item["audio"].to(device), item["n_frames"])
             styles = {"speaking_style": row, "wrinkle_style": row} if config.style_mode == "onehot" else {}
             x0 = sample_sequence(model.denoiser, model.schedule, feats, config.sampling_steps,
-                                 torch.Generator().manual_seed(7), **styles, blink=item.get("blink"))
+                                 torch.Generator().manual_seed(7), **styles, blink=item.get("blink"), brow=item.get("brow"))
             hit, count = closures_hit(model, lip_reader, x0, row, item["lip_gap"].numpy(), closed_mm)
             hits, runs = hits + hit, runs + count
         result["val_closures_hit"] = hits / max(runs, 1)
@@ -298,12 +304,14 @@ def load_model_file(path: Path, model: TexTalkerModel) -> None:
 
 def initialise_from(model: TexTalkerModel, params: dict, path: Path) -> set[str]:
     """Copy the trainable tensors (denoiser, bundled audio front end) of the weights file at
-    `path` into `model`; every one must be there with the same shape, except the blink
-    parameters of a blink-conditioned model (a warm start from a model without blink input):
-    they keep their initialisation (`fit_blink_direction` then sets the output direction).
+    `path` into `model`; every one must be there with the same shape, except the blink and brow
+    parameters of a blink- or brow-conditioned model (a warm start from a model without that
+    input): they keep their initialisation (`fit_blink_direction` and `fit_brow_direction` then
+    set the output directions).
     Returns the names copied."""
     tensors = load_weights(path, verify=False).tensors
-    missing = [name for name in params if name not in tensors and not name.startswith(BLINK_PARAMETER_PREFIXES)]
+    missing = [name for name in params if name not in tensors
+               and not name.startswith(BLINK_PARAMETER_PREFIXES + BROW_PARAMETER_PREFIXES)]
     mismatched = [name for name, p in params.items() if name in tensors and tuple(tensors[name].shape) != tuple(p.shape)]
     if missing or mismatched:
         raise ValueError(f"--init-from {path}: not a warm start for this model config "
@@ -329,6 +337,22 @@ def fit_blink_direction(model: TexTalkerModel, items: list[dict], rows: dict, lo
         log.write({"event": "blink_direction", "norm": float(direction.norm()), "frames": int(len(closure)),
                    "closed_fraction": float((closure > 0.5).float().mean())},
                   f"LDM: blink direction fitted on {len(closure)} frames (norm {float(direction.norm()):.1f})")
+
+
+@torch.no_grad()
+def fit_brow_direction(model: TexTalkerModel, items: list[dict], rows: dict, log=None) -> None:
+    """Start the denoiser's brow output at the least-squares directions of the training latents
+    (model space) on their brow track (core/denoiser.py, `set_brow_direction`)."""
+    x0 = torch.cat([model.to_model_space(it["z_motion"], it["z_wrinkle"], rows[it["subject"]], rows[it["subject"]])
+                    for it in items])
+    track = torch.cat([it["brow"] for it in items])
+    slopes = model.denoiser.set_brow_direction(x0.to(model.denoiser.brow_out.weight.device), track.to(x0.device))
+    if log is not None:
+        norms = [float(n) for n in slopes.norm(dim=1)]
+        log.write({"event": "brow_direction", "norms": norms, "frames": int(len(track)),
+                   "raised_fraction": float((track[:, 0] > 0.1).float().mean()),
+                   "furrowed_fraction": float((track[:, 1] > 0.1).float().mean())},
+                  f"LDM: brow directions fitted on {len(track)} frames (norms {norms[0]:.1f}, {norms[1]:.1f})")
 
 
 def train_ldm(
@@ -440,6 +464,7 @@ def train_ldm(
         return summary
     dist.barrier()
     blink = model_config.blink_condition
+    brow = model_config.brow_condition
     lip_settings = lip_closure_settings(section)
     lip_weight = float(lip_settings["weight"])
     if lip_weight > 0 and not lip_closure_applies(model_config):
@@ -447,8 +472,10 @@ def train_ldm(
                   "LDM: lip_closure off (this model has no motion VQ of its own)")
         lip_weight = 0.0
     train_items = load_split_cache(train_set, cache / "train", blink, lip_gap=lip_weight > 0,
-                                   telephone_folder=cache / "train-phone" if telephone_probability > 0 else None)
-    val_items = load_split_cache(val_set, cache / "test-A", blink, lip_gap=lip_weight > 0) if val_set is not None else []
+                                   telephone_folder=cache / "train-phone" if telephone_probability > 0 else None,
+                                   brow=brow)
+    val_items = (load_split_cache(val_set, cache / "test-A", blink, lip_gap=lip_weight > 0, brow=brow)
+                 if val_set is not None else [])
 
     # ---- style pivots: one per training subject, in subject-index order
     subjects = sorted({it["subject"] for it in train_items}, key=lambda s: train_set.subjects[s].index)
@@ -475,6 +502,9 @@ def train_ldm(
     if blink:
         model.style_blinks = [blink_statistics([it["blink"].numpy() for it in train_items if it["subject"] == s], MODEL_FPS)
                               for s in subjects]
+    if brow:
+        model.style_brows = [brow_statistics([it["brow"].numpy() for it in train_items if it["subject"] == s], MODEL_FPS)
+                             for s in subjects]
     if joint:
         model.joint_vq.load_state_dict(motion_vq.state_dict())
     else:
@@ -493,6 +523,8 @@ def train_ldm(
     if blink and not run.has_checkpoint() and "denoiser.blink_out.weight" not in copied:
         # (a warm start from a blink-conditioned model keeps the direction it learned)
         fit_blink_direction(model, train_items, rows, log)
+    if brow and not run.has_checkpoint() and "denoiser.brow_out.weight" not in copied:
+        fit_brow_direction(model, train_items, rows, log)
     optimizer = torch.optim.AdamW(params.values(), lr=float(section["learning_rate"]), weight_decay=float(section["weight_decay"]))
     warmup = max(1, int(section["warmup_steps"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(warmup, section["lr_decay"], total_steps))
@@ -571,12 +603,15 @@ def train_ldm(
                                    mel_per_frame, generator)
         z_motion, z_wrinkle, features = window_batch(model, items, starts, length, device, section["augment"], generator)
         blink_window = window_blink(items, starts, length, device)
+        brow_window = window_track(items, starts, length, device, "brow")
         metrics = {}
         if lip_reader is None:
-            loss = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows, generator=generator, blink=blink_window)
+            loss = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows, generator=generator, blink=blink_window,
+                            brow=brow_window)
         else:
             diffusion, prediction, usable = ldm_loss(model, z_motion, z_wrinkle, features, subject_rows,
-                                                     generator=generator, blink=blink_window, return_prediction=True)
+                                                     generator=generator, blink=blink_window, return_prediction=True,
+                                                     brow=brow_window)
             lips = lip_closure_loss(model, lip_reader, prediction, subject_rows,
                                     window_track(items, starts, length, device, "lip_gap"), usable, lip_settings, generator)
             loss = diffusion + lip_weight * lips

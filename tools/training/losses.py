@@ -37,11 +37,13 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     blink: torch.Tensor | None = None,
     return_prediction: bool = False,
+    brow: torch.Tensor | None = None,
 ):
     """MSE between predicted and true x0 over the non-prefix frames of each window.
 
     `x0` (B, T, Dz) in model space; `audio` (B, T, C) features of the same frames; `blink`
-    (B, T) their eyelid closure (blink-conditioned models). With `return_prediction`:
+    (B, T) their eyelid closure (blink-conditioned models), `brow` (B, T, 2) their brow track
+    (brow-conditioned models). With `return_prediction`:
     (loss, predicted x0 (B, T, Dz), non-prefix mask (B, T)), for terms on what was predicted.
     """
     batch, n_frames, _ = x0.shape
@@ -53,7 +55,7 @@ def diffusion_loss(
     x_t = schedule.q_sample(x0, t, noise)
     prefix = torch.arange(n_frames, device=device)[None] < prefix_lengths.to(device)[:, None]
     x_in = torch.where(prefix[..., None], x0, x_t)
-    prediction = denoiser(x_in, t, audio, prefix, speaking_style, wrinkle_style, blink)
+    prediction = denoiser(x_in, t, audio, prefix, speaking_style, wrinkle_style, blink, brow)
     weight = (~prefix).to(x0.dtype)[..., None]
     loss = ((prediction - x0) ** 2 * weight).sum() / (weight.sum() * x0.shape[-1]).clamp_min(1)
     return (loss, prediction, ~prefix) if return_prediction else loss
@@ -69,12 +71,13 @@ def ldm_loss(
     generator: torch.Generator | None = None,
     blink: torch.Tensor | None = None,
     return_prediction: bool = False,
+    brow: torch.Tensor | None = None,
 ):
     """Diffusion loss of a batch of windows for a `TexTalkerModel`: latents (B, T, Dz_f),
     (B, T, Dz_w) from the VQ encoders, audio features (B, T, C) (from
     `audio_encoder.window_features` for the bundled encoder, so its front end trains jointly),
-    subject style rows (B,), eyelid closure (B, T) of a blink-conditioned model;
-    `return_prediction` as in `diffusion_loss`."""
+    subject style rows (B,), eyelid closure (B, T) of a blink-conditioned model, brow track
+    (B, T, 2) of a brow-conditioned model; `return_prediction` as in `diffusion_loss`."""
     x0 = model.batch_to_model_space(z_motion, z_wrinkle, subjects)
     onehot = model.config.style_mode == "onehot"
     return diffusion_loss(
@@ -88,4 +91,5 @@ def ldm_loss(
         generator=generator,
         blink=blink,
         return_prediction=return_prediction,
+        brow=brow,
     )

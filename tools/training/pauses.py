@@ -37,7 +37,8 @@ def splice_with_pause(first: dict, second: dict, gap_frames: int, mel_per_frame:
                       generator: torch.Generator) -> dict:
     """One cache item: `first`, `gap_frames` frames of silence at rest, then `second`.
 
-    Items hold "z_motion"/"z_wrinkle" (frames, D), optionally "blink" and "lip_gap" (frames,),
+    Items hold "z_motion"/"z_wrinkle" (frames, D), optionally "blink" and "lip_gap" (frames,)
+    and "brow" (frames, 2),
     and "audio": a log-mel (n_mels, M) at
     `mel_per_frame` columns per frame, or, with `mel_per_frame` None, per-frame features
     (frames, C) (HuBERT cache), whose gap repeats the first utterance's last frame."""
@@ -52,9 +53,9 @@ def splice_with_pause(first: dict, second: dict, gap_frames: int, mel_per_frame:
         "z_motion": torch.cat([first["z_motion"][:n_first], held(first["z_motion"]), second["z_motion"]]),
         "z_wrinkle": torch.cat([first["z_wrinkle"][:n_first], held(first["z_wrinkle"]), second["z_wrinkle"]]),
     }
-    for key in ("blink", "lip_gap"):
+    for key in ("blink", "lip_gap", "brow"):
         if key in first:
-            # Eyelids and lips hold with the rest of the face (the target repeats the last frame).
+            # Eyelids, lips and brows hold with the rest of the face (the target repeats the last frame).
             spliced[key] = torch.cat([first[key][:n_first], held(first[key]), second[key]])
     if mel_per_frame is None:
         audio = first["audio"]

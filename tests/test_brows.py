@@ -215,6 +215,25 @@ def test_brow_input_is_zero_initialised_and_its_output_directions_are_least_squa
         denoiser.set_brow_direction(x0, torch.zeros(n, 2))
 
 
+def test_brow_direction_held_beside_the_other_units_leaves_out_what_moves_with_emphases():
+    # Emphases fall on long vowels: a jaw that opens with the raise must not end up in the
+    # raise's direction when the jaw is given as another unit.
+    torch.manual_seed(0)
+    denoiser = LatentDenoiser(tiny_config(brow_condition=True)).eval()
+    g = torch.Generator().manual_seed(4)
+    n = 5000
+    track = torch.zeros(n, 2)
+    track[:, 0] = (torch.rand(n, generator=g) < 0.25).float() * torch.rand(n, generator=g)
+    jaw = 0.6 * track[:, :1] + 0.3 * torch.rand(n, 1, generator=g)
+    brow_direction = torch.randn(denoiser.latent_dim, generator=g)
+    jaw_direction = torch.randn(denoiser.latent_dim, generator=g) * 2
+    x0 = track[:, :1] * brow_direction + jaw * jaw_direction + 0.02 * torch.randn(n, denoiser.latent_dim, generator=g)
+    alone = denoiser.set_brow_direction(x0, track)[0]
+    beside = denoiser.set_brow_direction(x0, track, others=jaw)[0]
+    torch.testing.assert_close(beside, brow_direction, atol=0.03, rtol=0.0)
+    assert (alone - brow_direction).abs().max() > 0.5  # on the track alone it carries the jaw
+
+
 def test_denoiser_without_brow_condition_has_no_brow_input_and_sampling_passes_the_track():
     plain = LatentDenoiser(tiny_config()).eval()
     assert not any("brow" in name for name in plain.state_dict())

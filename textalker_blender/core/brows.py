@@ -31,6 +31,9 @@ from .blinks import check_per_minute
 BROW_CHANNELS = ("raise", "furrow")
 RAISE_UNITS = ("browInnerUp",)
 FURROW_UNITS = ("browDownLeft", "browDownRight")
+# Units that move with an emphasis (the outer brows and the widened eyes go up with the inner
+# brows): left out of the other units the output direction is fitted beside (`other_units`).
+MOVES_WITH_EMPHASIS = RAISE_UNITS + FURROW_UNITS + ("browOuterUpLeft", "browOuterUpRight", "eyeWideLeft", "eyeWideRight")
 # A brow event: a run where raise or furrow exceeds EVENT_LEVEL and peaks above PEAK_LEVEL.
 EVENT_LEVEL = 0.04
 PEAK_LEVEL = 0.1
@@ -94,14 +97,21 @@ class BrowStatistics:
 DEFAULT_STATISTICS = BrowStatistics(DEFAULT_RATE_PER_MIN, DEFAULT_PEAK, DEFAULT_PEAK, 0.0)
 
 
-def brow_activity(template, head_offsets: np.ndarray) -> np.ndarray:
+def brow_activity(template, head_offsets: np.ndarray, with_other_units: bool = False):
     """Head vertex offsets (T, V, 3) in metres -> (T, 2) float32 [raise, furrow] in [0, 1]: the
     least-squares weights of the template's inner brow raise and of its brow-down units (mean of
-    the sides), as `core/blinks.py` measures the eyelids."""
+    the sides), as `core/blinks.py` measures the eyelids. With `with_other_units`, also the
+    (T, U') weights of every unit that does not move with an emphasis (jaw, lips, cheeks, lids):
+    what the brow output direction is fitted beside (`LatentDenoiser.set_brow_direction`)."""
     weights = template.estimate_unit_weights(np.asarray(head_offsets, np.float32))
     raise_ = weights[..., [template.unit_index(n) for n in RAISE_UNITS]].mean(axis=-1)
     furrow = weights[..., [template.unit_index(n) for n in FURROW_UNITS]].mean(axis=-1)
-    return np.clip(np.stack([raise_, furrow], axis=-1), 0.0, 1.0).astype(np.float32)
+    track = np.clip(np.stack([raise_, furrow], axis=-1), 0.0, 1.0).astype(np.float32)
+    if not with_other_units:
+        return track
+    moving = {template.unit_index(n) for n in MOVES_WITH_EMPHASIS}
+    others = [i for i in range(weights.shape[-1]) if i not in moving]
+    return track, weights[..., others].astype(np.float32)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -204,15 +204,25 @@ class LatentDenoiser(nn.Module):
         return direction
 
     @torch.no_grad()
-    def set_brow_direction(self, x0: torch.Tensor, brow: torch.Tensor) -> torch.Tensor:
+    def set_brow_direction(self, x0: torch.Tensor, brow: torch.Tensor,
+                           others: torch.Tensor | None = None) -> torch.Tensor:
         """Set `brow_out` to the least-squares slopes (2, Dz) of model-space latents x0 (N, Dz)
         on their brow track (N, 2), both channels together (a channel the data never moves gets
-        slope 0); returns them. A brow-conditioned model only."""
-        centred = brow.to(torch.float64) - brow.to(torch.float64).mean(dim=0)
+        slope 0); returns them. A brow-conditioned model only.
+
+        `others` (N, K): the other face units' weights, fitted beside the track, so the slopes
+        hold them fixed. Emphases fall on long vowels, so on the track alone the slope would also
+        open the jaw; beside the jaw and lips it moves the brows, the eyes and the forehead."""
+        track = brow.to(torch.float64)
+        centred = track - track.mean(dim=0)
         if float((centred * centred).sum()) <= 0:
             raise ValueError("the training data moves no brows, so a brow input cannot be learned: "
                              "set the model's brow_condition to false in the config")
+        design = centred
+        if others is not None:
+            held = others.to(torch.float64)
+            design = torch.cat([centred, held - held.mean(dim=0)], dim=1)
         target = (x0 - x0.mean(dim=0)).to(torch.float64)
-        slopes = torch.linalg.lstsq(centred, target, driver="gelsd").solution   # (2, Dz)
+        slopes = torch.linalg.lstsq(design, target, driver="gelsd").solution[: track.shape[1]]   # (2, Dz)
         self.brow_out.weight.copy_(slopes.T.to(self.brow_out.weight.dtype))
         return slopes.to(x0.dtype)

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from textalker_blender.core.config import ModelConfig, VQConfig
 from textalker_blender.core.template import TemplateHead
 from textalker_blender.core.uv import MapLayout
+
+TINY_TRAINING_CONFIG = Path(__file__).resolve().parents[1] / "tools" / "configs" / "tiny.json"
+# Stage tests that train on the tiny dataset (built with flite and sox by the `tiny_dataset` fixture).
+needs_dataset_tools = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
+                                         reason="needs the Debian packages flite and sox (dataset build)")
+
+
+def tiny_training_config(model_overrides: dict | None = None, ldm: dict | None = None):
+    """tools/configs/tiny.json as a TrainingConfig, with model overrides and `ldm` settings added."""
+    from tools.training.common import training_config_from_dict
+
+    data = json.loads(TINY_TRAINING_CONFIG.read_text())
+    data["model"]["overrides"].update(model_overrides or {})
+    data["ldm"].update(ldm or {})
+    return training_config_from_dict(data)
+
 
 # The test machine's 2 cores are shared: one thread per test process avoids oversubscription,
 # which made these small models ~10x slower than single-threaded.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from core_helpers import grid_template, speech_like, tiny_config
+from core_helpers import grid_template, needs_dataset_tools, speech_like, tiny_config, tiny_training_config
 
 from textalker_blender.core.blinks import (
     CLOSED_THRESHOLD,
@@ -507,20 +507,10 @@ def test_initialise_from_warm_starts_a_blink_model_from_weights_without_blink_in
 
 
 # ---------------------------------------------------------------------------- stage 2 end to end
-TINY = REPO / "tools" / "configs" / "tiny.json"
-needs_dataset_tools = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
-                                         reason="needs the Debian packages flite and sox (dataset build)")
-
-
-def tiny_training_config(blink: bool):
-    from tools.training.common import training_config_from_dict
-
-    data = json.loads(TINY.read_text())
-    data["model"]["overrides"]["blink_condition"] = blink
+def blink_training_config(blink: bool):
     # 8 windows a step: with ~3 % of the tiny dataset's frames in a blink, 4 steps all but surely
     # see some (the blink input's weight gets no gradient from an all-open window).
-    data["ldm"].update({"batch_size": 8, "validate_every": 4, "checkpoint_every": 4})
-    return training_config_from_dict(data)
+    return tiny_training_config({"blink_condition": blink}, {"batch_size": 8, "validate_every": 4, "checkpoint_every": 4})
 
 
 @needs_dataset_tools
@@ -538,12 +528,12 @@ def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path
     cpu = Distributed()
     data = tiny_dataset
     for kind in ("motion", "wrinkle"):
-        train_vq(tiny_training_config(False), data, tmp_path / kind, kind, cpu, steps=2, progress_bar=False)
+        train_vq(blink_training_config(False), data, tmp_path / kind, kind, cpu, steps=2, progress_bar=False)
     vqs = (tmp_path / "motion", tmp_path / "wrinkle")
 
     # A model without blink input, one step: the warm start's source.
     plain = tmp_path / "plain"
-    train_ldm(tiny_training_config(False), data, plain, *vqs, cpu, steps=1, progress_bar=False)
+    train_ldm(blink_training_config(False), data, plain, *vqs, cpu, steps=1, progress_bar=False)
     source = load_weights(plain / "checkpoint" / MODEL_WEIGHTS, verify=False)
     assert "style_blinks" not in source.metadata
     assert not any(k.startswith(BLINK_PARAMETERS) for k in source.tensors)
@@ -551,7 +541,7 @@ def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path
     # The blink-conditioned run starts from it (step 0 checkpoint), then trains 4 steps.
     run = tmp_path / "blink"
     shutil.copytree(plain / "cache", run / "cache")  # same VQs: the latent cache is valid
-    config = tiny_training_config(True)
+    config = blink_training_config(True)
     config.ldm["seed"] = 1
     train_ldm(config, data, run, *vqs, cpu, steps=0, progress_bar=False, init_from=plain / "checkpoint" / MODEL_WEIGHTS)
     start = load_weights(run / "checkpoint" / MODEL_WEIGHTS, verify=False)
@@ -564,7 +554,7 @@ def test_stage_2_trains_the_blink_input_and_stores_per_style_statistics(tmp_path
     fitted = [r for r in read_log(run / "log.jsonl") if r["event"] == "blink_direction"]
     assert len(fitted) == 1 and fitted[0]["norm"] > 0 and fitted[0]["closed_fraction"] > 0
 
-    config = tiny_training_config(True)
+    config = blink_training_config(True)
     config.ldm["seed"] = 1
     summary = train_ldm(config, data, run, *vqs, cpu, steps=4, progress_bar=False)
     assert summary["step"] == 4

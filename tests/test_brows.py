@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from core_helpers import speech_like, tiny_config
+from core_helpers import needs_dataset_tools, speech_like, tiny_config, tiny_training_config
 
 from textalker_blender.core.brows import (
     DEFAULT_STATISTICS,
@@ -313,18 +313,8 @@ def test_a_model_without_brow_input_makes_no_track():
 
 
 # ---------------------------------------------------------------------------- stage 2 end to end
-TINY = REPO / "tools" / "configs" / "tiny.json"
-needs_dataset_tools = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
-                                         reason="needs the Debian packages flite and sox (dataset build)")
-
-
-def tiny_training_config(brow: bool):
-    from tools.training.common import training_config_from_dict
-
-    data = json.loads(TINY.read_text())
-    data["model"]["overrides"]["brow_condition"] = brow
-    data["ldm"].update({"batch_size": 8, "validate_every": 2, "checkpoint_every": 2})
-    return training_config_from_dict(data)
+def brow_training_config(brow: bool):
+    return tiny_training_config({"brow_condition": brow}, {"batch_size": 8, "validate_every": 2, "checkpoint_every": 2})
 
 
 @needs_dataset_tools
@@ -341,16 +331,16 @@ def test_stage_2_warm_starts_the_brow_input_and_the_pipeline_uses_it(tmp_path, t
 
     cpu = Distributed()
     for kind in ("motion", "wrinkle"):
-        train_vq(tiny_training_config(False), tiny_dataset, tmp_path / kind, kind, cpu, steps=2, progress_bar=False)
+        train_vq(brow_training_config(False), tiny_dataset, tmp_path / kind, kind, cpu, steps=2, progress_bar=False)
     vqs = (tmp_path / "motion", tmp_path / "wrinkle")
     plain = tmp_path / "plain"
-    train_ldm(tiny_training_config(False), tiny_dataset, plain, *vqs, cpu, steps=1, progress_bar=False)
+    train_ldm(brow_training_config(False), tiny_dataset, plain, *vqs, cpu, steps=1, progress_bar=False)
     source = load_weights(plain / "checkpoint" / MODEL_WEIGHTS, verify=False)
     assert not any("brow" in k for k in source.tensors) and "style_brows" not in source.metadata
 
     run = tmp_path / "brow"
     shutil.copytree(plain / "cache", run / "cache")
-    summary = train_ldm(tiny_training_config(True), tiny_dataset, run, *vqs, cpu, steps=2, progress_bar=False,
+    summary = train_ldm(brow_training_config(True), tiny_dataset, run, *vqs, cpu, steps=2, progress_bar=False,
                         init_from=plain / "checkpoint" / MODEL_WEIGHTS)
     assert summary["step"] == 2
     fitted = [r for r in read_log(run / "log.jsonl") if r["event"] == "brow_direction"]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from core_helpers import needs_dataset_tools
 
 from textalker_blender.core.template import load_template
 from tools.real_speech.measures import lip_vertex_pair, mouth_aperture_mm
@@ -157,10 +157,6 @@ def test_lip_closure_loss_reaches_the_denoiser_output_and_closures_hit_counts_ru
     assert runs == 2 and 0 <= hit <= 2  # frames 0-1 and frame 4
     assert closures_hit(model, reader, x0, 0, truth[0].numpy(), closed_mm=1e6)[1] == 1  # one run: all frames
     assert closures_hit(model, reader, x0, 0, np.full(frames, 9.0), closed_mm=1.0) == (0, 0)
-
-
-needs_dataset_tools = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("sox") is None,
-                                         reason="needs the Debian packages flite and sox (dataset build)")
 
 
 @needs_dataset_tools

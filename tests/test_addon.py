@@ -105,11 +105,12 @@ def test_panel_says_why_generate_is_disabled_without_a_mesh():
     labels = [entry[1] for entry in log if entry[0] == "label"]
     assert api.blocking_reason(bpy.context) in labels
     advanced = _draw(panel.TEXTALKER_PT_advanced, bpy.context)
-    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "brows"]
+    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "brows", "lip_seal_mm"]
     bpy.context.scene.textalker.blinks = "CUSTOM"  # the rate shows only for the custom choice
     bpy.context.scene.textalker.brows = "CUSTOM"
     advanced = _draw(panel.TEXTALKER_PT_advanced, bpy.context)
-    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "blink_rate", "brows", "brow_rate"]
+    assert [e[1] for e in advanced if e[0] == "prop"] == ["steps", "seed", "blinks", "blink_rate", "brows", "brow_rate",
+                                                          "lip_seal_mm"]
 
 
 def test_blink_settings_default_to_the_styles_rate():
@@ -359,6 +360,11 @@ def test_blink_settings_reach_the_pipeline(tmp_path, one_second_speech):
     settings.brows = "OFF"
     assert api.request_from_context(bpy.context).options.brow_rate == 0.0
     settings.brows = "STYLE"
+    assert api.request_from_context(bpy.context).options.lip_seal_mm == settings.bl_rna.properties["lip_seal_mm"].default
+    settings.lip_seal_mm = 0.0
+    assert api.request_from_context(bpy.context).options.lip_seal_mm == 0.0
+    settings.lip_seal_mm = 99.0  # clamped to the hard maximum, which the core accepts
+    assert api.request_from_context(bpy.context).options.lip_seal_mm == 20.0
     for request in requests.values():  # what Pipeline.generate / generate_chunks are given
         assert generation._generation_options(request, None, None)["options"].blink_rate == request.options.blink_rate
 

@@ -16,6 +16,7 @@ import soundfile
 from core_helpers import speech_like, write_blink_input_weights
 
 from textalker_blender.core.__main__ import describe_shapes
+from textalker_blender.core.lip_seal import DEFAULT_SEAL_MM
 from textalker_blender.core.config import ModelConfig
 from textalker_blender.core.pipeline import DEFAULT_WEIGHTS
 from textalker_blender.core.weights import load_weights, sha256_file
@@ -87,6 +88,7 @@ def test_generates_npz_with_consistent_shapes_and_metadata(wav, tmp_path, bundle
         assert bool(result["blink_input"]) == config.blink_condition
         assert np.isnan(float(result["brow_rate"]))
         assert bool(result["brow_input"]) == config.brow_condition
+        assert float(result["lip_seal_mm"]) == DEFAULT_SEAL_MM
         assert str(result["weights_sha256"]) == sha256_file(DEFAULT_WEIGHTS)
         assert bool(result["trained"]) == (bundled_metadata["trained"] == "true")
         assert str(result["device"]) == "cpu"
@@ -122,6 +124,8 @@ def test_user_errors_exit_1_with_a_message_and_no_traceback(wav, tmp_path):
         assert "Traceback" not in bad_rate.stderr
     bad_brows = run_cli(wav, "--out", tmp_path / "r.npz", "--brow-rate", "-2", "--quiet")
     assert bad_brows.returncode == 2 and "brow emphasis rate must be between 0 and 120" in bad_brows.stderr
+    bad_seal = run_cli(wav, "--out", tmp_path / "r.npz", "--lip-seal", "25", "--quiet")
+    assert bad_seal.returncode == 2 and "lip_seal_mm must be a number of millimetres from 0" in bad_seal.stderr
     assert not (tmp_path / "r.npz").exists()
 
 

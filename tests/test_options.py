@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from textalker_blender.core.arguments import ArgumentError
+from textalker_blender.core.lip_seal import DEFAULT_SEAL_MM
 from textalker_blender.core.options import GenerationOptions
 
 
@@ -13,6 +14,8 @@ def test_defaults_and_checked_values():
     options = GenerationOptions()
     assert (options.speaking_style, options.wrinkle_style, options.fps, options.seed, options.steps,
             options.blink_rate, options.brow_rate) == (0, None, 30.0, 0, None, None, None)  # wrinkle None: the weights' default
+    assert options.lip_seal_mm == DEFAULT_SEAL_MM > 0  # the seal is on unless switched off
+    assert GenerationOptions(lip_seal_mm=0).lip_seal_mm == 0.0
     whole = GenerationOptions(speaking_style=2.0, fps=24, seed=3.0, steps=4.0, blink_rate=12, brow_rate=6)
     assert whole.speaking_style == 2 and isinstance(whole.speaking_style, int)
     assert whole.fps == 24.0 and isinstance(whole.fps, float)
@@ -33,6 +36,11 @@ def test_defaults_and_checked_values():
     ("brow_rate", -1, "brow_rate: the brow emphasis rate must be between 0 and 120"),
     ("brow_rate", "often", "brow_rate"),
     ("brow_rate", True, "brow_rate"),
+    ("lip_seal_mm", -0.5, "lip_seal_mm must be a number of millimetres from 0"),
+    ("lip_seal_mm", 20.5, "lip_seal_mm must be a number of millimetres from 0"),
+    ("lip_seal_mm", float("nan"), "lip_seal_mm"),
+    ("lip_seal_mm", None, "lip_seal_mm"),
+    ("lip_seal_mm", True, "lip_seal_mm"),
     ("speaking_style", -1, "speaking style must be a style number"),
     ("wrinkle_style", "  ", "wrinkle style must be a style number"),
     ("speaking_style", True, "speaking style must be a style number"),

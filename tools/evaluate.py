@@ -44,6 +44,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+from textalker_blender.core.arguments import number_from_text  # noqa: E402
+from textalker_blender.core.options import GenerationOptions  # noqa: E402
 from textalker_blender.core.wrinkle_channels import ratio_from_channels  # noqa: E402
 from tools.evaluation.cli import add_device_arguments, add_report_arguments  # noqa: E402
 from tools.evaluation.metrics import CreaseScores, MotionScores, TextureScores  # noqa: E402
@@ -93,6 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="leave out the sweep's row of the ground truth through the bundle's VQs")
     parser.add_argument("--ablation", action="append", default=[], metavar="NAME=PATH",
                         help="an ablation bundle to evaluate like TexTalker (repeatable)")
+    parser.add_argument("--option-ablation", action="append", default=[], metavar="NAME=OPTION=VALUE",
+                        help="the evaluated bundle with one generation option changed (core/options.py), "
+                             "e.g. lip_seal_off=lip_seal_mm=0; reported beside the ablation bundles (repeatable)")
     parser.add_argument("--ablation-splits", default="test-A", help="comma-separated splits for ablations")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -108,6 +113,18 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--ablation expects NAME=PATH, got {item!r}")
         ablations[name.strip()] = Path(path.strip())
     args.ablations = ablations
+    option_ablations = {}
+    for item in args.option_ablation:
+        name, _, assignment = item.partition("=")
+        option, sep, value = assignment.partition("=")
+        if not sep or not name.strip() or not option.strip() or name.strip() in ablations:
+            parser.error(f"--option-ablation expects NAME=OPTION=VALUE with a new NAME, got {item!r}")
+        try:
+            changed = GenerationOptions().replace(**{option.strip(): number_from_text(value)})
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--option-ablation {item!r}: {exc}")
+        option_ablations[name.strip()] = {option.strip(): getattr(changed, option.strip())}
+    args.option_ablations = option_ablations
     if args.max_utterances is not None and args.max_utterances < 1:
         parser.error("--max-utterances must be at least 1")
     return args
@@ -291,8 +308,9 @@ class Method:
 
 
 class TexTalkerPredictor:
-    def __init__(self, pipe, styles: StyleChooser, seed: int, steps: int | None):
+    def __init__(self, pipe, styles: StyleChooser, seed: int, steps: int | None, options: dict | None = None):
         self.pipe, self.styles, self.seed, self.steps = pipe, styles, seed, steps
+        self.options = dict(options or {})  # generation options other than the defaults
         # running totals for the time estimate
         self.frames, self.seconds, self.diffusion_seconds = 0, 0.0, 0.0
 
@@ -300,7 +318,7 @@ class TexTalkerPredictor:
         style = self.styles.style_for(sample.subject)
         started = time.perf_counter()
         result = self.pipe.generate((sample.audio, sample.sample_rate), speaking_style=style, wrinkle_style=style,
-                                    fps=float(fps), seed=self.seed, steps=self.steps)
+                                    fps=float(fps), seed=self.seed, steps=self.steps, **self.options)
         self.frames += result.n_frames
         self.seconds += time.perf_counter() - started
         self.diffusion_seconds += result.timings.get("diffusion", 0.0)
@@ -722,6 +740,14 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
         ablation_info[name] = {"path": str(path), "sha256": ablation_pipe.weights_sha256, "verified": ablation_verified,
                                "trained": ablation_pipe.trained, "ablation": getattr(config, "ablation", None),
                                "motion": a_motion, "texture": a_texture, "styles": ablation_styles}
+    for name, changed in args.option_ablations.items():
+        described = ", ".join(f"{key}={value}" for key, value in changed.items())
+        ablation_methods.append(Method(name, "ablation", motion_on, texture_on,
+                                       f"the evaluated bundle with {described}; DDIM {steps} steps",
+                                       TexTalkerPredictor(pipe, styles, args.seed, steps, changed)))
+        ablation_info[name] = {"path": str(weights_path), "sha256": pipe.weights_sha256, "verified": verified,
+                               "trained": pipe.trained, "ablation": None, "options": changed,
+                               "motion": motion_on, "texture": texture_on, "styles": styles}
 
     # Rough time estimate, refined after the first utterance of the first split.
     total_frames = {split: sum(len(datasets[split].weights(i)) for i in selections[split]) for split in evaluated_splits}
@@ -809,7 +835,8 @@ def run_evaluation(args: argparse.Namespace, argv: list[str]) -> dict:
                   "diffusion_steps": pipe.config.diffusion_steps, "model_fps": MODEL_FPS,
                   "dataset": metadata.get("dataset"), "training": metadata.get("training"),
                   "styles": len(pipe.styles), "blink_condition": bool(pipe.config.blink_condition),
-                  "brow_condition": bool(pipe.config.brow_condition)},
+                  "brow_condition": bool(pipe.config.brow_condition),
+                  "lip_seal_mm": GenerationOptions().lip_seal_mm, "closure_detector": pipe.model.closure is not None},
         "seeds": {"diffusion": args.seed, "learned_baselines": args.seed},
         "splits": splits,
         "sizes": sizes,

@@ -31,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+from textalker_blender.core.lip_seal import DEFAULT_SEAL_MM  # noqa: E402
+
 from tools.evaluation.cli import add_device_arguments, add_report_arguments  # noqa: E402
 from tools.real_speech.alignment import (  # noqa: E402
     bilabial_error_ms,
@@ -88,7 +90,23 @@ def _weights_info(pipeline) -> dict:
     except ValueError:
         shown = str(pipeline.weights_path)
     return {"path": shown, "sha256": pipeline.weights_sha256, "trained": pipeline.trained,
-            "dataset": metadata.get("dataset", "?")}
+            "dataset": metadata.get("dataset", "?"), "lip_seal_mm": pipeline.options["lip_seal_mm"],
+            "closure_detector": pipeline.model.closure is not None}
+
+
+class _WithOptions:
+    """The Pipeline with some generation options fixed (`--lip-seal`): every generate call of the
+    check and of the synthetic reference gets them."""
+
+    def __init__(self, pipeline, **options):
+        self.pipeline = pipeline
+        self.options = options
+
+    def generate(self, *args, **kwargs):
+        return self.pipeline.generate(*args, **{**self.options, **kwargs})
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
 
 
 def _diagnostics(pipeline, results, dataset: Path | None, limit: int | None) -> dict | None:
@@ -144,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--original-only", action="store_true",
                         help="only the original set (copied + ALSA recordings), no Debian-package sources")
     parser.add_argument("--no-telephone", action="store_true", help="no telephone versions of the wideband clips")
+    parser.add_argument("--lip-seal", type=float, default=DEFAULT_SEAL_MM, metavar="MM",
+                        help=f"the generation option lip_seal_mm (default {DEFAULT_SEAL_MM:g}; 0: off)")
     parser.add_argument("--require-targets", action="store_true",
                         help="exit 1 unless every issue #19 target is met over all clips")
     args = parser.parse_args(argv)
@@ -155,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     timings: dict[str, float] = {}
     mark = time.perf_counter()
-    pipeline = Pipeline.load(args.weights, device=args.device)
+    pipeline = _WithOptions(Pipeline.load(args.weights, device=args.device), lip_seal_mm=args.lip_seal)
     weights = _weights_info(pipeline)
     missing: list[str] = []
     core_names = {r.name for r in available_recordings(align=False)}

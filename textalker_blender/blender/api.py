@@ -89,7 +89,7 @@ def generate(obj: bpy.types.Object, audio, progress=None, **choices) -> Generati
     """Animates `obj` from `audio` (a path, a sound strip, or (samples, rate)); synchronous.
 
     `choices` are `prepare`'s keywords: speaking_style, wrinkle_style, device, steps, seed, scene,
-    output_folder, weights, output_mode, arkit_export, blink_rate, brow_rate, options.
+    output_folder, weights, output_mode, arkit_export, blink_rate, brow_rate, lip_seal_mm, options.
     Styles are ids or keys of `Pipeline.styles`; device "auto" | "cuda" | "cpu"; steps None for
     the model's default. Raises TexTalkerError (with a message for the user) and then leaves
     the scene unchanged.
@@ -103,8 +103,12 @@ def generate(obj: bpy.types.Object, audio, progress=None, **choices) -> Generati
     input ignore it.
     `brow_rate`: brow emphases (brows raised or knitted on a held syllable) per minute of speech
     (0..120) for weights with brow input, the same way.
+    `lip_seal_mm`: how far apart (mm) the lips may be and still be pressed shut where the
+    weights' closure detector is sure the lips close (a /p b m/, a pause); scaled per frame by
+    its probability (0..20; default 12; 0 shows the model's lips as they are; weights without a
+    detector get no seal; core/lip_seal.py, core/closure.py).
     `options`: a `core.options.GenerationOptions` made beforehand; it replaces speaking_style ...
-    brow_rate (the frame rate is always the scene's).
+    lip_seal_mm (the frame rate is always the scene's).
     """
     return run(prepare(obj, audio, **choices), progress=progress)
 

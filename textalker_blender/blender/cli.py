@@ -14,7 +14,9 @@ With bpy as a Python module, from a checkout::
 shape keys, docs/ARKIT.md) instead of one shape key per frame; `--arkit-export FILE.csv|.json`
 also writes the weights. `--blink-rate R` sets the blinks per minute of weights with blink input
 (default: the speaking style's own rate; 0: no blinks), `--brow-rate R` the brow emphases per
-minute of speech of weights with brow input, the same way. Without `--audio` the scene's sound strip
+minute of speech of weights with brow input, the same way, and `--lip-seal MM` how far apart the
+lips may be and still be pressed shut where the weights' closure detector hears a /p b m/ or a
+pause (default 12 mm, scaled by the detector's probability; 0: off; core/lip_seal.py). Without `--audio` the scene's sound strip
 is used (`--strip NAME` when there are several). The .blend is saved in place (`--save
 OTHER.blend` to save elsewhere, `--no-save` not to save), and a JSON summary is printed.
 
@@ -55,6 +57,7 @@ from ..core import resources, run_files
 from ..core.arguments import ArgumentError, number_from_text
 from ..core.errors import TexTalkerError
 from ..core.options import GenerationOptions
+from ..core.lip_seal import DEFAULT_SEAL_MM, MAX_SEAL_MM
 from . import api
 
 EXIT_ERROR = 1
@@ -102,6 +105,10 @@ def parse_args(argv=None):
         help="brow emphases per minute of speech, 0-120 (default: the speaking style's own rate; 0: none)",
     )
     parser.add_argument(
+        "--lip-seal", type=number_from_text, default=DEFAULT_SEAL_MM, metavar="MM",
+        help=f"press lips closer than MM millimetres shut, 0-{MAX_SEAL_MM:g} (default {DEFAULT_SEAL_MM:g}; 0: off)",
+    )
+    parser.add_argument(
         "--output-folder", help="base folder of the wrinkle maps (default: beside the .blend)"
     )
     parser.add_argument(
@@ -118,7 +125,7 @@ def parse_args(argv=None):
     try:  # the scene's frame rate replaces the default fps once the .blend is open
         args.options = GenerationOptions(_style(args.speaking_style), _style(args.wrinkle_style),
                                          seed=args.seed, steps=args.steps, blink_rate=args.blink_rate,
-                                         brow_rate=args.brow_rate)
+                                         brow_rate=args.brow_rate, lip_seal_mm=args.lip_seal)
     except ArgumentError as error:
         parser.error(str(error))
     return args

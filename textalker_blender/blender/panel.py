@@ -111,6 +111,7 @@ class TEXTALKER_PT_advanced(_SidebarTab, bpy.types.Panel):
         self.layout.prop(settings, "brows")
         if settings.brows == "CUSTOM":
             self.layout.prop(settings, "brow_rate")
+        self.layout.prop(settings, "lip_seal_mm")
 
 
 CLASSES = (TEXTALKER_PT_main, TEXTALKER_PT_advanced)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core import arguments, resources
 from ..core.errors import MeshError, ResourceError, TexTalkerError
+from ..core.lip_seal import DEFAULT_SEAL_MM
 from ..core.options import GenerationOptions
 from . import arkit_output, catalog, head_fitting
 from .preferences import get_preferences
@@ -184,10 +185,11 @@ def prepare(
     blink_rate: float | None = None,
     options: GenerationOptions | None = None,
     brow_rate: float | None = None,
+    lip_seal_mm: float = DEFAULT_SEAL_MM,
 ) -> GenerationRequest:
     """Checks the inputs and gathers them; changes nothing. Raises TexTalkerError.
 
-    The generation choices come as keywords (speaking_style ... blink_rate, brow_rate) or, from a caller that
+    The generation choices come as keywords (speaking_style ... blink_rate, brow_rate, lip_seal_mm) or, from a caller that
     already made them, as `options` (then those keywords are ignored); either way the frame rate
     is the scene's."""
     scene = scene or bpy.context.scene
@@ -207,7 +209,7 @@ def prepare(
     # The one place the add-on's choices are checked (core/options.py); then what the weights know.
     if options is None:
         options = GenerationOptions(speaking_style, wrinkle_style, scene_fps(scene), seed, steps, blink_rate,
-                                    brow_rate)
+                                    brow_rate, lip_seal_mm)
     elif options.fps != scene_fps(scene):
         options = options.replace(fps=scene_fps(scene))
     check_steps(options.steps, weights)
@@ -378,6 +380,7 @@ def request_from_context(context) -> GenerationRequest:
         seed=settings.seed,
         blink_rate=blink_rate_setting(settings),
         brow_rate=brow_rate_setting(settings),
+        lip_seal_mm=settings.lip_seal_mm,
         device=settings.device,
         scene=context.scene,  # its fps and timeline drive the keys, wherever the strip lives
         output_mode=settings.output_mode,

@@ -16,6 +16,7 @@ from bpy.props import (
 from ..core.blinks import DEFAULT_RATE_PER_MIN, MAX_RATE_PER_MIN
 from ..core.brows import DEFAULT_RATE_PER_MIN as DEFAULT_BROW_RATE
 from ..core.brows import MAX_RATE_PER_MIN as MAX_BROW_RATE
+from ..core.lip_seal import DEFAULT_SEAL_MM, MAX_SEAL_MM
 from . import catalog, writers
 from .preferences import DEVICE_ITEMS
 
@@ -114,6 +115,11 @@ class TexTalkerSettings(bpy.types.PropertyGroup):
     brow_rate: FloatProperty(
         name="Brow Rate", default=DEFAULT_BROW_RATE, min=0.0, soft_max=60.0, max=MAX_BROW_RATE,
         description="Brow emphases per minute of speech, used with the custom rate",
+    )
+    lip_seal_mm: FloatProperty(
+        name="Lip Seal (mm)", default=DEFAULT_SEAL_MM, min=0.0, max=MAX_SEAL_MM, step=10, precision=1,
+        description="How far apart the lips may be and still be pressed shut where the model hears a /p b m/ "
+        "or a pause (scaled by how sure it is), so closures close firmly (0: show the model's lips as they are)",
     )
     output_mode: EnumProperty(
         name="Output",

@@ -2,7 +2,7 @@
 
     python -m textalker_blender.core speech.wav --out result.npz [--weights FILE]
         [--speaking-style ID|KEY] [--wrinkle-style ID|KEY] [--fps 30] [--seed 0] [--steps N]
-        [--blink-rate R] [--brow-rate R] [--device auto|cpu|cuda] [--hubert-dir DIR]
+        [--blink-rate R] [--brow-rate R] [--lip-seal MM] [--device auto|cpu|cuda] [--hubert-dir DIR]
     python -m textalker_blender.core --list-styles [--weights FILE]
     python -m textalker_blender.core --describe bundled|paper|WEIGHTS_FILE [--seconds 10]
 
@@ -16,6 +16,9 @@ path and SHA-256, trained flag, model config name, device, duration.
 measured for the speaking style, 0 for no blinks. Weights without blink input ignore it.
 `--brow-rate R`: brow emphases (raised or knitted brows on a held syllable) per minute of speech
 (0-120) for weights with brow input, the same way.
+`--lip-seal MM`: how far apart the lips may be and still be pressed shut where the weights' closure
+detector hears a /p b m/ or a pause, scaled by its probability (0-20; default 12; 0: off; weights
+without a detector get no seal; core/lip_seal.py). The file records it as `lip_seal_mm`.
 
 `--describe` prints, as a Markdown table, the shape of every tensor from audio samples to the
 per-vertex offsets for a config, measured by running the real modules (on PyTorch's "meta" device
@@ -38,6 +41,7 @@ import numpy as np
 from .arguments import ArgumentError, check_fps, number_from_text
 from .errors import TexTalkerError
 from .options import GenerationOptions
+from .lip_seal import DEFAULT_SEAL_MM, MAX_SEAL_MM
 
 EXIT_USER_ERROR = 1
 
@@ -83,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="R",
         help="brow emphases per minute of speech, 0-120 (default: the speaking style's own rate; 0: none)",
+    )
+    parser.add_argument(
+        "--lip-seal",
+        type=number_from_text,
+        default=DEFAULT_SEAL_MM,
+        metavar="MM",
+        help=f"press lips closer than MM millimetres shut, 0-{MAX_SEAL_MM:g} (default {DEFAULT_SEAL_MM:g}; 0: off)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
@@ -134,11 +145,11 @@ def list_styles(args) -> int:
 
 
 def result_arrays(result, pipeline, blink_rate: float | None = None,
-                  brow_rate: float | None = None) -> dict[str, np.ndarray]:
+                  brow_rate: float | None = None, lip_seal_mm: float = DEFAULT_SEAL_MM) -> dict[str, np.ndarray]:
     """Everything written to the .npz: the two outputs plus small metadata arrays.
 
     `blink_rate`, `brow_rate`: the rates asked for (NaN in the file for None: the speaking
-    style's own rate)."""
+    style's own rate); `lip_seal_mm` the lip seal distance used."""
     return {
         "offsets": np.asarray(result.offsets, np.float32),
         "wrinkle_maps": np.asarray(result.wrinkle_maps, np.float16),
@@ -155,6 +166,7 @@ def result_arrays(result, pipeline, blink_rate: float | None = None,
         "blink_input": np.bool_(pipeline.config.blink_condition),  # False: blink_rate was ignored
         "brow_rate": np.float64(math.nan if brow_rate is None else brow_rate),
         "brow_input": np.bool_(pipeline.config.brow_condition),  # False: brow_rate was ignored
+        "lip_seal_mm": np.float64(lip_seal_mm),
         "device": np.str_(result.device),
         "weights_path": np.str_(str(pipeline.weights_path)),
         "weights_sha256": np.str_(pipeline.weights_sha256),
@@ -194,7 +206,8 @@ def generate(args) -> int:
     for warning in result.warnings:  # core/audio.py: silent, very quiet, clipped, not speech
         print(f"warning: {warning}", file=sys.stderr)
     try:
-        write_npz(args.out, result_arrays(result, pipeline, args.options.blink_rate, args.options.brow_rate))
+        write_npz(args.out, result_arrays(result, pipeline, args.options.blink_rate, args.options.brow_rate,
+                                          args.options.lip_seal_mm))
     except OSError as exc:
         from .errors import ResourceError
 
@@ -518,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--out is required to write the results")
         try:
             args.options = GenerationOptions(args.speaking_style, args.wrinkle_style, args.fps, args.seed,
-                                             args.steps, args.blink_rate, args.brow_rate)
+                                             args.steps, args.blink_rate, args.brow_rate, args.lip_seal)
         except ArgumentError as exc:
             parser.error(str(exc))
     try:

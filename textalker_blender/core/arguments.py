@@ -124,6 +124,18 @@ def check_brow_rate(value) -> float | None:
         raise ArgumentError(f"brow_rate: the {str(exc).replace('nan', repr(value))}") from exc
 
 
+def check_lip_seal(value) -> float:
+    """Lip seal distance in mm (core/lip_seal.py): lips closer than this are pressed shut;
+    0 switches the seal off. A finite number from 0 to MAX_SEAL_MM."""
+    from .lip_seal import MAX_SEAL_MM
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not 0.0 <= float(value) <= MAX_SEAL_MM:
+        raise ArgumentError(f"lip_seal_mm must be a number of millimetres from 0 (off) to {MAX_SEAL_MM:g}, "
+                            f"not {value!r}")
+    return float(value)
+
+
 def number_from_text(text: str):
     """A command line's text as an int ("4") or a float ("4.5", "1e3"); the text itself when it
     is no number, so the check reports what was typed."""

@@ -26,6 +26,7 @@ from torch import nn
 
 from .blinks import DEFAULT_STATISTICS, BlinkStatistics, sample_blink_track
 from .brows import BrowStatistics, emphasis_nuclei, sample_brow_track
+from .closure import CLOSURE_METADATA, CLOSURE_PREFIX, ClosureDetector
 from .config import ModelConfig
 from .creases import Crease
 from .denoiser import LatentDenoiser
@@ -81,6 +82,9 @@ class TexTalkerModel(nn.Module):
         # Per wrinkle style: the wrinkle autoencoder's mean reconstruction error (S, H, W, C),
         # added to its decoded channels (STYLE_WRINKLE_BIAS); None: nothing added.
         self.style_wrinkle_bias: torch.Tensor | None = None
+        # Optional closure detector (core/closure.py): where the lip seal belongs. None: the
+        # seal presses every frame alike. Stored as the `closure.*` tensors.
+        self.closure: ClosureDetector | None = None
 
     # ------------------------------------------------------------------ blinks
     def blink_statistics_for(self, speaking: int) -> BlinkStatistics:
@@ -354,6 +358,8 @@ class TexTalkerModel(nn.Module):
             metadata["style_blinks"] = json.dumps([b.to_dict() for b in self.style_blinks])
         if self.style_brows is not None:
             metadata["style_brows"] = json.dumps([b.to_dict() for b in self.style_brows])
+        if self.closure is not None:
+            metadata[CLOSURE_METADATA] = self.closure.config.to_json()
         if self.style_creases is not None:
             metadata["style_creases"] = json.dumps([[c.to_dict() for c in creases] for creases in self.style_creases],
                                                    separators=(",", ":"))
@@ -395,6 +401,7 @@ class TexTalkerModel(nn.Module):
             )
         tensors = dict(weights.tensors)
         wrinkle_bias = tensors.pop(STYLE_WRINKLE_BIAS, None)
+        closure_tensors = {name: tensors.pop(name) for name in list(tensors) if name.startswith(CLOSURE_PREFIX)}
         try:
             pivots = StylePivots(
                 tensors.pop(STYLE_SPEAKING).numpy(), tensors.pop(STYLE_WRINKLE).numpy(), names, keys
@@ -440,6 +447,11 @@ class TexTalkerModel(nn.Module):
                 model.set_wrinkle_bias(wrinkle_bias)
             except ValueError as exc:
                 raise WeightsError(f"{weights.path.name}: {exc}") from exc
+        if closure_tensors or CLOSURE_METADATA in metadata:
+            try:
+                model.closure = ClosureDetector.from_weights(closure_tensors, metadata[CLOSURE_METADATA])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise WeightsError(f"{weights.path.name} has an unusable closure detector: {exc}") from exc
         model.trained = metadata.get("trained") == "true"
         return model.eval()
 

@@ -12,6 +12,7 @@ import dataclasses
 
 from . import arguments
 from .arguments import ArgumentError
+from .lip_seal import DEFAULT_SEAL_MM
 
 
 def _check_style(value, role: str, default_allowed: bool = False) -> int | str | None:
@@ -40,6 +41,8 @@ class GenerationOptions:
     steps: int | None = None           # DDIM steps; None: the model's default
     blink_rate: float | None = None    # blinks per minute; None: the speaking style's own rate
     brow_rate: float | None = None     # brow emphases per minute of speech; None: the style's own
+    # near-closures of the lips pressed shut below this gap (mm; 0: off; core/lip_seal.py)
+    lip_seal_mm: float = DEFAULT_SEAL_MM
 
     def __post_init__(self) -> None:
         checked = {
@@ -50,6 +53,7 @@ class GenerationOptions:
             "steps": arguments.check_steps(self.steps),
             "blink_rate": arguments.check_blink_rate(self.blink_rate),
             "brow_rate": arguments.check_brow_rate(self.brow_rate),
+            "lip_seal_mm": arguments.check_lip_seal(self.lip_seal_mm),
         }
         for name, value in checked.items():  # frozen: the checked values replace what was given
             object.__setattr__(self, name, value)

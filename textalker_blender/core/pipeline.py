@@ -40,6 +40,7 @@ from .audio import AudioSource, load_audio_with_report
 from .config import MODEL_FPS, SAMPLE_RATE
 from .creases import DETAIL_RESOLUTION, detail_map_mm, most_lined_style
 from .errors import Cancelled, DeviceError, WeightsError
+from .lip_seal import LipSeal
 from .model import TexTalkerModel
 from .options import GenerationOptions
 from .resample import output_frame_count, source_positions
@@ -215,6 +216,7 @@ class Pipeline:
         self._uv_samplers: dict = {}
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self._crease_detail: tuple[tuple[int, int], np.ndarray] | None = None
+        self._lip_seal: LipSeal | None = None
         # Pay one-off costs at load time, not in the user's first Generate: the template's
         # vertex sampler (topology-aware taps) and librosa's first mel (import + JIT).
         template.uv_sampler(self.motion_resolution)
@@ -386,6 +388,8 @@ class Pipeline:
         None uses the speaking style's measured rate, 0 gives no blinks. Ignored by other models.
         `options.brow_rate`: brow emphases per minute of speech for a brow-conditioned model
         (core/brows.py), the same way.
+        `options.lip_seal_mm`: lips the model leaves closer than this (mm) are pressed shut
+        (core/lip_seal.py); 0 shows the decoded lips as they are.
         """
         # Checked once where the options were made (core/options.py); here only what needs the
         # model: its number of diffusion steps and its style table.
@@ -424,6 +428,7 @@ class Pipeline:
             features = self.model.audio_encoder.encode(samples, n_model).to(self.device)
             brow = self.model.brow_track(samples, SAMPLE_RATE, n_model, MODEL_FPS, speaking, int(seed),
                                          options.brow_rate, salt=audio_key)
+            lip_seal_mm = self.lip_seal_distances(samples, n_model, options.lip_seal_mm)
             del samples
             mark = _lap(timings, "features", mark)
             tracker.finish_stage("features")
@@ -446,7 +451,8 @@ class Pipeline:
             tracker.finish_stage("diffusion")
         return GenerationStream(
             pipeline=self,
-            decoder=_ModelFrameDecoder(self, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle),
+            decoder=_ModelFrameDecoder(self, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle,
+                                       lip_seal_mm=lip_seal_mm),
             tracker=tracker,
             fps=float(fps),
             n_frames=output_frame_count(duration, fps),
@@ -467,11 +473,14 @@ class Pipeline:
         movable: np.ndarray,
         timings: dict[str, float],
         wrinkle_style: int | None = None,
+        lip_seal_mm: float | np.ndarray = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Latents of a few frames -> per-point offsets (B, N, 3) float32 and wrinkle maps
         (B, H, W, 4) float16: RGB albedo ratio and, in A, the fold activation (0 for weights
         whose channels have none). `wrinkle_style` (an index) adds that style's wrinkle bias
-        (`TexTalkerModel.decode_maps`).
+        (`TexTalkerModel.decode_maps`). `lip_seal_mm` (one distance, or one per frame) presses the
+        lips shut where the decoded midline gap is below it (core/lip_seal.py); 0 leaves the
+        decoded motion as it is.
 
         Points that are not `movable` get exactly zero offset, whatever the maps hold there. The
         ratio is exactly 1.0 and the fold 0 outside the face mask; float16 is what the EXR writer
@@ -479,15 +488,35 @@ class Pipeline:
         """
         n_frames = (z_motion if z_motion is not None else z_wrinkle).shape[0]
         with torch.inference_mode():
-            return self._decode_batch_inner(n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle_style)
+            return self._decode_batch_inner(n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings,
+                                            wrinkle_style, lip_seal_mm)
 
-    def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle_style):
+    @property
+    def lip_seal(self) -> LipSeal:
+        """The template's lip seal at the motion maps' resolution (built on first use)."""
+        if self._lip_seal is None:
+            self._lip_seal = LipSeal(self.template, self.motion_resolution)
+        return self._lip_seal
+
+    def lip_seal_distances(self, samples: np.ndarray, n_frames: int, lip_seal_mm: float) -> np.ndarray | float:
+        """The seal distance (mm) of each model frame: `lip_seal_mm` times the closure detector's
+        probability that the lips are shut there (core/closure.py). 0 when the seal is off, and
+        for weights without a detector: the default distance is meant for sure closures, and
+        pressed on every frame it would shut open vowels."""
+        if not lip_seal_mm or self.model.closure is None or not self.generates_motion:
+            return 0.0
+        return float(lip_seal_mm) * self.model.closure.probabilities(samples, n_frames)
+
+    def _decode_batch_inner(self, n_frames, z_motion, z_wrinkle, uv_sampler, movable, timings, wrinkle_style,
+                            lip_seal_mm: float | np.ndarray = 0.0):
         mark = time.perf_counter()
         motion_maps, channels = self.model.decode_maps(z_motion, z_wrinkle, wrinkle_style)
         mark = _lap(timings, "vq_decode", mark)
         if motion_maps is None:  # wrinkle-only ablation: the face stays neutral
             offsets = np.zeros((n_frames, uv_sampler.n_points, 3), np.float32)
         else:
+            if np.any(np.asarray(lip_seal_mm) > 0):
+                motion_maps = self.lip_seal.apply(motion_maps.float(), lip_seal_mm)
             offsets = uv_sampler.sample(motion_maps.float().cpu().numpy()).astype(np.float32, copy=False)
             offsets[:, ~movable] = 0.0
         mark = _lap(timings, "uv_sampling", mark)
@@ -529,9 +558,10 @@ class _ModelFrameDecoder:
     """
 
     def __init__(self, pipeline: Pipeline, z_motion, z_wrinkle, uv_sampler, movable, timings,
-                 wrinkle_style: int | None = None):
+                 wrinkle_style: int | None = None, lip_seal_mm: float | np.ndarray = 0.0):
         self.pipeline = pipeline
         self.wrinkle_style = wrinkle_style  # index: its wrinkle bias is added at decode
+        self.lip_seal_mm = lip_seal_mm  # one distance (mm) or one per model frame
         self.z_motion = z_motion
         self.z_wrinkle = z_wrinkle
         self.uv_sampler = uv_sampler
@@ -560,8 +590,9 @@ class _ModelFrameDecoder:
             stop = min(self.n_frames, decoded - decoded % self.batch + self.batch)
             z_f = None if self.z_motion is None else self.z_motion[decoded:stop]
             z_w = None if self.z_wrinkle is None else self.z_wrinkle[decoded:stop]
+            seal = self.lip_seal_mm if np.ndim(self.lip_seal_mm) == 0 else self.lip_seal_mm[decoded:stop]
             offsets, ratio = self.pipeline._decode_batch(z_f, z_w, self.uv_sampler, self.movable, self.timings,
-                                                         self.wrinkle_style)
+                                                         self.wrinkle_style, seal)
             new_offsets.append(offsets)
             new_ratio.append(ratio)
             decoded = stop

@@ -259,6 +259,12 @@ def render_markdown(results: dict) -> str:
                           "`ModelConfig.brow_condition`). No brow timing comes from the ground truth"
                           if model.get("brow_condition") else
                           "no brow input: brow raises come only from what the denoiser learned from the audio"],
+        *([["lip seal", f"the default {model['lip_seal_mm']:g} mm (`core/lip_seal.py`): near-closures of the decoded "
+                        "lips pressed shut, "
+                        + ("scaled per frame by the weights' closure detector (`core/closure.py`), which hears "
+                           "from the audio where the lips are shut" if model.get("closure_detector")
+                           else "on every frame alike (the weights have no closure detector)")]]
+          if model.get("lip_seal_mm") else []),
         ["dataset", f"`{dataset['name']}` format {dataset['format_version']}, seed {dataset['seed']}, "
                     f"fingerprint `{dataset['fingerprint']}` (SHA-256 of meta.json, utterances.json, subjects/*.json)"],
         ["test sets", size_text],
@@ -393,6 +399,13 @@ def _sweep_section(results: dict) -> list[str]:
     return lines
 
 
+def _changed_options(info: dict) -> str:
+    """'generation option lip_seal_mm=0' for a bundle evaluated with changed generation options."""
+    options = info.get("options") or {}
+    return ", ".join(f"generation option {key}={value:g}" if isinstance(value, float) else
+                     f"generation option {key}={value}" for key, value in options.items())
+
+
 def _ablation_section(results: dict) -> list[str]:
     ablations = results.get("ablations", {})
     evaluated = ablations.get("evaluated", {})
@@ -408,10 +421,10 @@ def _ablation_section(results: dict) -> list[str]:
                 table[name] = methods[name]
         lines += [f"On {SPLIT_TITLES.get(split, split)}, same utterances, seed and style choice as above.", ""]
         lines += _table(["Variant", *[c[1] for c in PAPER_COLUMNS]], _method_rows(table)) + [""]
-        rows = [[name, info.get("ablation") or "—", f"`{info['sha256'][:16]}…`",
+        rows = [[name, info.get("ablation") or _changed_options(info) or "—", f"`{info['sha256'][:16]}…`",
                  "yes" if info.get("verified") else "no (not in a manifest)", str(info.get("trained")).lower()]
                 for name, info in evaluated.items()]
-        lines += _table(["bundle", "config ablation", "SHA-256", "manifest-verified", "trained"], rows) + [""]
+        lines += _table(["bundle", "config ablation or generation option", "SHA-256", "manifest-verified", "trained"], rows) + [""]
         reference = same_budget_reference(results)
         failed = [c for c in done_when_checks(results)
                   if c["check"].startswith(f"{split}: the same-budget") and c["result"] is False]

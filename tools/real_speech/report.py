@@ -164,6 +164,11 @@ def write_report(path: Path, *, weights: dict, results: list, thresholds: Thresh
     add("## Verdict")
     add(f"- Weights: `{weights['path']}` (SHA-256 `{weights['sha256'][:16]}...`), "
         f"trained = **{weights['trained']}**, dataset: {weights['dataset']}.")
+    if "lip_seal_mm" in weights:
+        seal = weights["lip_seal_mm"]
+        add(f"- Lip seal (core/lip_seal.py): {seal:g} mm"
+            + (", scaled per frame by the weights' closure detector (core/closure.py)" if weights.get("closure_detector")
+               else ", every frame alike (the weights have no closure detector)" if seal else " (off)") + ".")
     if not weights["trained"]:
         add("- **These weights are untrained (random)**: the failures below show that the checks can fail;")
         add("  re-run the command at the bottom with the trained bundle to get the real verdict.")

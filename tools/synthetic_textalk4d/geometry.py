@@ -206,16 +206,11 @@ class SubjectGeometry:
 
 
 def midline_lip_pair(template) -> tuple[int, int]:
-    """(upper, lower) vertices at the lips' midline: the lower-lip vertex jawOpen moves most and
-    the upper-lip vertex right above it (the pair whose gap says whether the mouth is shut)."""
-    x = template.vertices.astype(np.float64)
-    jaw = template.unit_offsets[template.unit_index("jawOpen")].astype(np.float64)
-    mid_x = float(np.median(x[template.lip_mask, 0]))
-    lips = np.nonzero(template.lip_mask & (np.abs(x[:, 0] - mid_x) < 0.004))[0]
-    lower = lips[np.argmin(jaw[lips, 2])]
-    upper_candidates = lips[(jaw[lips, 2] > -0.005) & (x[lips, 2] > x[lower, 2])]
-    upper = upper_candidates[np.argmin(x[upper_candidates, 2])]
-    return int(upper), int(lower)
+    """(upper, lower) vertices at the lips' midline (core/lip_seal.py: the add-on's lip seal
+    reads the same pair)."""
+    from textalker_blender.core.lip_seal import midline_lip_pair as core_pair
+
+    return core_pair(template)
 
 
 def lip_closure_model(template) -> tuple[float, float]:

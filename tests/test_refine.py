@@ -537,7 +537,7 @@ def test_retrain_runs_stage_1b_and_exports_the_refined_decoder(dataset, runs, ld
     export_to = tmp_path / "bundle" / "textalker_bundled.safetensors"
     export_to.parent.mkdir()
     env = {**os.environ, "CONFIG": str(runs["config"]), "DATA": str(dataset), "EXPORT_TO": str(export_to),
-           "MAX_MINUTES": "5", "OMP_NUM_THREADS": "1"}
+           "MAX_MINUTES": "5", "OMP_NUM_THREADS": "1", "CLOSURE_STEPS": "3"}
     completed = subprocess.run(["bash", str(REPO / "tools" / "retrain.sh"), str(root)], cwd=REPO, env=env,
                                capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -568,7 +568,7 @@ def test_retrain_trains_stage_2_on_a_train_encoder_refinement(dataset, runs, ldm
     export_to = tmp_path / "bundle" / "textalker_bundled.safetensors"
     export_to.parent.mkdir()
     env = {**os.environ, "CONFIG": str(config), "DATA": str(dataset), "EXPORT_TO": str(export_to),
-           "MAX_MINUTES": "5", "OMP_NUM_THREADS": "1"}
+           "MAX_MINUTES": "5", "OMP_NUM_THREADS": "1", "CLOSURE_STEPS": "3"}
     completed = subprocess.run(["bash", str(REPO / "tools" / "retrain.sh"), str(root)], cwd=REPO, env=env,
                                capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

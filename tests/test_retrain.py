@@ -15,9 +15,16 @@ pytestmark = pytest.mark.skipif(shutil.which("flite") is None or shutil.which("s
                                 reason="needs the Debian packages flite and sox (dataset build)")
 
 
+def pipeline_metadata(path: Path) -> dict:
+    from textalker_blender.core.weights import load_weights
+
+    return load_weights(path, verify=False).metadata
+
+
 def run_retrain(runs: Path, data: Path, export_to: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CONFIG": str(REPO / "tools/configs/tiny.json"), "DATA": str(data),
-           "EXPORT_TO": str(export_to), "MAX_MINUTES": "20", "OMP_NUM_THREADS": "1"}
+           "EXPORT_TO": str(export_to), "MAX_MINUTES": "20", "OMP_NUM_THREADS": "1",
+           "CLOSURE_STEPS": "20"}
     return subprocess.run(["bash", str(REPO / "tools/retrain.sh"), str(runs)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1200)
 
@@ -38,6 +45,8 @@ def test_retrain_builds_trains_and_exports_a_loadable_bundle_then_resumes_as_a_n
     assert sha256_file(export_to) in json.dumps(manifest)
     pipeline = Pipeline.load(export_to, device="cpu")
     assert pipeline.styles  # pivots of the training subjects
+    assert pipeline.model.closure is not None  # the lip seal's closure detector is in the export
+    assert json.loads(pipeline_metadata(export_to)["training"])["closure_detector"]["steps"] == 20
 
     # A second run finds every stage finished and only re-exports.
     second = run_retrain(tmp_path / "runs", data, export_to)

@@ -7,7 +7,7 @@
 # side by side (one thread each), then (when the config's "refine" section asks for steps) refines
 # the motion VQ for vertex accuracy (stage 1b: the decoder alone, or with "train_encoder" the whole
 # VQ, blinks oversampled), then the latent diffusion model on the final motion VQ, then writes the
-# add-on's weights file (with each wrinkle style's bias map) and its manifest entry. Every stage resumes from
+# add-on's weights file (with each wrinkle style's bias map and the closure detector) and its manifest entry. Every stage resumes from
 # its checkpoint, so the same command continues an interrupted run (a finished stage is skipped in
 # seconds).
 #
@@ -22,12 +22,15 @@
 #                                       instead of training and refining one: for data changes
 #                                       that leave the motion maps as they were
 #   INIT_FROM=FILE.safetensors          warm-start stage 2's denoiser and audio front end from it
+#   CLOSURE_STEPS=2000                  training steps of the closure detector written into the
+#                                       export (tools/train_closure.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS="${1:-runs/bundled}"
 CONFIG="${CONFIG:-tools/configs/bundled.json}"
 MAX_MINUTES="${MAX_MINUTES:-150}"
+CLOSURE_STEPS="${CLOSURE_STEPS:-2000}"
 EXPORT_TO="${EXPORT_TO:-textalker_blender/assets/textalker_bundled.safetensors}"
 DATA="${DATA:-data/synthetic_textalk4d}"
 PY=.venv/bin/python
@@ -109,4 +112,6 @@ fi
 echo "== export: $EXPORT_TO (+ assets/manifest.json)"
 # (+ each wrinkle style's bias map, fitted on the training frames: a few minutes)
 "$PY" tools/export_bundle.py --run "$RUNS/ldm" --out "$EXPORT_TO" "${decoder_args[@]}" --fit-wrinkle-bias "$DATA"
+echo "== closure detector: where the lip seal presses (core/closure.py; about 13 min)"
+"$PY" tools/train_closure.py --weights "$EXPORT_TO" --data "$DATA" --steps "$CLOSURE_STEPS" --json "$RUNS/closure.json"
 echo "done: evaluate with  $PY tools/evaluate.py --data $DATA --weights $EXPORT_TO"

@@ -3,16 +3,18 @@
 The diffusion model is least sure of itself exactly where lip-sync is judged hardest: a /p b m/
 lasts two or three frames, and where the audio leaves the timing or the closure uncertain
 (telephone audio, a language the model never heard) the model predicts lips a few millimetres
-apart rather than shut. Animators fix this by hand with a "lip seal" (Audio2Face's *lip close*
-offset does the same), and this module does it per frame on the decoded motion maps:
+apart rather than shut. Animators fix this by hand with a "lip seal" (Audio2Face exposes a
+similar *lip close offset*), and this module does it per frame on the decoded motion maps:
 
 - the midline lip gap of a frame is read from the motion map at the template's upper and lower
   midline lip vertices (the map-to-vertex sampling the add-on itself uses, so it is the gap the
   user's head shows too: every head samples the same maps);
-- a gap between the template's rest gap and `seal_mm` is mapped to a smaller one by a convex
-  curve (`sealed_gap_mm`): the closer the lips, the harder they are pressed; gaps at or below
-  rest and at or above `seal_mm` are left as they are, so speech opening and silence are
-  unchanged;
+- a gap between the template's rest gap and the frame's seal distance is mapped to a smaller one
+  by a convex curve (`sealed_gap_mm`): the closer the lips, the harder they are pressed; gaps at
+  or below rest and at or above the distance are left as they are. The Pipeline gives each frame
+  the option `lip_seal_mm` times the probability, heard in the audio by the weights' closure
+  detector (core/closure.py), that the lips are shut there, so a /p b m/ or a pause is sealed and
+  an open vowel keeps its opening;
 - the difference is made up by adding the template's mouthClose field (the face unit the
   synthetic dataset closes its lips with; ARKit's mouthClose closes the lips against the open
   jaw), rendered into the motion map layout, so the lips meet the way the training data's lips

@@ -106,7 +106,8 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--lip-seal", type=number_from_text, default=DEFAULT_SEAL_MM, metavar="MM",
-        help=f"press lips closer than MM millimetres shut, 0-{MAX_SEAL_MM:g} (default {DEFAULT_SEAL_MM:g}; 0: off)",
+        help=f"lip seal: lips closer than MM millimetres times the closure probability are pressed shut, "
+             f"0-{MAX_SEAL_MM:g} (default {DEFAULT_SEAL_MM:g}; 0: off)",
     )
     parser.add_argument(
         "--output-folder", help="base folder of the wrinkle maps (default: beside the .blend)"

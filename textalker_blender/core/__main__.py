@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=number_from_text,
         default=DEFAULT_SEAL_MM,
         metavar="MM",
-        help=f"press lips closer than MM millimetres shut, 0-{MAX_SEAL_MM:g} (default {DEFAULT_SEAL_MM:g}; 0: off)",
+        help=f"lip seal: lips closer than MM millimetres times the closure probability are pressed shut, "
+             f"0-{MAX_SEAL_MM:g} (default {DEFAULT_SEAL_MM:g}; 0: off)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(

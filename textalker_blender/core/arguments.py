@@ -125,8 +125,9 @@ def check_brow_rate(value) -> float | None:
 
 
 def check_lip_seal(value) -> float:
-    """Lip seal distance in mm (core/lip_seal.py): lips closer than this are pressed shut;
-    0 switches the seal off. A finite number from 0 to MAX_SEAL_MM."""
+    """Lip seal distance in mm (core/lip_seal.py): decoded lips closer than this, times the
+    closure detector's probability, are pressed shut; 0 switches the seal off. A finite number
+    from 0 to MAX_SEAL_MM."""
     from .lip_seal import MAX_SEAL_MM
 
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \

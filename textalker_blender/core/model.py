@@ -82,8 +82,8 @@ class TexTalkerModel(nn.Module):
         # Per wrinkle style: the wrinkle autoencoder's mean reconstruction error (S, H, W, C),
         # added to its decoded channels (STYLE_WRINKLE_BIAS); None: nothing added.
         self.style_wrinkle_bias: torch.Tensor | None = None
-        # Optional closure detector (core/closure.py): where the lip seal belongs. None: the
-        # seal presses every frame alike. Stored as the `closure.*` tensors.
+        # Optional closure detector (core/closure.py): where the lip seal belongs. None: no
+        # seal. Stored as the `closure.*` tensors.
         self.closure: ClosureDetector | None = None
 
     # ------------------------------------------------------------------ blinks

@@ -388,8 +388,9 @@ class Pipeline:
         None uses the speaking style's measured rate, 0 gives no blinks. Ignored by other models.
         `options.brow_rate`: brow emphases per minute of speech for a brow-conditioned model
         (core/brows.py), the same way.
-        `options.lip_seal_mm`: lips the model leaves closer than this (mm) are pressed shut
-        (core/lip_seal.py); 0 shows the decoded lips as they are.
+        `options.lip_seal_mm`: decoded lips closer than this (mm) times the closure detector's
+        probability of a closure at that frame are pressed shut (core/lip_seal.py,
+        core/closure.py); 0, or weights without a detector, show the decoded lips as they are.
         """
         # Checked once where the options were made (core/options.py); here only what needs the
         # model: its number of diffusion steps and its style table.

@@ -83,8 +83,9 @@ def torch_like(values: np.ndarray, like):
     return torch.tensor(np.array(values, dtype=np.float64), dtype=like.dtype, device=like.device)
 
 
-class LipSeal:
-    """Reads the midline lip gap of motion maps and presses near-closures shut (module doc)."""
+class LipGapReader:
+    """The midline lip gap (mm) of motion maps, as the add-on's map-to-vertex sampler shows it at
+    the two midline lip vertices; differentiable (stage 2's lip-closure term reads it too)."""
 
     def __init__(self, template, resolution: int):
         upper, lower = midline_lip_pair(template)
@@ -92,27 +93,41 @@ class LipSeal:
         # gap (m) = rest + maps[..., 2] . difference: the two vertices as the sampler reads them
         self._difference = (rows[0] - rows[1]).astype(np.float32)
         self.rest_mm = float(1000.0 * (template.vertices[upper, 2] - template.vertices[lower, 2]))
+        self._torch: dict = {}
+
+    def _difference_like(self, like):
+        import torch
+
+        key = (str(like.device), like.dtype)
+        if key not in self._torch:
+            self._torch[key] = torch.from_numpy(self._difference).to(like.device, like.dtype)
+        return self._torch[key]
+
+    def gap_mm(self, maps):
+        """(N, H, W, 3) motion maps (metres, torch) -> (N,) midline lip gap in mm."""
+        return self.rest_mm + 1000.0 * maps[..., 2].reshape(len(maps), -1) @ self._difference_like(maps)
+
+
+class LipSeal(LipGapReader):
+    """Reads the midline lip gap of motion maps and presses near-closures shut (module doc)."""
+
+    def __init__(self, template, resolution: int):
+        super().__init__(template, resolution)
         close = np.asarray(template.unit_offsets[template.unit_index("mouthClose")], np.float32)
         field = template.uv_rasterizer(resolution).rasterize(close)  # (H, W, 3) metres
         self._field = field.astype(np.float32)
         self.gap_per_close_mm = float(1000.0 * field[..., 2].reshape(-1) @ self._difference)
         if self.gap_per_close_mm >= 0.0:
             raise ValueError("mouthClose does not close the lips in the motion maps of this template")
-        self._torch: dict = {}
+        self._fields: dict = {}
 
-    def _as_torch(self, like):
+    def _field_like(self, like):
         import torch
 
         key = (str(like.device), like.dtype)
-        if key not in self._torch:
-            self._torch[key] = (torch.from_numpy(self._difference).to(like.device, like.dtype),
-                                torch.from_numpy(self._field).to(like.device, like.dtype))
-        return self._torch[key]
-
-    def gap_mm(self, maps):
-        """(N, H, W, 3) motion maps (metres) -> (N,) midline lip gap in mm."""
-        difference, _ = self._as_torch(maps)
-        return self.rest_mm + 1000.0 * maps[..., 2].reshape(len(maps), -1) @ difference
+        if key not in self._fields:
+            self._fields[key] = torch.from_numpy(self._field).to(like.device, like.dtype)
+        return self._fields[key]
 
     def apply(self, maps, seal_mm):
         """Motion maps (N, H, W, 3) with near-closures pressed shut (a new tensor). `seal_mm`: one
@@ -124,5 +139,4 @@ class LipSeal:
         gap = self.gap_mm(maps)
         target = sealed_gap_mm(gap, self.rest_mm, torch_like(distances, gap))
         weight = (target - gap) / self.gap_per_close_mm  # >= 0: how much mouthClose to add
-        _, field = self._as_torch(maps)
-        return maps + weight[:, None, None, None] * field
+        return maps + weight[:, None, None, None] * self._field_like(maps)

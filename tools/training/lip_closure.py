@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 
-from tools.real_speech.measures import lip_vertex_pair, mouth_aperture_mm, rest_aperture_mm
+from textalker_blender.core.lip_seal import LipGapReader
+from tools.real_speech.measures import mouth_aperture_mm
 from tools.synthetic_textalk4d.acoustics import SAMPLE_RATE, TELEPHONE_CODECS, telephone_line
 
 DEFAULT_LIP_CLOSURE = {
@@ -56,22 +57,6 @@ def lip_closure_applies(model_config) -> bool:
 def ground_truth_gap_mm(template, offsets: np.ndarray) -> np.ndarray:
     """(T,) midline lip gap (mm) of ground-truth offsets (T, V, 3): the real-speech measure."""
     return mouth_aperture_mm(template, offsets).astype(np.float32)
-
-
-class LipGapReader:
-    """The midline lip gap (mm) of decoded motion maps, differentiable: the two lip vertices'
-    rows of the template's UV sampler (the add-on's own map-to-vertex sampling)."""
-
-    def __init__(self, template, resolution: int):
-        upper, lower = lip_vertex_pair(template)
-        rows = template.uv_sampler(resolution).matrix[[upper, lower]].toarray()
-        self.difference = torch.from_numpy((rows[0] - rows[1]).astype(np.float32))
-        self.rest_mm = float(rest_aperture_mm(template))
-
-    def gap_mm(self, maps: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) motion maps (metres) -> (N,) gap in mm."""
-        height = maps[..., 2].reshape(len(maps), -1)
-        return self.rest_mm + 1000.0 * height @ self.difference.to(maps.device, maps.dtype)
 
 
 def decode_gap_mm(model, reader: LipGapReader, x0: torch.Tensor, subjects: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MODEL_FPS, SAMPLE_RATE
+from .features import MEL_LOG_CENTER, MEL_LOG_SCALE  # the bundled front end's log-mel normalisation
 
 CLOSURE_PREFIX = "closure."
 CLOSURE_METADATA = "closure_detector"
-# Log-mel normalisation: the same constants as the bundled audio front end (core/features.py).
-MEL_LOG_CENTER = -9.0
-MEL_LOG_SCALE = 4.0
 
 
 @dataclass(frozen=True)

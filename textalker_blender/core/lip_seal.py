@@ -95,17 +95,18 @@ class LipGapReader:
         self.rest_mm = float(1000.0 * (template.vertices[upper, 2] - template.vertices[lower, 2]))
         self._torch: dict = {}
 
-    def _difference_like(self, like):
+    def _as_torch(self, name: str, like):
+        """The numpy array attribute `name` as a tensor on `like`'s device and dtype (cached)."""
         import torch
 
-        key = (str(like.device), like.dtype)
+        key = (name, str(like.device), like.dtype)
         if key not in self._torch:
-            self._torch[key] = torch.from_numpy(self._difference).to(like.device, like.dtype)
+            self._torch[key] = torch.from_numpy(getattr(self, name)).to(like.device, like.dtype)
         return self._torch[key]
 
     def gap_mm(self, maps):
         """(N, H, W, 3) motion maps (metres, torch) -> (N,) midline lip gap in mm."""
-        return self.rest_mm + 1000.0 * maps[..., 2].reshape(len(maps), -1) @ self._difference_like(maps)
+        return self.rest_mm + 1000.0 * maps[..., 2].reshape(len(maps), -1) @ self._as_torch("_difference", maps)
 
 
 class LipSeal(LipGapReader):
@@ -119,15 +120,6 @@ class LipSeal(LipGapReader):
         self.gap_per_close_mm = float(1000.0 * field[..., 2].reshape(-1) @ self._difference)
         if self.gap_per_close_mm >= 0.0:
             raise ValueError("mouthClose does not close the lips in the motion maps of this template")
-        self._fields: dict = {}
-
-    def _field_like(self, like):
-        import torch
-
-        key = (str(like.device), like.dtype)
-        if key not in self._fields:
-            self._fields[key] = torch.from_numpy(self._field).to(like.device, like.dtype)
-        return self._fields[key]
 
     def apply(self, maps, seal_mm):
         """Motion maps (N, H, W, 3) with near-closures pressed shut (a new tensor). `seal_mm`: one
@@ -139,4 +131,4 @@ class LipSeal(LipGapReader):
         gap = self.gap_mm(maps)
         target = sealed_gap_mm(gap, self.rest_mm, torch_like(distances, gap))
         weight = (target - gap) / self.gap_per_close_mm  # >= 0: how much mouthClose to add
-        return maps + weight[:, None, None, None] * self._field_like(maps)
+        return maps + weight[:, None, None, None] * self._as_torch("_field", maps)
